@@ -1,0 +1,53 @@
+# mpisgd: install, run, test. Every target is idempotent.
+#   make run    install everything into .venv, then train the default job on 4 ranks
+#   make test   install, then the unit tests (1 process) and the MPI tests (mpiexec -n 4)
+# Variables: VENV, NP (ranks, default 4), TORCH (version), MPIEXEC, ARGS (for run).
+
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+NP      ?= 4
+TORCH   ?= 2.13.0
+STAMP   := $(VENV)/.mpisgd-installed
+ARGS    ?=
+# The venv's mpiexec (MPICH wheel) when it exists, else the system's.
+MPIEXEC ?= $(shell if [ -x $(VENV)/bin/mpiexec ]; then echo $(VENV)/bin/mpiexec; else command -v mpiexec; fi)
+# Open MPI refuses root and oversubscription unless told; MPICH needs no flags.
+MPIFLAGS = $(shell if $(MPIEXEC) --version 2>/dev/null | grep -q "Open MPI"; then \
+	[ "$$(id -u)" = 0 ] && printf -- '--allow-run-as-root '; \
+	[ $(NP) -gt $$(nproc) ] && printf -- '--oversubscribe'; fi)
+
+.PHONY: install run test unit mpi bench clean
+
+install: $(STAMP)
+
+$(STAMP): setup.py
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check "torch==$(TORCH)" 2>&1 | grep -v "^WARNING: Location" || true
+	@if command -v mpicc >/dev/null 2>&1 && [ "$${MPISGD_MPI:-auto}" != wheel ]; then \
+	  echo "mpisgd: building mpi4py against the system MPI ($$(command -v mpicc))"; \
+	  MPICC=$$(command -v mpicc) $(PY) -m pip install -q --no-binary=mpi4py "mpi4py>=4"; \
+	else \
+	  echo "mpisgd: no system MPI (mpicc) found: using the MPICH wheel"; \
+	  $(PY) -m pip install -q --disable-pip-version-check mpich "mpi4py>=4" 2>&1 | grep -v "^WARNING: Location" || true; \
+	fi
+	$(PY) -m pip install -q --disable-pip-version-check --no-build-isolation -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -c "import torch, mpi4py.MPI, h5py, sklearn, mpisgd"
+	touch $@
+
+run: install
+	$(MPIEXEC) $(MPIFLAGS) -n $(NP) $(PY) -m mpisgd train $(ARGS)
+
+unit: install
+	$(PY) -m pytest tests/unit -q
+
+mpi: install
+	timeout 900 $(MPIEXEC) $(MPIFLAGS) -n $(NP) $(PY) -m pytest tests/mpi --with-mpi -q -p no:cacheprovider
+
+test: unit mpi
+
+bench: install
+	$(MPIEXEC) $(MPIFLAGS) -n 2 $(PY) benchmarks/bench_allreduce.py
+	$(MPIEXEC) $(MPIFLAGS) -n 4 $(PY) benchmarks/bench_allreduce.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info runs

@@ -1,0 +1,6 @@
+"""``python -m mpisgd``: the command line (see :mod:`mpisgd.cli`)."""
+import sys
+
+from .cli import main
+
+sys.exit(main())

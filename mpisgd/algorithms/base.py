@@ -1,0 +1,116 @@
+"""What every algorithm shares: options, flat storage, agreement, counters.
+
+An :class:`Algorithm` wraps a model and its ``torch.optim`` optimizer
+(composition, never a subclass of the optimizer). Construction, on every
+rank, in this order:
+
+1. resolve and validate the options (``ValueError`` naming the option, on
+   every rank, before any communication);
+2. move parameters and gradients into one :class:`~mpisgd.flat.ParamBuffer`;
+3. agree: one ``allgather`` of a digest of the algorithm, options, parameter
+   shapes and optimizer settings; ranks that differ raise ``ValueError``;
+4. broadcast rank 0's parameters and buffers, so all workers start equal.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from ..comm import Comm
+from ..errors import agree, digest
+from ..flat import ParamBuffer
+from ..options import Option, resolve
+
+
+class Algorithm:
+    """Base of all algorithms: the public API of DESIGN.md.
+
+    Subclasses set ``name`` and ``options`` and implement :meth:`step`.
+    """
+
+    name = ""
+    options: tuple[Option, ...] = ()
+    is_worker = True
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 comm=None, **options):
+        self.opts = resolve(self.name, self.options, options)
+        self.validate()
+        self.model = model
+        self.optimizer = optimizer
+        self.comm = Comm(comm)
+        self.flat = ParamBuffer(model, self.bucket_bytes())
+        agree(self.comm.comm, None, digest({
+            "algorithm": self.name, "options": self.opts,
+            "shapes": [list(p.shape) for p in self.flat.params],
+            "dtype": str(self.flat.dtype),
+            "optimizer": [type(optimizer).__name__] + [
+                {k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups],
+        }))
+        self.comm.bcast(self.flat.data, 0)
+        if self.flat.buffers.numel():
+            self.comm.bcast(self.flat.buffers, 0)
+        self.steps = 0       # local optimizer steps taken
+        self.rounds = 0      # communication rounds taken
+        self.finished = False
+
+    # ---- hooks for subclasses -----------------------------------------
+
+    def validate(self) -> None:
+        """Check option combinations (``self.opts`` resolved); raise ``ValueError``."""
+
+    def bucket_bytes(self) -> float | None:
+        """Bucket size for the flat buffer (``None``: one bucket)."""
+        return None
+
+    @staticmethod
+    def warn(message: str) -> None:
+        warnings.warn(message, UserWarning, stacklevel=4)
+
+    # ---- the public API ----------------------------------------------
+
+    @property
+    def workers(self) -> int:
+        """Number of worker replicas."""
+        return self.comm.size
+
+    @property
+    def worker_index(self) -> int:
+        """This rank's worker index (0 .. workers-1); data streams key on it."""
+        return self.comm.rank
+
+    def step(self) -> None:
+        """The local optimizer step plus whatever communication the schedule says."""
+        raise NotImplementedError
+
+    def serve(self) -> None:
+        """Run a dedicated centre/server rank until all workers finish."""
+        raise RuntimeError(f"algorithm {self.name!r} has no server ranks: every rank is a worker, "
+                           "call step() in the training loop instead of serve()")
+
+    def finish(self) -> None:
+        """Complete in-flight communication; afterwards :meth:`consensus` is final."""
+        self.finished = True
+
+    def consensus(self) -> torch.Tensor:
+        """The model the algorithm outputs, as a new flat 1-D tensor, the same on every rank.
+
+        Collective: every rank must call it. The base rule is the worker
+        average; its communication is telemetry and is not counted.
+        """
+        out = self.flat.data.clone()
+        if self.comm.size > 1:
+            Comm(self.comm.comm, self.comm.staging).allreduce(out, average=True)
+        return out
+
+    def consensus_buffers(self) -> torch.Tensor:
+        """The floating buffers (BatchNorm statistics) of the consensus model: the worker average."""
+        out = self.flat.buffers.clone()
+        if self.comm.size > 1 and out.numel():
+            Comm(self.comm.comm, self.comm.staging).allreduce(out, average=True)
+        return out
+
+    def stats(self) -> dict:
+        """This rank's counters: steps, rounds, bytes sent, seconds in/blocked on communication."""
+        return {"steps": self.steps, "rounds": self.rounds, **self.comm.counters()}

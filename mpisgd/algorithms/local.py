@@ -1,0 +1,119 @@
+"""Local SGD / Parallel Restarted SGD: average parameters every tau local steps.
+
+Cooperative SGD A(tau, J, 0) (Wang & Joshi 2018); PR-SGD Algorithm 1 (Yu,
+Yang, Zhu 2019): each worker runs its own optimizer on its own data,
+
+    x_i <- opt_step(x_i, g_i(x_i)),    and after every tau-th step
+    x_i <- (1/m) sum_j x_j              (one in-place Allreduce of the flat buffer),
+
+with floating buffers (BatchNorm statistics) averaged in the same round.
+``schedule="time-varying"`` is PR-SGD Algorithm 2: epoch s has
+K_s = ceil(tau s^period_exp) steps at rate lr s^lr_exp (see
+:mod:`mpisgd.schedule`).
+
+Optimizer state (momentum buffers, Adam moments) is a policy:
+``momentum_policy="local"`` (default, as PR-SGD and PyTorch's
+PostLocalSGDOptimizer: each worker keeps its own), ``"average"`` (averaged
+with the parameters, one more Allreduce per round) or ``"reset"`` (zeroed
+at each round, a true restart).
+
+Example::
+
+    algo = mpisgd.build("local", model, opt, tau=8)
+    for x, y in loader:
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        algo.step()
+    algo.finish()
+"""
+from __future__ import annotations
+
+import torch
+
+from ..options import Option, positive_int
+from ..schedule import Periodic, TimeVarying
+from .base import Algorithm
+
+
+class LocalSGD(Algorithm):
+    """Periodic model averaging (PR-SGD Algorithms 1 and 2).
+
+    Options:
+        tau: communication period, or first epoch length (default 8).
+        schedule: ``"periodic"`` or ``"time-varying"`` (PR-SGD Algorithm 2).
+        period_exp, lr_exp: the time-varying exponents (1/3, -2/3).
+        momentum_policy: ``"local"``, ``"average"`` or ``"reset"``.
+    """
+
+    name = "local"
+    options = (
+        positive_int("tau", 8, "local steps between averaging rounds (local)"),
+        Option("schedule", "periodic", "periodic or time-varying (PR-SGD Algorithm 2) (local)",
+               str, choices=("periodic", "time-varying")),
+        Option("period_exp", 1 / 3, "time-varying: epoch length grows like s^period_exp", float,
+               check=lambda v: v >= 0, must="non-negative"),
+        Option("lr_exp", -2 / 3, "time-varying: learning rate scales like s^lr_exp", float,
+               check=lambda v: v <= 0, must="zero or negative"),
+        Option("momentum_policy", "local", "optimizer state at a round: local, average or reset",
+               str, choices=("local", "average", "reset")),
+    )
+
+    def __init__(self, model, optimizer, comm=None, **options):
+        super().__init__(model, optimizer, comm, **options)
+        o = self.opts
+        self.schedule = (Periodic(o["tau"]) if o["schedule"] == "periodic"
+                         else TimeVarying(o["tau"], o["period_exp"], o["lr_exp"]))
+        self._base_lr = [g["lr"] for g in optimizer.param_groups]
+        self._state_flat = None
+
+    def validate(self):
+        if self.opts["tau"] == 1 and self.opts["schedule"] == "periodic":
+            self.warn("local SGD with tau = 1 averages parameters every step: with plain SGD "
+                      "it is sync SGD with more traffic per step; use --algo sync")
+
+    def step(self) -> None:
+        """One local optimizer step; average the models when the schedule says so."""
+        self.optimizer.step()
+        self.steps += 1
+        if self.schedule.communicate(self.steps):
+            self.average()
+        scale = self.schedule.lr_scale(self.steps)
+        if scale != 1.0 or self.opts["schedule"] != "periodic":
+            for group, lr in zip(self.optimizer.param_groups, self._base_lr):
+                group["lr"] = lr * scale
+
+    def average(self) -> None:
+        """One round: x_i <- mean_j x_j (and buffers), then the optimizer-state policy."""
+        self.comm.allreduce(self.flat.data, average=True)
+        if self.flat.buffers.numel():
+            self.comm.allreduce(self.flat.buffers, average=True)
+        policy = self.opts["momentum_policy"]
+        if policy != "local":
+            states = self._state_tensors()
+            if policy == "reset":
+                for t in states:
+                    t.zero_()
+            elif states:
+                self._average_state(states)
+        self.rounds += 1
+
+    def _state_tensors(self) -> list[torch.Tensor]:
+        """The optimizer's per-parameter floating state of the parameter's shape."""
+        out = []
+        for p in self.flat.params:
+            for v in self.optimizer.state.get(p, {}).values():
+                if torch.is_tensor(v) and v.is_floating_point() and v.shape == p.shape:
+                    out.append(v)
+        return out
+
+    def _average_state(self, states: list[torch.Tensor]) -> None:
+        n = sum(t.numel() for t in states)
+        if self._state_flat is None or self._state_flat.numel() != n:
+            self._state_flat = torch.empty(n, dtype=states[0].dtype, device=states[0].device)
+        views, offset = [], 0
+        for t in states:
+            views.append(self._state_flat[offset: offset + t.numel()].view_as(t))
+            offset += t.numel()
+        torch._foreach_copy_(views, states)
+        self.comm.allreduce(self._state_flat, average=True)
+        torch._foreach_copy_(states, views)

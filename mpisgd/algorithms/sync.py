@@ -1,0 +1,116 @@
+"""Fully synchronous SGD: gradients averaged every step, overlapped with backward.
+
+Cooperative SGD A(1, J, 0): every worker applies the same averaged gradient
+
+    g = (1/m) sum_i g_i(x),    x <- opt_step(x, g)
+
+so all replicas stay identical. Gradients live in one flat buffer split into
+buckets of ``bucket_mb`` megabytes in reverse parameter order; a
+post-accumulate-grad hook starts a nonblocking ``Iallreduce`` on a bucket as
+soon as its last gradient is ready, so the exchange overlaps the rest of
+backward (PyTorch DDP's scheme). :meth:`SyncSGD.step` waits for the buckets
+and then calls the wrapped optimizer.
+
+Example::
+
+    algo = mpisgd.build("sync", model, opt, comm=MPI.COMM_WORLD, bucket_mb=25)
+    for x, y in loader:
+        opt.zero_grad(set_to_none=False)
+        F.cross_entropy(model(x), y).backward()
+        algo.step()
+
+For gradient accumulation, wrap all but the last backward in
+``with algo.no_sync():`` as with DDP.
+"""
+from __future__ import annotations
+
+import contextlib
+
+from ..options import Option, positive_float
+from .base import Algorithm
+
+
+class SyncSGD(Algorithm):
+    """Synchronous data-parallel SGD with bucketed, overlapped gradient Allreduce.
+
+    Options:
+        bucket_mb: bucket size in MB (default 25, as DDP).
+        overlap: start each bucket's Allreduce from backward (default True);
+            False exchanges all buckets in :meth:`step`.
+    """
+
+    name = "sync"
+    options = (
+        positive_float("bucket_mb", 25.0, "gradient bucket size in MB (sync)"),
+        Option("overlap", True, "start bucket Allreduces during backward (sync)", bool,
+               must="true or false"),
+    )
+
+    def __init__(self, model, optimizer, comm=None, **options):
+        super().__init__(model, optimizer, comm, **options)
+        nb = len(self.flat.buckets)
+        self._ready = [0] * nb
+        self._fired = [False] * len(self.flat.params)
+        self._handles = [None] * nb
+        self._accumulating = False
+        for i, p in enumerate(self.flat.params):
+            if p.requires_grad:
+                p.register_post_accumulate_grad_hook(self._hook(i))
+
+    def bucket_bytes(self):
+        return self.opts["bucket_mb"] * 1e6
+
+    @contextlib.contextmanager
+    def no_sync(self):
+        """Accumulate gradients locally (no communication) inside this block."""
+        self._accumulating = True
+        try:
+            yield
+        finally:
+            self._accumulating = False
+
+    def _hook(self, i: int):
+        def on_grad(param):
+            if self._accumulating:
+                return
+            k = self.flat.bucket_of[i]
+            if self._handles[k] is not None:
+                raise RuntimeError(
+                    "a gradient arrived for a bucket already being exchanged: call "
+                    "algo.step() after each backward(), or wrap the earlier backward "
+                    "passes of an accumulation in `with algo.no_sync():`")
+            self.flat.adopt_grad(i)
+            self._fired[i] = True
+            self._ready[k] += 1
+            if self.opts["overlap"] and self._ready[k] == len(self.flat.buckets[k].params):
+                self._launch(k)
+            for h in self._handles:     # poke MPI progress on buckets in flight
+                if h is not None and not h.done:
+                    h.test()
+                    break
+        return on_grad
+
+    def _launch(self, k: int) -> None:
+        b = self.flat.buckets[k]
+        self._handles[k] = self.comm.iallreduce(self.flat.grad[b.start:b.end], average=True)
+
+    def step(self) -> None:
+        """Wait for every bucket's averaged gradient, then take the optimizer step."""
+        for i, fired in enumerate(self._fired):
+            if not fired:
+                self.flat.adopt_grad(i)   # unused parameter or no_sync: gradient into its slot
+        for k, h in enumerate(self._handles):
+            if h is None:
+                self._launch(k)
+        for h in self._handles:
+            h.wait()
+        self.optimizer.step()
+        self._handles = [None] * len(self._handles)
+        self._ready = [0] * len(self._ready)
+        self._fired = [False] * len(self._fired)
+        self.steps += 1
+        self.rounds += 1
+
+    def consensus(self):
+        """The replicas are identical: this rank's parameters (no communication)."""
+        return self.flat.data.clone()

@@ -1,0 +1,105 @@
+"""The ``mpisgd`` command line: ``train`` (under mpiexec) and ``report``.
+
+Errors in the configuration print one line, ``mpisgd: error: <message>``,
+and exit with status 2 on every rank; an exception during training prints
+the failing rank's traceback and aborts the whole MPI job.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import warnings
+
+from .errors import ConfigError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise ConfigError(f"{message} (see {self.prog} --help)")
+
+
+def _train_parser(sub) -> None:
+    from . import algorithms
+    from .config import TrainConfig
+    p = sub.add_parser("train", help="train under mpiexec (every rank runs it)",
+                       description="Train one replica per MPI rank: "
+                                   "mpiexec -n 4 python -m mpisgd train --algo local --tau 8")
+    p.add_argument("--config", help="YAML file with the same keys as the flags")
+    kinds = {"steps": int, "epochs": float, "log_every": int, "threads": int, "out": str}
+    for f in dataclasses.fields(TrainConfig):
+        if f.name == "options":
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        help_ = TrainConfig.HELP[f.name] + ("" if f.default is None else f" (default {f.default})")
+        if f.type == "bool":
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_)
+        else:
+            kind = kinds.get(f.name) or type(f.default)
+            p.add_argument(flag, type=kind, default=None, help=help_,
+                           metavar=f.name.upper())
+    group = p.add_argument_group("algorithm options (each applies to the algorithms named)")
+    for opt in algorithms.all_options().values():
+        choices = f" {{{','.join(opt.choices)}}}" if opt.choices else ""
+        group.add_argument(opt.flag, dest=opt.name, default=None, metavar=opt.name.upper(),
+                           help=f"{opt.help}{choices} (default {opt.default:.4g})"
+                           if isinstance(opt.default, float) else
+                           f"{opt.help}{choices} (default {opt.default})")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    p.set_defaults(func=_train)
+
+
+def _report_parser(sub) -> None:
+    p = sub.add_parser("report", help="curves and a table from HDF5 run records",
+                       description="python -m mpisgd report RUN.h5 [RUN.h5 ...] --out FIG.png")
+    p.add_argument("records", nargs="+", metavar="RUN.h5")
+    p.add_argument("--out", help="PNG (or PDF, SVG) figure to write")
+    p.add_argument("--target", type=float, default=0.1,
+                   help="test error whose first crossing the table reports (default 0.1)")
+    p.set_defaults(func=_report)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="mpisgd", description="Communication-efficient distributed SGD on MPI.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _train_parser(sub)
+    _report_parser(sub)
+    return p
+
+
+def _train(args) -> int:
+    from mpi4py import MPI
+    from . import train
+    from .config import from_sources
+    from .errors import abort_on_exception, agree
+    comm = MPI.COMM_WORLD
+    if comm.Get_rank() != 0:
+        warnings.simplefilter("ignore")
+    flags = {k: v for k, v in vars(args).items()
+             if k not in ("config", "quiet", "func", "command")}
+    try:
+        cfg = from_sources(args.config, flags)
+    except ConfigError as err:
+        agree(comm, str(err))   # meets prepare()'s agree on ranks that succeeded
+        raise
+    abort_on_exception(comm)
+    train.run(cfg, comm, quiet=args.quiet)
+    return 0
+
+
+def _report(args) -> int:
+    from . import report
+    try:
+        return report.main(args.records, args.out, args.target)
+    except (OSError, KeyError) as err:
+        raise ConfigError(str(err).strip("'\"")) from None
+
+
+def main(argv=None) -> int:
+    warnings.formatwarning = lambda msg, cat, *a, **k: f"mpisgd: warning: {msg}\n"
+    try:
+        args = parser().parse_args(argv)
+        return args.func(args)
+    except ConfigError as err:
+        print(f"mpisgd: error: {err}", file=sys.stderr, flush=True)
+        return 2

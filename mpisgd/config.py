@@ -1,0 +1,152 @@
+"""The training configuration: a dataclass, YAML files and ``--key value`` flags.
+
+Precedence: the defaults below < ``--config FILE.yaml`` < command-line flags.
+YAML keys are the flag names, with dashes or underscores (``batch-size`` or
+``batch_size``); algorithm options (``tau``, ``bucket-mb``, ...) sit beside
+the general ones.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+
+from . import algorithms
+from .errors import ConfigError
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``mpisgd train`` needs; one field per flag."""
+    algo: str = "sync"
+    model: str = "mlp"
+    data: str = "digits"
+    steps: int | None = None
+    epochs: float | None = None
+    batch_size: int = 32
+    lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    seed: int = 0
+    shard: str = "iid"
+    skew_alpha: float = 0.5
+    log_every: int | None = None
+    out: str | None = None
+    threads: int | None = None
+    options: dict = field(default_factory=dict)   # algorithm options, Python names
+
+    HELP = {
+        "algo": f"algorithm: {', '.join(algorithms.ALGORITHMS)}",
+        "model": "linear, mlp, cnn or resnet20",
+        "data": "digits, synthetic[:N], cifar10:DIR or hdf5:FILE",
+        "steps": "local steps per worker (default 300 unless --epochs)",
+        "epochs": "passes over the training set by all workers together",
+        "batch_size": "mini-batch size per worker",
+        "lr": "learning rate",
+        "momentum": "SGD momentum",
+        "nesterov": "Nesterov momentum",
+        "weight_decay": "L2 weight decay",
+        "seed": "seed of data order, sharding and initialisation",
+        "shard": "iid or label-skew (Dirichlet, see --skew-alpha)",
+        "skew_alpha": "Dirichlet concentration of label-skew sharding",
+        "log_every": "steps between evaluations (default: 20 log points)",
+        "out": "HDF5 run record (default runs/ALGO-DATE-TIME.h5)",
+        "threads": "torch threads per rank (default: cores per node / ranks per node)",
+    }
+
+    def validate(self) -> None:
+        """Raise ``ConfigError`` naming the first bad flag."""
+        def need(ok, flag, must, value):
+            if not ok:
+                raise ConfigError(f"--{flag} must be {must}, got {value!r}")
+        if self.steps is not None:
+            need(self.steps >= 1, "steps", "a positive integer", self.steps)
+        if self.epochs is not None:
+            need(self.epochs > 0, "epochs", "positive", self.epochs)
+            need(self.steps is None, "epochs", "used without --steps", self.epochs)
+        need(self.batch_size >= 1, "batch-size", "a positive integer", self.batch_size)
+        need(self.lr > 0, "lr", "positive", self.lr)
+        need(0 <= self.momentum < 1, "momentum", "in [0, 1)", self.momentum)
+        need(not self.nesterov or self.momentum > 0, "nesterov", "used with --momentum > 0",
+             self.nesterov)
+        need(self.weight_decay >= 0, "weight-decay", "non-negative", self.weight_decay)
+        need(self.shard in ("iid", "label-skew"), "shard", "iid or label-skew", self.shard)
+        need(self.skew_alpha > 0, "skew-alpha", "positive", self.skew_alpha)
+        if self.log_every is not None:
+            need(self.log_every >= 1, "log-every", "a positive integer", self.log_every)
+        if self.threads is not None:
+            need(self.threads >= 1, "threads", "a positive integer", self.threads)
+        try:
+            self.options = algorithms.validate(self.algo, self.options)
+        except ValueError as err:
+            raise ConfigError(_flagged(str(err))) from None
+        if self.out:
+            parent = os.path.dirname(os.path.abspath(self.out))
+            if os.path.exists(parent) and not os.access(parent, os.W_OK):
+                raise ConfigError(f"--out {self.out}: directory {parent} is not writable")
+
+    def resolved(self) -> dict:
+        """The configuration as the run record stores it (JSON-able)."""
+        return dataclasses.asdict(self)
+
+
+def _flagged(message: str) -> str:
+    """Spell an algorithm option as its flag in a CLI message: tau -> --tau."""
+    first, _, rest = message.partition(" ")
+    if first in algorithms.all_options() and not first.startswith("--"):
+        return "--" + first.replace("_", "-") + " " + rest
+    if message.startswith("option "):
+        name = rest.split(" ")[0]
+        return "--" + name.replace("_", "-") + rest[len(name):]
+    return message
+
+
+GENERAL = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "options"]
+
+
+def from_sources(yaml_path: str | None, flags: dict) -> TrainConfig:
+    """Merge defaults, a YAML file and explicitly given flags into a config."""
+    values: dict = {}
+    if yaml_path:
+        import yaml
+        if not os.path.exists(yaml_path):
+            raise ConfigError(f"--config: no such file: {yaml_path}")
+        with open(yaml_path) as f:
+            try:
+                loaded = yaml.safe_load(f) or {}
+            except yaml.YAMLError as err:
+                raise ConfigError(f"--config {yaml_path}: not valid YAML ({err})") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"--config {yaml_path}: expected a mapping of option: value")
+        values.update({k.replace("-", "_"): v for k, v in loaded.items()})
+    values.update({k: v for k, v in flags.items() if v is not None})
+    known_algo = algorithms.all_options()
+    general = {k: v for k, v in values.items() if k in GENERAL}
+    options = {k: v for k, v in values.items() if k in known_algo}
+    unknown = sorted(set(values) - set(general) - set(options))
+    if unknown:
+        raise ConfigError(f"--config {yaml_path}: unknown key {unknown[0]!r}")
+    cfg = TrainConfig(**general, options=options)
+    for f in dataclasses.fields(TrainConfig):     # YAML gives strings where types differ
+        value = getattr(cfg, f.name)
+        if f.name in ("options", "out") or value is None:
+            continue
+        kind = type(f.default) if f.default is not None else (int if f.name != "epochs" else float)
+        try:
+            setattr(cfg, f.name, (value if kind is not bool else _boolean(value))
+                    if kind in (bool, str) else kind(value))
+        except (TypeError, ValueError):
+            raise ConfigError(f"--{f.name.replace('_', '-')} must be a {kind.__name__}, "
+                              f"got {value!r}") from None
+    return cfg
+
+
+def _boolean(value) -> bool:
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() in ("true", "1", "yes"):
+        return True
+    if str(value).lower() in ("false", "0", "no"):
+        return False
+    raise ValueError(value)

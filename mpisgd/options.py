@@ -1,0 +1,74 @@
+"""Declared algorithm options: one place that validates and documents them.
+
+Each algorithm lists its :class:`Option` s. ``mpisgd.build`` and the command
+line resolve user values against that list, so a wrong option gets the same
+message from the API and the CLI, on every rank, before any communication::
+
+    ValueError: tau must be a positive integer, got 0
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class Option:
+    """An algorithm option: its name (Python spelling), default, type and rule.
+
+    ``check(value) -> bool`` accepts a value; ``must`` completes the error
+    sentence "<name> must be <must>, got <value>".
+    """
+    name: str
+    default: Any
+    help: str
+    kind: type = float
+    choices: tuple | None = None
+    check: Callable[[Any], bool] | None = None
+    must: str = ""
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def resolve(self, value: Any) -> Any:
+        """Convert and validate ``value``; raises ``ValueError`` naming the option."""
+        if value is None:
+            return self.default
+        try:
+            if self.kind is bool and isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError
+                value = value.lower() in ("true", "1", "yes")
+            elif self.kind is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            else:
+                value = self.kind(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{self.name} must be {self.must or 'a ' + self.kind.__name__}, "
+                             f"got {value!r}") from None
+        if self.choices is not None and value not in self.choices:
+            raise ValueError(f"{self.name} must be one of {', '.join(map(str, self.choices))}, "
+                             f"got {value!r}")
+        if self.check is not None and not self.check(value):
+            raise ValueError(f"{self.name} must be {self.must}, got {value!r}")
+        return value
+
+
+def positive_int(name: str, default: int, help: str) -> Option:
+    return Option(name, default, help, int, check=lambda v: v >= 1, must="a positive integer")
+
+
+def positive_float(name: str, default: float, help: str) -> Option:
+    return Option(name, default, help, float, check=lambda v: v > 0, must="a positive number")
+
+
+def resolve(algorithm: str, declared: tuple[Option, ...], given: dict) -> dict:
+    """Resolve ``given`` against ``declared``: defaults filled in, unknown names refused."""
+    known = {o.name: o for o in declared}
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        accepted = ", ".join(sorted(known)) or "none"
+        raise ValueError(f"option {unknown[0]} does not apply to algorithm {algorithm!r} "
+                         f"(it accepts: {accepted})")
+    return {name: opt.resolve(given.get(name)) for name, opt in known.items()}

@@ -1,0 +1,76 @@
+"""The dense single-process oracle for Cooperative SGD, A(tau, W, v).
+
+The state is the stacked matrix X_k = [x_1 .. x_m, z_1 .. z_v] (d x (m+v)),
+one column per worker and per auxiliary variable (Wang & Joshi 2018).
+Each iteration
+
+    X_{k+1} = (X_k - eta_k G_k) W_k,    W_k = W if (k+1) mod tau == 0 else I,
+
+where G_k holds the workers' stochastic gradients and zeros in the v
+auxiliary columns. Fully synchronous SGD is A(1, J, 0) with J = 11^T/m,
+periodic averaging (local SGD, PR-SGD) A(tau, J, 0), D-PSGD A(1, W, 0) for a
+sparse doubly stochastic W, EASGD A(tau, W_alpha, 1).
+
+Tests run an algorithm under mpiexec and compare each rank's parameters with
+its column of this oracle, computed in float64 on the same gradient stream.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+
+def averaging_matrix(m: int, dtype=torch.float64) -> torch.Tensor:
+    """J = 11^T / m: exact averaging over m workers."""
+    return torch.full((m, m), 1.0 / m, dtype=dtype)
+
+
+def elastic_matrix(m: int, alpha: float, dtype=torch.float64) -> torch.Tensor:
+    """W_alpha = [[(1-alpha) I_m, alpha 1], [alpha 1^T, 1 - m alpha]] (EASGD, v = 1)."""
+    w = torch.zeros(m + 1, m + 1, dtype=dtype)
+    w[:m, :m] = (1 - alpha) * torch.eye(m, dtype=dtype)
+    w[:m, m] = alpha
+    w[m, :m] = alpha
+    w[m, m] = 1 - m * alpha
+    return w
+
+
+def cooperative(x0: torch.Tensor, grad: Callable[[int, torch.Tensor], torch.Tensor],
+                eta: float | Callable[[int], float], W: torch.Tensor | Callable[[int], torch.Tensor],
+                steps: int, tau: int | None = 1, communicate: Callable[[int], bool] | None = None,
+                v: int = 0, trace: bool = False):
+    """Run A(tau, W, v) for ``steps`` iterations from ``x0``.
+
+    Args:
+        x0: the d x (m+v) initial stack (or a length-d vector, copied to every column).
+        grad: ``grad(k, X_workers) -> G`` for iteration k (0-based), both d x m.
+        eta: the learning rate, or ``eta(k)``.
+        W: the (m+v) x (m+v) mixing matrix, or ``W(k)`` for a time-varying one.
+        tau: communicate when (k+1) mod tau == 0 (ignored if ``communicate`` given).
+        communicate: ``communicate(k+1) -> bool``, e.g. a schedule's method.
+        v: number of auxiliary columns (centre variables).
+        trace: also return the list of X after every iteration.
+
+    Returns:
+        X after ``steps`` iterations (and the trace if asked).
+    """
+    w0 = W(0) if callable(W) else W
+    n = w0.shape[0]
+    X = x0.to(torch.float64).clone()
+    if X.dim() == 1:
+        X = X[:, None].repeat(1, n)
+    m = n - v
+    if communicate is None:
+        communicate = lambda k1: k1 % tau == 0  # noqa: E731
+    history = []
+    for k in range(steps):
+        G = torch.zeros_like(X)
+        G[:, :m] = grad(k, X[:, :m])
+        rate = eta(k) if callable(eta) else eta
+        X = X - rate * G
+        if communicate(k + 1):
+            X = X @ (W(k) if callable(W) else W).to(X.dtype)
+        if trace:
+            history.append(X.clone())
+    return (X, history) if trace else X

@@ -1,0 +1,227 @@
+"""The training driver behind ``python -m mpisgd train``.
+
+Launch (every rank runs this same code)::
+
+    mpiexec -n 4 python -m mpisgd train --algo local --tau 8 --steps 500
+
+Order of events, on every rank:
+
+1. validate the configuration, load the data, shard it, build the model —
+   no communication; then :func:`~mpisgd.errors.agree` (one allgather) so a
+   problem on any rank ends every rank with its message;
+2. build the algorithm (rank 0's initial parameters are broadcast);
+3. train: worker w's batch at step t depends only on (seed, w, t); at each
+   log point the consensus model is evaluated on the test set (split over
+   the ranks) and rank 0 appends a row to the HDF5 record. ``wall_time``
+   counts training only: the clock is paused during evaluation;
+4. ``finish()``, a last log point, per-rank counters, the final model.
+
+Rank 0 shows a progress bar and prints a one-line summary; other ranks are quiet.
+"""
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sys
+import time
+from datetime import datetime
+
+import torch
+import torch.nn.functional as F
+
+from . import __version__, algorithms, data as datasets, models
+from .comm import mpi_library
+from .config import TrainConfig
+from .errors import agree, digest
+from .record import RANK_FIELDS, RunRecord
+
+
+def _threads(comm, requested: int | None) -> int:
+    """Cores available to this rank: the node's cores shared by its ranks."""
+    if requested:
+        return requested
+    node = comm.Split_type(_shared_type(), key=comm.Get_rank())
+    local = node.Get_size()
+    node.Free()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) // local)
+
+
+def _shared_type():
+    from mpi4py import MPI
+    return MPI.COMM_TYPE_SHARED
+
+
+def _default_out(algo: str) -> str:
+    return os.path.join("runs", f"{algo}-{datetime.now():%Y%m%d-%H%M%S}-{os.getpid()}.h5")
+
+
+def prepare(cfg: TrainConfig, comm):
+    """Validate and load everything on every rank; agree; return the pieces.
+
+    Raises ``ConfigError`` on every rank if any rank found a problem.
+    """
+    error, key, pieces = None, "", None
+    try:
+        cfg.validate()
+        data = datasets.load(cfg.data)
+        workers = comm.Get_size()
+        shards = datasets.shard(data.y_train, workers, cfg.seed, cfg.shard, cfg.skew_alpha)
+        torch.manual_seed(cfg.seed)
+        model = models.build(cfg.model, data.input_shape, data.classes)
+        if cfg.epochs is not None:
+            cfg.steps = max(1, math.ceil(cfg.epochs * len(data.y_train) / (workers * cfg.batch_size)))
+        cfg.steps = cfg.steps or 300
+        cfg.log_every = cfg.log_every or max(1, cfg.steps // 20)
+        pieces = data, shards, model
+        key = digest({k: v for k, v in cfg.resolved().items() if k not in ("out", "threads")})
+    except (ValueError, OSError) as err:
+        error = str(err)
+    agree(comm, error, key)
+    return pieces
+
+
+class Evaluator:
+    """Test loss and error of the consensus model, the test set split over ranks."""
+
+    def __init__(self, cfg: TrainConfig, data, comm, batch: int = 1024):
+        self.model = models.build(cfg.model, data.input_shape, data.classes)
+        self.params = list(self.model.parameters())
+        self.buffers = [b for b in self.model.buffers() if b.is_floating_point()]
+        rank, size = comm.Get_rank(), comm.Get_size()
+        self.x, self.y = data.x_test[rank::size], data.y_test[rank::size]
+        self.comm, self.batch = comm, batch
+
+    @torch.no_grad()
+    def __call__(self, params: torch.Tensor, buffers: torch.Tensor) -> tuple[float, float]:
+        torch.nn.utils.vector_to_parameters(params.to(self.params[0].dtype), self.params)
+        if self.buffers:
+            torch.nn.utils.vector_to_parameters(buffers, self.buffers)
+        self.model.eval()
+        sums = torch.zeros(3, dtype=torch.float64)
+        for i in range(0, len(self.y), self.batch):
+            out = self.model(self.x[i:i + self.batch])
+            y = self.y[i:i + self.batch]
+            sums[0] += F.cross_entropy(out, y, reduction="sum").item()
+            sums[1] += (out.argmax(1) != y).sum().item()
+            sums[2] += len(y)
+        self.comm.Allreduce(_inplace(), sums.numpy())
+        return sums[0].item() / sums[2].item(), sums[1].item() / sums[2].item()
+
+
+def _inplace():
+    from mpi4py import MPI
+    return MPI.IN_PLACE
+
+
+class _Terminated(Exception):
+    pass
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated(f"terminated by signal {signum} (batch-system time limit or scancel?)")
+
+
+def run(cfg: TrainConfig, comm, quiet: bool = False) -> dict:
+    """Train as ``cfg`` says on communicator ``comm``; returns rank 0's summary (others: {})."""
+    rank, size = comm.Get_rank(), comm.Get_size()
+    torch.set_num_threads(_threads(comm, cfg.threads))
+    data, shards, model = prepare(cfg, comm)
+    cfg.out = cfg.out or _default_out(cfg.algo)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                          nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+    algo = algorithms.build(cfg.algo, model, opt, comm, **cfg.options)
+    record = None
+    if rank == 0:
+        record = RunRecord(cfg.out, cfg.resolved(), size, algo.workers, mpi_library(), __version__)
+    try:
+        return _train(cfg, comm, algo, model, opt, data, shards, record, quiet)
+    except BaseException as err:
+        if record is not None:
+            record.fail(f"{type(err).__name__}: {err}")
+        raise
+
+
+def _train(cfg, comm, algo, model, opt, data, shards, record, quiet) -> dict:
+    from tqdm import tqdm
+    rank = comm.Get_rank()
+    w = algo.worker_index
+    stream = datasets.WorkerStream(data, shards[w], w, cfg.seed, cfg.batch_size)
+    evaluate = Evaluator(cfg, data, comm)
+    tty = sys.stderr.isatty()
+    bar = tqdm(total=cfg.steps, desc=f"{cfg.algo} x{algo.workers}", unit="step",
+               disable=(rank != 0 or quiet), file=sys.stderr, mininterval=0.5 if tty else 30,
+               dynamic_ncols=True, leave=False)
+    loss_acc = torch.zeros((), dtype=torch.float64)
+    seen = 0
+    paused = 0.0
+    row = {}
+    comm.Barrier()
+    start = time.perf_counter()
+    for step in range(cfg.steps):
+        x, y = stream.batch(step)
+        opt.zero_grad(set_to_none=False)
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        algo.step()
+        loss_acc += loss.detach()
+        seen += 1
+        bar.update(1)
+        last = step + 1 == cfg.steps
+        if (step + 1) % cfg.log_every == 0 or last:
+            t_log = time.perf_counter()
+            if last:
+                algo.finish()
+            row = _log_point(algo, evaluate, comm, step + 1, t_log - start - paused,
+                             loss_acc.item(), seen)
+            loss_acc.zero_()
+            seen = 0
+            if record is not None:
+                record.log(**row)
+            bar.set_postfix(loss=f"{row['train_loss']:.3f}", err=f"{row['test_error']:.3f}",
+                            refresh=False)
+            paused += time.perf_counter() - t_log
+    train_time = time.perf_counter() - start - paused
+    bar.close()
+    stats = algo.stats()
+    mine = [train_time - stats["comm_time"], stats["comm_time"],
+            stats["wait_time"], stats["steps"], stats["bytes_sent"]]
+    ranks = comm.gather(mine, root=0)
+    params = algo.consensus()
+    if rank != 0:
+        return {}
+    record.complete({name: [r[i] for r in ranks] for i, name in enumerate(RANK_FIELDS)},
+                    params.detach().cpu().float().numpy())
+    summary = {**row, "path": cfg.out, "workers": algo.workers, "algo": cfg.algo}
+    if not quiet:
+        print(summary_line(summary), flush=True)
+    return summary
+
+
+def _log_point(algo, evaluate, comm, step, wall, loss_sum, seen) -> dict:
+    """One row of /metrics: losses and bytes summed over ranks, the consensus evaluated."""
+    sums = torch.tensor([loss_sum, seen, algo.comm.bytes_sent], dtype=torch.float64)
+    comm.Allreduce(_inplace(), sums.numpy())
+    params = algo.consensus()
+    test_loss, test_error = evaluate(params, algo.consensus_buffers())
+    return {"step": step, "wall_time": wall, "train_loss": sums[0].item() / max(sums[1].item(), 1),
+            "test_loss": test_loss, "test_error": test_error, "rounds": algo.rounds,
+            "bytes_sent": sums[2].item()}
+
+
+def summary_line(s: dict) -> str:
+    """``mpisgd: sync, 4 workers, 300 steps: test error 3.9% ...; record: PATH``."""
+    return (f"mpisgd: {s['algo']}, {s['workers']} workers, {int(s['step'])} steps: "
+            f"test error {100 * s['test_error']:.2f}% (loss {s['test_loss']:.4f}), "
+            f"train loss {s['train_loss']:.4f}, {s['wall_time']:.2f} s, "
+            f"{int(s['rounds'])} rounds, {_human_bytes(s['bytes_sent'])} sent; record: {s['path']}")
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
