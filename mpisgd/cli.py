@@ -7,6 +7,7 @@ the failing rank's traceback and aborts the whole MPI job.
 from __future__ import annotations
 
 import argparse
+import os
 import dataclasses
 import sys
 import warnings
@@ -101,5 +102,6 @@ def main(argv=None) -> int:
         args = parser().parse_args(argv)
         return args.func(args)
     except ConfigError as err:
-        print(f"mpisgd: error: {err}", file=sys.stderr, flush=True)
+        sys.stderr.flush()
+        os.write(2, f"mpisgd: error: {err}\n".encode())   # one write: ranks' lines stay whole
         return 2

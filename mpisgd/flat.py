@@ -103,7 +103,7 @@ class ParamBuffer:
 
     def _make_buckets(self, bucket_bytes: float | None) -> list[Bucket]:
         if bucket_bytes is None:
-            return [Bucket(0, self.numel, tuple(range(len(self.params))))]
+            return [Bucket(0, self.numel, tuple(reversed(range(len(self.params)))))]
         cap = max(1, int(bucket_bytes // self.data.element_size()))
         buckets, current, size = [], [], 0
         for i in reversed(range(len(self.params))):

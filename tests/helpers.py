@@ -1,0 +1,61 @@
+"""Deterministic problems shared by the unit and MPI tests."""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+
+import torch
+
+D, N = 6, 8          # regression dimension, samples per worker batch
+
+
+def regression_batch(worker: int, step: int, d: int = D, n: int = N):
+    """The (A, b) a worker sees at a step: a function of (worker, step) only."""
+    g = torch.Generator().manual_seed(1_000_003 * (worker + 1) + step)
+    A = torch.randn(n, d, generator=g, dtype=torch.float64)
+    b = torch.randn(n, generator=g, dtype=torch.float64)
+    return A, b
+
+
+def regression_grad(k: int, X: torch.Tensor) -> torch.Tensor:
+    """Columns of gradients of 0.5 mean((A x - b)^2) for every worker: the oracle's G_k."""
+    cols = []
+    for i in range(X.shape[1]):
+        A, b = regression_batch(i, k, X.shape[0])
+        cols.append(A.T @ (A @ X[:, i] - b) / A.shape[0])
+    return torch.stack(cols, 1)
+
+
+def regression_model(x0: torch.Tensor) -> torch.nn.Module:
+    model = torch.nn.Linear(len(x0), 1, bias=False).double()
+    with torch.no_grad():
+        model.weight.copy_(x0[None, :])
+    return model
+
+
+def regression_loss(model, worker: int, step: int):
+    A, b = regression_batch(worker, step, model.weight.shape[1])
+    return 0.5 * ((model(A).squeeze(1) - b) ** 2).mean()
+
+
+def classifier_batch(worker: int, step: int, n: int = 5):
+    g = torch.Generator().manual_seed(7919 * (worker + 1) + step)
+    return (torch.randn(n, 4, generator=g, dtype=torch.float64),
+            torch.randint(0, 3, (n,), generator=g))
+
+
+def classifier(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(4, 7), torch.nn.Tanh(),
+                               torch.nn.Linear(7, 3)).double()
+
+
+def mpiexec() -> list[str]:
+    """The launcher beside this Python (the MPICH wheel's), else the one on PATH."""
+    here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    exe = here if os.path.exists(here) else shutil.which("mpiexec")
+    cmd = [exe]
+    if "Open MPI" in os.popen(f"{exe} --version 2>&1").read():
+        cmd += ["--allow-run-as-root", "--oversubscribe"]
+    return cmd

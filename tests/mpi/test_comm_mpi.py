@@ -1,0 +1,61 @@
+"""Comm under mpiexec: closed forms on COMM_WORLD and on a Dup of it (STYLE 3, 11)."""
+import pytest
+import torch
+from mpi4py import MPI
+
+from mpisgd.comm import Comm
+
+
+@pytest.fixture(params=["world", "dup"])
+def comm(request):
+    c = MPI.COMM_WORLD if request.param == "world" else MPI.COMM_WORLD.Dup()
+    yield c
+    if request.param == "dup":
+        c.Free()
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("staging", ["never", "always"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_allreduce_average_of_ranks(comm, staging, dtype):
+    c = Comm(comm, staging=staging)
+    x = torch.ones(1000, dtype=dtype) * c.rank
+    handle = c.iallreduce(x, average=True)
+    handle.wait()
+    assert torch.equal(x, torch.full_like(x, (c.size - 1) / 2))
+    assert c.bytes_sent == pytest.approx(2 * (c.size - 1) / c.size * x.numel() * x.element_size())
+
+
+@pytest.mark.mpi(min_size=2)
+def test_pending_buffer_is_refused_until_waited(comm):
+    c = Comm(comm)
+    x = torch.ones(10)
+    handle = c.iallreduce(x[:6])
+    with pytest.raises(RuntimeError, match="pending nonblocking"):
+        c.iallreduce(x[4:])
+    c.iallreduce(x[6:]).wait()          # disjoint memory is fine
+    handle.wait()
+    assert x[:6].tolist() == [c.size] * 6 and x[6:].tolist() == [c.size] * 4
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("staging", ["never", "always"])
+def test_ring_isend_irecv(comm, staging):
+    c = Comm(comm, staging=staging)
+    out = torch.arange(5, dtype=torch.float64) + c.rank
+    got = torch.zeros(5, dtype=torch.float64)
+    recv = c.irecv(got, source=(c.rank - 1) % c.size, tag=3)
+    send = c.isend(out, dest=(c.rank + 1) % c.size, tag=3)
+    while not recv.test():
+        pass
+    send.wait()
+    assert torch.equal(got, torch.arange(5, dtype=torch.float64) + (c.rank - 1) % c.size)
+    assert c.bytes_sent == 5 * 8
+
+
+@pytest.mark.mpi(min_size=2)
+def test_bcast_from_root(comm):
+    c = Comm(comm)
+    x = torch.full((7,), float(c.rank))
+    c.bcast(x, root=c.size - 1)
+    assert torch.equal(x, torch.full((7,), float(c.size - 1)))

@@ -1,0 +1,124 @@
+"""local (PR-SGD): against the dense oracle A(tau, J, 0) and against sync.
+
+float64 throughout; the tolerance covers summation order only (see test_sync).
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+from mpi4py import MPI
+
+import mpisgd
+from mpisgd import reference
+from mpisgd.schedule import TimeVarying
+from helpers import (D, classifier, classifier_batch, regression_grad, regression_loss,
+                     regression_model)
+
+ETA = 0.05
+
+
+def x0():
+    return torch.linspace(-1.0, 1.0, D, dtype=torch.float64)
+
+
+def run_local(steps, **options):
+    comm = MPI.COMM_WORLD
+    model = regression_model(x0())
+    opt = torch.optim.SGD(model.parameters(), lr=ETA)
+    algo = mpisgd.build("local", model, opt, comm=comm, **options)
+    trace = []
+    for step in range(steps):
+        opt.zero_grad()
+        regression_loss(model, comm.rank, step).backward()
+        algo.step()
+        trace.append(algo.flat.data.clone())
+    return algo, trace
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("tau", [2, 5])
+def test_local_equals_reference_periodic_averaging(tau):
+    size, rank = MPI.COMM_WORLD.size, MPI.COMM_WORLD.rank
+    steps = 3 * tau + 2                    # ends between two rounds
+    algo, trace = run_local(steps, tau=tau)
+    _, oracle = reference.cooperative(x0(), regression_grad, ETA,
+                                      reference.averaging_matrix(size), steps, tau=tau, trace=True)
+    for k in range(steps):                 # every iterate of this worker's column
+        assert torch.allclose(trace[k], oracle[k][:, rank], rtol=1e-12, atol=1e-14), k
+    assert algo.rounds == steps // tau
+    assert torch.allclose(algo.consensus(), oracle[-1].mean(1), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.mpi(min_size=2)
+def test_time_varying_equals_reference():
+    size, rank = MPI.COMM_WORLD.size, MPI.COMM_WORLD.rank
+    steps = 20
+    algo, trace = run_local(steps, tau=2, schedule="time-varying")
+    sched = TimeVarying(2)
+    _, oracle = reference.cooperative(
+        x0(), regression_grad, lambda k: ETA * sched.lr_scale(k),
+        reference.averaging_matrix(size), steps, communicate=sched.communicate, trace=True)
+    for k in range(steps):
+        assert torch.allclose(trace[k], oracle[k][:, rank], rtol=1e-12, atol=1e-14), k
+    assert algo.rounds == sum(sched.communicate(s) for s in range(1, steps + 1))
+
+
+@pytest.mark.mpi(min_size=2)
+def test_local_tau_one_equals_sync():
+    comm = MPI.COMM_WORLD
+    results = []
+    for name, opts in (("sync", {}), ("local", {"tau": 1})):
+        model = classifier()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        with pytest.warns(UserWarning, match="sync") if name == "local" else _nothing():
+            algo = mpisgd.build(name, model, opt, comm=comm, **opts)
+        for step in range(10):
+            x, y = classifier_batch(comm.rank, step)
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            algo.step()
+        results.append(algo.consensus())
+    assert torch.allclose(results[0], results[1], rtol=1e-12, atol=1e-14)
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("policy", ["local", "average", "reset"])
+def test_momentum_policy(policy):
+    comm = MPI.COMM_WORLD
+    model = regression_model(x0())
+    opt = torch.optim.SGD(model.parameters(), lr=ETA, momentum=0.9)
+    algo = mpisgd.build("local", model, opt, comm=comm, tau=3, momentum_policy=policy)
+    for step in range(3):
+        opt.zero_grad()
+        regression_loss(model, comm.rank, step).backward()
+        algo.step()
+    buf = opt.state[model.weight]["momentum_buffer"].reshape(-1)
+    everyone = comm.allgather(buf.clone())
+    if policy == "reset":
+        assert torch.count_nonzero(buf) == 0
+    elif policy == "average":
+        assert all(torch.equal(b, everyone[0]) for b in everyone)
+    else:
+        assert not torch.equal(everyone[0], everyone[1])
+
+
+@pytest.mark.mpi(min_size=2)
+def test_batchnorm_buffers_averaged_each_round():
+    comm = MPI.COMM_WORLD
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3)).double()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    algo = mpisgd.build("local", model, opt, comm=comm, tau=2)
+    for step in range(2):
+        x, _ = classifier_batch(comm.rank, step)
+        opt.zero_grad()
+        model(x).sum().backward()
+        algo.step()
+    stats = comm.allgather(model[1].running_mean.clone())
+    assert all(torch.equal(s, stats[0]) for s in stats)

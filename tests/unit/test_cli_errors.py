@@ -1,0 +1,57 @@
+"""Bad input under a real mpiexec: one line naming the problem on every rank, exit 2, fast.
+
+Each case is a separate 4-rank job (the only way to observe exit status and
+hangs), so they are few.
+"""
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from helpers import mpiexec
+
+NP = 4
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def launch(args, np=NP, timeout=90, script=None):
+    cmd = mpiexec() + ["-n", str(np), sys.executable]
+    cmd += ["-c", script] if script else ["-m", "mpisgd", "train", "--quiet", *args]
+    t0 = time.monotonic()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    return proc, time.monotonic() - t0
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--algo", "nope"], "unknown algorithm 'nope'"),
+    (["--algo", "local", "--tau", "0"], "--tau must be a positive integer, got 0"),
+    (["--lr", "-0.1"], "--lr must be positive, got -0.1"),
+    (["--data", "hdf5:/no/such/file.h5"], "no such file: /no/such/file.h5"),
+    (["--data", "synthetic:3"], "4 workers but only 3 training samples"),
+])
+def test_bad_input_one_line_on_every_rank(args, needle):
+    proc, elapsed = launch(args)
+    assert proc.returncode != 0
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("mpisgd: error:")]
+    assert len(lines) == NP, proc.stderr
+    assert all(needle in ln for ln in lines), lines
+    assert "Traceback" not in proc.stderr
+    assert elapsed < 60
+
+
+def test_exception_on_one_rank_ends_the_job():
+    script = (
+        "from mpi4py import MPI\n"
+        "from mpisgd.errors import abort_on_exception\n"
+        "comm = MPI.COMM_WORLD\n"
+        "abort_on_exception(comm)\n"
+        "if comm.rank == 2:\n"
+        "    raise RuntimeError('only rank 2 fails')\n"
+        "comm.Barrier()\n"          # the others wait here forever without the abort
+    )
+    proc, elapsed = launch([], script=script, timeout=60)
+    assert proc.returncode != 0
+    assert "[rank 2] RuntimeError: only rank 2 fails" in proc.stderr
+    assert elapsed < 30

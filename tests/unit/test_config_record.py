@@ -1,0 +1,107 @@
+"""Configuration sources, the run record at size 1, and the report."""
+import h5py
+import numpy as np
+import pytest
+from mpi4py import MPI
+
+from mpisgd import cli, record, report, train
+from mpisgd.config import from_sources
+from mpisgd.errors import ConfigError
+
+
+def test_yaml_then_flags(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("algo: local\ntau: 4\nbatch-size: 16\nlr: 0.2\n")
+    cfg = from_sources(str(path), {"lr": 0.3, "steps": None})
+    assert (cfg.algo, cfg.batch_size, cfg.lr, cfg.options) == ("local", 16, 0.3, {"tau": 4})
+    cfg.validate()
+    assert cfg.options["momentum_policy"] == "local"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("tua: 4\n", "unknown key 'tua'"),
+    ("- a\n- b\n", "expected a mapping"),
+    ("steps: many\n", "--steps must be a int"),
+])
+def test_bad_yaml(tmp_path, text, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        from_sources(str(path), {})
+
+
+def test_missing_config_file():
+    with pytest.raises(ConfigError, match="--config: no such file"):
+        from_sources("/no/such.yaml", {})
+
+
+@pytest.mark.parametrize("flags, message", [
+    ({"momentum": 1.5}, "--momentum must be in"), ({"batch_size": 0}, "--batch-size must be"),
+    ({"algo": "sync", "tau": 3}, "--tau does not apply to algorithm 'sync'"),
+    ({"algo": "local", "tau": -1}, "--tau must be a positive integer, got -1"),
+    ({"steps": 5, "epochs": 1.0}, "--epochs must be used without --steps"),
+])
+def test_config_validation_names_the_flag(flags, message):
+    with pytest.raises(ConfigError, match=message):
+        from_sources(None, flags).validate()
+
+
+def run_single(tmp_path, **flags):
+    out = str(tmp_path / "run.h5")
+    cfg = from_sources(None, dict(steps=30, log_every=10, out=out, threads=1, **flags))
+    return train.run(cfg, MPI.COMM_SELF, quiet=True), out
+
+
+def test_single_process_run_and_epochs(tmp_path):
+    summary, out = run_single(tmp_path, algo="local", tau=5)
+    rec = record.read(out)
+    assert rec["attrs"]["status"] == "completed" and rec["attrs"]["workers"] == 1
+    assert list(rec["metrics"]["rounds"]) == [2, 4, 6]
+    assert summary["test_error"] < 0.5
+    cfg = from_sources(None, dict(epochs=2.0, batch_size=64, out=out, threads=1))
+    assert train.run(cfg, MPI.COMM_SELF, quiet=True)["step"] == np.ceil(2 * 1438 / 64)
+
+
+def test_failed_run_leaves_a_record_saying_why(tmp_path, monkeypatch):
+    from mpisgd.algorithms.sync import SyncSGD
+    original = SyncSGD.step
+
+    def failing(self):
+        if self.steps == 12:
+            raise RuntimeError("injected failure")
+        original(self)
+    monkeypatch.setattr(SyncSGD, "step", failing)
+    with pytest.raises(RuntimeError, match="injected"):
+        run_single(tmp_path)
+    rec = record.read(str(tmp_path / "run.h5"))
+    assert rec["attrs"]["status"] == "failed: RuntimeError: injected failure"
+    assert list(rec["metrics"]["step"]) == [10]
+
+
+def test_interrupted_record_status(tmp_path):
+    path = str(tmp_path / "r.h5")
+    record.RunRecord(path, {"algo": "sync"}, 4, 4, "MPICH", "0")
+    with h5py.File(path) as f:
+        assert f.attrs["status"].startswith("failed: the job ended before")
+
+
+def test_report_table_and_figure(tmp_path, capsys):
+    _, out = run_single(tmp_path)
+    png = str(tmp_path / "fig.png")
+    assert cli.main(["report", out, out, "--out", png, "--target", "0.9"]) == 0
+    text = capsys.readouterr().out
+    assert "target test error: 0.9" in text and text.count("completed") == 2
+    assert open(png, "rb").read(4) == b"\x89PNG"
+    reach = report.first_reach(record.read(out), 0.9)
+    assert reach is not None and reach[1] == 10
+
+
+def test_report_missing_file(capfd):
+    assert cli.main(["report", "/no/run.h5"]) == 2
+    assert "mpisgd: error: no such run record: /no/run.h5" in capfd.readouterr().err
+
+
+def test_unknown_flag_is_one_line(capfd):
+    assert cli.main(["train", "--tua", "3"]) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unrecognized arguments: --tua 3" in err[0]

@@ -1,0 +1,122 @@
+"""Datasets, sharding, worker streams and models, on real files made here."""
+import os
+import pickle
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from mpisgd import data, models
+from mpisgd.errors import ConfigError
+
+
+def test_digits_is_the_default_real_dataset():
+    d = data.load("digits")
+    assert d.input_shape == (1, 8, 8) and d.classes == 10
+    assert len(d.y_train) + len(d.y_test) == 1797
+    assert 0.0 <= d.x_train.min() and d.x_train.max() <= 1.0
+
+
+def test_synthetic_is_deterministic():
+    a, b = data.load("synthetic:100"), data.load("synthetic:100")
+    assert torch.equal(a.x_train, b.x_train) and len(a.y_train) == 100
+
+
+def test_stream_depends_only_on_seed_worker_step():
+    d = data.load("synthetic:200")
+    shards = data.shard(d.y_train, 4, seed=3)
+    s1 = data.WorkerStream(d, shards[2], 2, 3, 16)
+    s2 = data.WorkerStream(d, shards[2], 2, 3, 16)
+    for step in (5, 0, 7, 5):                       # any order, any process
+        assert torch.equal(s1.batch(step)[0], s2.batch(step)[0])
+    other = data.WorkerStream(d, shards[2], 2, 4, 16)
+    assert not torch.equal(s1.batch(0)[0], other.batch(0)[0])
+
+
+def test_stream_walks_epochs_without_repeats():
+    d = data.load("synthetic:40")
+    idx = data.shard(d.y_train, 2, seed=0)[0]              # 20 samples
+    s = data.WorkerStream(d, idx, 0, 0, 8)
+    seen = torch.cat([s.batch(t)[1] for t in range(5)])     # 40 samples = 2 epochs
+    first = torch.cat([s.batch(0)[0], s.batch(1)[0], s.batch(2)[0][:4]])
+    rows = {tuple(r.tolist()) for r in first}
+    assert len(rows) == 20 and len(seen) == 40
+    assert s.epochs(5) == 2.0
+
+
+@pytest.mark.parametrize("scheme", ["iid", "label-skew"])
+def test_shards_partition_the_training_set(scheme):
+    d = data.load("digits")
+    shards = data.shard(d.y_train, 5, seed=1, scheme=scheme, alpha=0.3)
+    joined = np.concatenate(shards)
+    assert len(joined) == len(d.y_train) and len(np.unique(joined)) == len(joined)
+    assert all(len(s) for s in shards)
+    if scheme == "label-skew":       # few classes dominate each worker
+        top = [np.bincount(d.y_train[s].numpy(), minlength=10).max() / len(s) for s in shards]
+        assert np.mean(top) > 0.25
+
+
+def test_more_workers_than_samples():
+    d = data.load("synthetic:3")
+    with pytest.raises(ConfigError, match="4 workers but only 3 training samples"):
+        data.shard(d.y_train, 4, 0)
+
+
+def test_hdf5_dataset(tmp_path):
+    path = tmp_path / "d.h5"
+    rng = np.random.default_rng(0)
+    with h5py.File(path, "w") as f:
+        f["x"] = rng.normal(size=(50, 5)).astype(np.float32)
+        f["y"] = rng.integers(0, 3, 50)
+    d = data.load(f"hdf5:{path}")
+    assert len(d.y_train) == 45 and len(d.y_test) == 5 and d.input_shape == (5,)
+    with h5py.File(path, "a") as f:
+        f["x_test"] = rng.normal(size=(7, 5)).astype(np.float32)
+        f["y_test"] = rng.integers(0, 3, 7)
+    assert len(data.load(f"hdf5:{path}").y_test) == 7
+    bad = tmp_path / "bad.h5"
+    with h5py.File(bad, "w") as f:
+        f["inputs"] = np.zeros((3, 2))
+    with pytest.raises(ConfigError, match="no dataset 'x'"):
+        data.load(f"hdf5:{bad}")
+
+
+def test_cifar10_pickle_batches(tmp_path):
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(tmp_path / name, "wb") as f:
+            pickle.dump({b"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8),
+                         b"labels": list(rng.integers(0, 10, 4))}, f)
+    d = data.load(f"cifar10:{tmp_path}")
+    assert d.input_shape == (3, 32, 32) and len(d.y_train) == 20 and len(d.y_test) == 4
+    assert abs(d.x_train.mean().item()) < 1e-4
+    os.remove(tmp_path / "test_batch")
+    with pytest.raises(ConfigError, match="missing test_batch"):
+        data.load(f"cifar10:{tmp_path}")
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("hdf5:/no/such.h5", "no such file"), ("cifar10:/no/dir", "no such directory"),
+    ("mnist", "--data must be"), ("synthetic:x", "integer N"),
+])
+def test_bad_data_specs(spec, message):
+    with pytest.raises(ConfigError, match=message):
+        data.load(spec)
+
+
+@pytest.mark.parametrize("name, shape", [("linear", (64,)), ("mlp", (1, 8, 8)),
+                                         ("cnn", (1, 8, 8)), ("resnet20", (3, 32, 32))])
+def test_models_forward(name, shape):
+    model = models.build(name, shape, 10)
+    assert model(torch.randn(2, *shape)).shape == (2, 10)
+
+
+def test_resnet20_has_the_paper_size():
+    n = sum(p.numel() for p in models.build("resnet20", (3, 32, 32), 10).parameters())
+    assert 0.26e6 < n < 0.28e6
+
+
+def test_cnn_needs_images():
+    with pytest.raises(ValueError, match="needs image inputs"):
+        models.build("cnn", (32,), 10)

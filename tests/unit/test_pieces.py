@@ -1,0 +1,168 @@
+"""One-process tests of the building blocks: options, schedules, flat buffer, comm, oracle."""
+import math
+
+import pytest
+import torch
+from mpi4py import MPI
+
+from mpisgd import algorithms, reference
+from mpisgd.comm import Comm
+from mpisgd.flat import ParamBuffer
+from mpisgd.schedule import Periodic, TimeVarying
+from helpers import classifier
+
+
+# ---- options ----------------------------------------------------------------
+
+@pytest.mark.parametrize("name, options, message", [
+    ("local", {"tau": 0}, "tau must be a positive integer, got 0"),
+    ("local", {"tau": 2.5}, "tau must be a positive integer, got 2.5"),
+    ("local", {"schedule": "weekly"}, "schedule must be one of periodic, time-varying"),
+    ("local", {"momentum_policy": "keep"}, "momentum_policy must be one of local, average, reset"),
+    ("sync", {"tau": 4}, "option tau does not apply to algorithm 'sync'"),
+    ("sync", {"bucket_mb": -1}, "bucket_mb must be a positive number, got -1"),
+    ("sync", {"overlap": "maybe"}, "overlap must be true or false"),
+    ("bogus", {}, "unknown algorithm 'bogus'"),
+])
+def test_option_errors_name_the_option(name, options, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        algorithms.validate(name, options)
+
+
+def test_options_resolve_defaults_and_strings():
+    assert algorithms.validate("local", {"tau": "4"})["tau"] == 4
+    assert algorithms.validate("sync", {"overlap": "false"})["overlap"] is False
+    assert algorithms.validate("sync", {})["bucket_mb"] == 25.0
+
+
+def test_build_raises_before_any_communication():
+    model = classifier()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="tau must be a positive integer"):
+        algorithms.build("local", model, opt, MPI.COMM_SELF, tau=0)
+
+
+# ---- schedules --------------------------------------------------------------
+
+def test_periodic():
+    s = Periodic(4)
+    assert [k for k in range(1, 13) if s.communicate(k)] == [4, 8, 12]
+    with pytest.raises(ValueError, match="tau must be a positive integer, got 0"):
+        Periodic(0)
+
+
+def test_time_varying_lengths_and_rates():
+    s = TimeVarying(4, 1 / 3, -2 / 3)
+    assert [s.length(k) for k in range(1, 6)] == [math.ceil(4 * k ** (1 / 3)) for k in range(1, 6)]
+    ends = [k for k in range(1, 40) if s.communicate(k)]
+    assert ends[:4] == [4, 10, 16, 23]
+    assert s.lr_scale(0) == 1.0 and s.lr_scale(4) == pytest.approx(2 ** (-2 / 3))
+    assert s.period(4) == 6
+
+
+# ---- flat buffer ------------------------------------------------------------
+
+def test_param_buffer_views_and_order():
+    model = classifier()
+    before = torch.nn.utils.parameters_to_vector(model.parameters()).detach().clone()
+    flat = ParamBuffer(model)
+    assert torch.equal(flat.data, before)
+    flat.data.add_(1.0)                   # parameters are views: they move too
+    assert torch.equal(torch.nn.utils.parameters_to_vector(model.parameters()), before + 1)
+    for i, p in enumerate(flat.params):
+        assert p.grad.data_ptr() == flat.grad_view(i).data_ptr()
+
+
+def test_buckets_reverse_order_contiguous_cover():
+    model = classifier()
+    for mb, count in [(None, 1), (1e-12, 4), (1e12, 1)]:
+        flat = ParamBuffer(model, None if mb is None else mb * 1e6)
+        assert len(flat.buckets) == count
+        spans = sorted((b.start, b.end) for b in flat.buckets)
+        assert spans[0][0] == 0 and spans[-1][1] == flat.numel
+        assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+        assert flat.buckets[0].params[0] == len(flat.params) - 1   # last parameter first
+
+
+def test_adopt_grad_after_set_to_none():
+    model = classifier()
+    flat = ParamBuffer(model)
+    model.zero_grad(set_to_none=True)
+    model(torch.randn(3, 4, dtype=torch.float64)).sum().backward()
+    fresh = [p.grad.clone() for p in flat.params]
+    for i in range(len(flat.params)):
+        flat.adopt_grad(i)
+        assert flat.params[i].grad.data_ptr() == flat.grad_view(i).data_ptr()
+        assert torch.equal(flat.grad_view(i), fresh[i])
+
+
+def test_mixed_dtypes_refused():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2).double())
+    with pytest.raises(ValueError, match="one dtype"):
+        ParamBuffer(model)
+
+
+# ---- comm at size 1 ---------------------------------------------------------
+
+def test_comm_uses_the_tensor_memory():
+    t = torch.arange(6, dtype=torch.float32)
+    mem, count, dtype = Comm.spec(t)
+    assert mem.address == t.data_ptr() and count == 6 and dtype == MPI.FLOAT
+    with pytest.raises(ValueError, match="contiguous"):
+        Comm.spec(torch.zeros(4, 4).t())
+
+
+@pytest.mark.parametrize("staging", ["never", "always"])
+def test_comm_self_identity(staging):
+    c = Comm(MPI.COMM_SELF, staging=staging)
+    x = torch.arange(5, dtype=torch.float64)
+    c.allreduce(x, average=True)
+    assert torch.equal(x, torch.arange(5, dtype=torch.float64)) and c.bytes_sent == 0
+
+
+def test_staging_env_validated(monkeypatch):
+    monkeypatch.setenv("MPISGD_STAGING", "sometimes")
+    with pytest.raises(ValueError, match="staging must be"):
+        Comm(MPI.COMM_SELF)
+
+
+def test_cuda_aware_override(monkeypatch):
+    from mpisgd.comm import cuda_aware
+    monkeypatch.setenv("MPISGD_CUDA_AWARE", "1")
+    assert cuda_aware() is True
+    monkeypatch.setenv("MPISGD_CUDA_AWARE", "0")
+    assert cuda_aware() is False
+
+
+# ---- the oracle -------------------------------------------------------------
+
+def test_oracle_averaging_without_gradients():
+    m, d = 4, 3
+    X0 = torch.arange(m, dtype=torch.float64).repeat(d, 1)       # x_i = ones * i
+    zero = lambda k, X: torch.zeros_like(X)                      # noqa: E731
+    X = reference.cooperative(X0, zero, 0.1, reference.averaging_matrix(m), 3, tau=3)
+    assert torch.allclose(X, torch.full((d, m), (m - 1) / 2, dtype=torch.float64))
+    X1 = reference.cooperative(X0, zero, 0.1, reference.averaging_matrix(m), 2, tau=3)
+    assert torch.equal(X1, X0)                                    # no round yet
+
+
+def test_elastic_matrix_spectrum_and_best_alpha():
+    m = 4
+    for alpha in (0.1, 2 / (m + 2), 0.3):
+        W = reference.elastic_matrix(m, alpha)
+        assert torch.allclose(W.sum(0), torch.ones(m + 1, dtype=torch.float64))
+        eig = sorted(torch.linalg.eigvalsh(W).tolist())
+        expected = sorted([1.0] + [1 - alpha] * (m - 1) + [1 - (m + 1) * alpha])
+        assert eig == pytest.approx(expected, abs=1e-12)
+    alphas = torch.linspace(0.01, 0.5, 491, dtype=torch.float64)
+    zeta = [max(abs(1 - a), abs(1 - (m + 1) * a)) for a in alphas.tolist()]
+    best = alphas[int(torch.tensor(zeta).argmin())].item()
+    assert best == pytest.approx(2 / (m + 2), abs=1e-3)
+    assert min(zeta) == pytest.approx(m / (m + 2), abs=1e-3)
+
+
+def test_oracle_sgd_step_on_a_quadratic():
+    """One worker, f(x) = x^2/2: x_k = (1 - eta)^k x_0."""
+    X = reference.cooperative(torch.ones(1, 1, dtype=torch.float64), lambda k, X: X.clone(), 0.25,
+                              torch.eye(1, dtype=torch.float64), 5)
+    assert X.item() == pytest.approx(0.75 ** 5)
