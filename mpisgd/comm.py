@@ -72,7 +72,7 @@ class Handle:
         self._owner = owner
         self._requests = requests
         self._keep = keep          # tensors/buffers that must outlive the requests
-        self._finish = finish      # called once on completion (copy-back, scaling)
+        self._finish = finish      # called once on completion (staging copy-back)
         self.done = False
 
     def _complete(self) -> None:
@@ -178,8 +178,12 @@ class Comm:
     def _release(self, handle: Handle) -> None:
         self._pending.pop(id(handle), None)
 
-    def _start(self, tensors, post, counted_bytes, finish=None) -> Handle:
-        """Run ``post(*specs) -> requests`` on MPI views of ``tensors`` (staging if needed)."""
+    def _start(self, tensors, post, counted_bytes, blocking=False) -> Handle:
+        """Run ``post(*specs) -> requests`` on MPI views of ``tensors`` (staging if needed).
+
+        ``blocking``: ``post`` completes the operation itself (a blocking MPI
+        call); its time counts as wait time and the handle returned is done.
+        """
         spans = [self._claim(t) for t in tensors]
         views, copy_back = [], []
         for t in tensors:
@@ -194,42 +198,54 @@ class Comm:
                 views.append(t)
         t0 = time.perf_counter()
         requests = post(*[self.spec(v) for v in views])
-        self.comm_time += time.perf_counter() - t0
+        dt = time.perf_counter() - t0
+        self.comm_time += dt
+        if blocking:
+            self.wait_time += dt
         self.bytes_sent += counted_bytes
 
         def done():
             for t, host in copy_back:
                 t.reshape(-1).copy_(host)
-            if finish is not None:
-                finish()
 
-        handle = Handle(self, requests, views, done if (copy_back or finish) else None)
+        handle = Handle(self, requests, views, done if copy_back else None)
         self._pending[id(handle)] = spans
+        if blocking:
+            handle.wait()
         return handle
 
     # ---- operations ----------------------------------------------------
 
-    def iallreduce(self, t: torch.Tensor, average: bool = False) -> Handle:
-        """Nonblocking in-place Allreduce (sum, or mean with ``average=True``)."""
-        nbytes = t.numel() * t.element_size()
-        finish = (lambda: t.mul_(1.0 / self.size)) if average and self.size > 1 else None
+    def iallreduce(self, t: torch.Tensor, average: bool = False, blocking: bool = False) -> Handle:
+        """Nonblocking in-place Allreduce: the sum, or with ``average=True`` the mean.
+
+        The mean pre-divides ``t`` by the size before summing (as DDP does):
+        one pass over memory that the caller usually has just written.
+        ``blocking=True`` uses the blocking ``MPI_Allreduce`` (often a faster
+        algorithm) and returns a completed handle.
+        """
         if self.size == 1:
-            return self._start([t], lambda s: [MPI.REQUEST_NULL], 0.0, finish)
-        return self._start(
-            [t], lambda s: [self.comm.Iallreduce(MPI.IN_PLACE, s, op=MPI.SUM)],
-            2.0 * (self.size - 1) / self.size * nbytes, finish)
+            return self._start([t], lambda s: [], 0.0, blocking=True)
+        if average:
+            t.mul_(1.0 / self.size)
+        nbytes = t.numel() * t.element_size()
+        if blocking:
+            post = lambda s: self.comm.Allreduce(MPI.IN_PLACE, s, op=MPI.SUM) or []  # noqa: E731
+        else:
+            post = lambda s: [self.comm.Iallreduce(MPI.IN_PLACE, s, op=MPI.SUM)]  # noqa: E731
+        return self._start([t], post, 2.0 * (self.size - 1) / self.size * nbytes, blocking)
 
     def allreduce(self, t: torch.Tensor, average: bool = False) -> torch.Tensor:
-        """Blocking in-place Allreduce; returns ``t``."""
-        self.iallreduce(t, average).wait()
+        """Blocking in-place Allreduce (sum or mean); returns ``t``."""
+        self.iallreduce(t, average, blocking=True)
         return t
 
     def bcast(self, t: torch.Tensor, root: int = 0) -> torch.Tensor:
         """Blocking in-place broadcast of ``t`` from ``root``; returns ``t``."""
         if self.size > 1:
             nbytes = t.numel() * t.element_size()
-            self._start([t], lambda s: [self.comm.Ibcast(s, root=root)],
-                        (self.size - 1) / self.size * nbytes).wait()
+            self._start([t], lambda s: self.comm.Bcast(s, root=root) or [],
+                        (self.size - 1) / self.size * nbytes, blocking=True)
         return t
 
     def isend(self, t: torch.Tensor, dest: int, tag: int = 0) -> Handle:

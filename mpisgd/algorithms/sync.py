@@ -48,14 +48,20 @@ class SyncSGD(Algorithm):
 
     def __init__(self, model, optimizer, comm=None, **options):
         super().__init__(model, optimizer, comm, **options)
-        nb = len(self.flat.buckets)
-        self._ready = [0] * nb
-        self._fired = [False] * len(self.flat.params)
-        self._handles = [None] * nb
+        self._sizes = [len(b.params) for b in self.flat.buckets]
+        self._scale = 1.0 / self.comm.size
+        self._synchronized = False
+        self._reset()
         self._accumulating = False
         for i, p in enumerate(self.flat.params):
             if p.requires_grad:
                 p.register_post_accumulate_grad_hook(self._hook(i))
+
+    def _reset(self) -> None:
+        self._ready = [0] * len(self._sizes)          # gradients ready per bucket
+        self._fired = [False] * len(self.flat.params)
+        self._handles = []                            # launched buckets, in bucket order
+        self._synchronized = False
 
     def bucket_bytes(self):
         return self.opts["bucket_mb"] * 1e6
@@ -74,40 +80,58 @@ class SyncSGD(Algorithm):
             if self._accumulating:
                 return
             k = self.flat.bucket_of[i]
-            if self._handles[k] is not None:
+            if k < len(self._handles) or self._synchronized:
                 raise RuntimeError(
                     "a gradient arrived for a bucket already being exchanged: call "
                     "algo.step() after each backward(), or wrap the earlier backward "
                     "passes of an accumulation in `with algo.no_sync():`")
             self.flat.adopt_grad(i)
+            self.flat.grad_view(i).mul_(self._scale)   # the mean's 1/P, while the gradient is hot
             self._fired[i] = True
             self._ready[k] += 1
-            if self.opts["overlap"] and self._ready[k] == len(self.flat.buckets[k].params):
-                self._launch(k)
-            for h in self._handles:     # poke MPI progress on buckets in flight
-                if h is not None and not h.done:
-                    h.test()
-                    break
+            if self.opts["overlap"]:
+                self._launch_ready()
         return on_grad
 
-    def _launch(self, k: int) -> None:
-        b = self.flat.buckets[k]
-        self._handles[k] = self.comm.iallreduce(self.flat.grad[b.start:b.end], average=True)
+    def _launch_ready(self) -> None:
+        """Launch complete buckets in bucket order (collectives must match on every rank)."""
+        for h in self._handles:            # poke MPI progress on the oldest bucket in flight
+            if not h.done:
+                h.test()
+                break
+        while len(self._handles) < len(self._sizes) and \
+                self._ready[len(self._handles)] == self._sizes[len(self._handles)]:
+            self._launch(len(self._handles))
 
-    def step(self) -> None:
-        """Wait for every bucket's averaged gradient, then take the optimizer step."""
+    def _launch(self, k: int, blocking: bool = False) -> None:
+        b = self.flat.buckets[k]
+        self._handles.append(self.comm.iallreduce(self.flat.grad[b.start:b.end], blocking=blocking))
+
+    def synchronize(self) -> None:
+        """Wait until every gradient is the average over workers (as Horovod's).
+
+        Call it between backward and :meth:`step` to read or clip the
+        averaged gradients; :meth:`step` calls it when you have not. Buckets
+        not launched during backward are launched here in order, the last
+        one with the blocking Allreduce since nothing is left to overlap.
+        """
+        if self._synchronized:
+            return
         for i, fired in enumerate(self._fired):
-            if not fired:
-                self.flat.adopt_grad(i)   # unused parameter or no_sync: gradient into its slot
-        for k, h in enumerate(self._handles):
-            if h is None:
-                self._launch(k)
+            if not fired:     # unused parameter, no_sync accumulation, or overlap off
+                self.flat.adopt_grad(i)
+                self.flat.grad_view(i).mul_(self._scale)
+        for k in range(len(self._handles), len(self._sizes)):
+            self._launch(k, blocking=(k == len(self._sizes) - 1))
         for h in self._handles:
             h.wait()
+        self._synchronized = True
+
+    def step(self) -> None:
+        """Average the gradients (if :meth:`synchronize` has not), then the optimizer step."""
+        self.synchronize()
         self.optimizer.step()
-        self._handles = [None] * len(self._handles)
-        self._ready = [0] * len(self._ready)
-        self._fired = [False] * len(self._fired)
+        self._reset()
         self.steps += 1
         self.rounds += 1
 

@@ -1,0 +1,67 @@
+"""Shared pieces of the benchmark scripts: interleaved timing and a gloo process group.
+
+Every benchmark measures its contenders side by side in one run, alternating
+them trial by trial, and reports medians and their ratio: on a shared
+machine absolute times drift, ratios measured this way hold.
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import time
+
+import torch
+from mpi4py import MPI
+
+
+def interleaved(contenders: dict, trials: int, comm=MPI.COMM_WORLD, warmup: int = 2) -> dict:
+    """Median seconds per call of each ``fn`` (max over ranks per trial), alternating them."""
+    times = {name: [] for name in contenders}
+    for t in range(warmup + trials):
+        for name, fn in contenders.items():
+            comm.Barrier()
+            t0 = time.perf_counter()
+            fn()
+            dt = comm.allreduce(time.perf_counter() - t0, op=MPI.MAX)
+            if t >= warmup:
+                times[name].append(dt)
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
+def init_gloo(comm=MPI.COMM_WORLD) -> None:
+    """torch.distributed on gloo over loopback, ranks taken from MPI."""
+    import torch.distributed as dist
+    if dist.is_initialized():
+        return
+    port = comm.bcast(29500 + os.getpid() % 2000 if comm.rank == 0 else None)
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ["MASTER_PORT"] = str(port)
+    dist.init_process_group("gloo", rank=comm.rank, world_size=comm.size)
+
+
+def machine() -> str:
+    import platform
+    cores = len(os.sched_getaffinity(0))
+    return (f"{platform.processor() or platform.machine()}, {cores} cores, torch {torch.__version__}, "
+            f"{MPI.Get_library_version().splitlines()[0].strip()}")
+
+
+class NoStep:
+    """An optimizer-shaped object whose step does nothing.
+
+    Isolates communication in sync's step(); not a torch.optim.Optimizer,
+    whose step wrapper alone costs about 0.1 ms.
+    """
+
+    def __init__(self, params):
+        self.param_groups = [{"params": list(params), "lr": 0.0}]
+        self.state = {}
+
+    def step(self, closure=None):
+        return None
+
+
+def wide_model(params: int, layers: int = 4) -> torch.nn.Module:
+    """``layers`` square Linear layers totalling about ``params`` parameters."""
+    width = int((params / layers) ** 0.5)
+    return torch.nn.Sequential(*[torch.nn.Linear(width, width) for _ in range(layers)])
