@@ -50,11 +50,11 @@ class LocalSGD(Algorithm):
         positive_int("tau", 8, "local steps between averaging rounds (local)"),
         Option("schedule", "periodic", "periodic or time-varying (PR-SGD Algorithm 2) (local)",
                str, choices=("periodic", "time-varying")),
-        Option("period_exp", 1 / 3, "time-varying: epoch length grows like s^period_exp", float,
+        Option("period_exp", 1 / 3, "time-varying: epoch length grows like s^period_exp (local)", float,
                check=lambda v: v >= 0, must="non-negative"),
-        Option("lr_exp", -2 / 3, "time-varying: learning rate scales like s^lr_exp", float,
+        Option("lr_exp", -2 / 3, "time-varying: learning rate scales like s^lr_exp (local)", float,
                check=lambda v: v <= 0, must="zero or negative"),
-        Option("momentum_policy", "local", "optimizer state at a round: local, average or reset",
+        Option("momentum_policy", "local", "optimizer state at a round (local)",
                str, choices=("local", "average", "reset")),
     )
 

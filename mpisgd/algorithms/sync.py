@@ -94,12 +94,17 @@ class SyncSGD(Algorithm):
         return on_grad
 
     def _launch_ready(self) -> None:
-        """Launch complete buckets in bucket order (collectives must match on every rank)."""
+        """Launch complete buckets in bucket order (collectives must match on every rank).
+
+        The last bucket completes when backward ends, with nothing left to
+        overlap: :meth:`synchronize` sends it with the blocking Allreduce.
+        """
         for h in self._handles:            # poke MPI progress on the oldest bucket in flight
             if not h.done:
                 h.test()
                 break
-        while len(self._handles) < len(self._sizes) and \
+        last = len(self._sizes) - 1
+        while len(self._handles) < last and \
                 self._ready[len(self._handles)] == self._sizes[len(self._handles)]:
             self._launch(len(self._handles))
 
