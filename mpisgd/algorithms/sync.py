@@ -80,9 +80,9 @@ class SyncSGD(Algorithm):
             if self._accumulating:
                 return
             k = self.flat.bucket_of[i]
-            if k < len(self._handles) or self._synchronized:
+            if self._fired[i] or self._synchronized:
                 raise RuntimeError(
-                    "a gradient arrived for a bucket already being exchanged: call "
+                    "a second gradient arrived for a parameter before algo.step(): call "
                     "algo.step() after each backward(), or wrap the earlier backward "
                     "passes of an accumulation in `with algo.no_sync():`")
             self.flat.adopt_grad(i)
