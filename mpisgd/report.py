@@ -1,7 +1,7 @@
 """``mpisgd report``: curves and a comparison table from run records.
 
-Draws train loss and test error against wall-clock time and against steps
-(a 2 x 2 figure, one line per run) and prints, per run: time and step at
+Draws train loss and test error against wall-clock time, steps and bytes
+sent (a 2 x 3 figure, one line per run) and prints, per run: time and step at
 which the test error first reached ``--target``, final test error and loss,
 rounds and bytes sent.
 """
@@ -51,20 +51,21 @@ def plot(records: list[dict], out: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    xs = (("wall_time", "wall-clock time (s)"), ("step", "steps"), ("bytes_sent", "bytes sent (all ranks)"))
+    ys = (("train_loss", "train loss"), ("test_error", "test error"))
+    fig, axes = plt.subplots(len(ys), len(xs), figsize=(15, 8))
     for rec in records:
         m = rec["metrics"]
         if not len(m.get("step", [])):
             continue
-        name = label(rec)
-        for row, metric in enumerate(("train_loss", "test_error")):
-            for col, x in enumerate(("wall_time", "step")):
-                axes[row][col].plot(m[x], m[metric], marker=".", label=name)
-    for row, metric in enumerate(("train loss", "test error")):
-        for col, x in enumerate(("wall-clock time (s)", "steps")):
+        for row, (metric, _) in enumerate(ys):
+            for col, (x, _) in enumerate(xs):
+                axes[row][col].plot(m[x], m[metric], marker=".", label=label(rec))
+    for row, (_, ylabel) in enumerate(ys):
+        for col, (_, xlabel) in enumerate(xs):
             ax = axes[row][col]
-            ax.set_xlabel(x)
-            ax.set_ylabel(metric)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(ylabel)
             ax.grid(alpha=0.3)
             if row == 0:
                 ax.set_yscale("log")

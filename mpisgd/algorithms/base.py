@@ -40,6 +40,7 @@ class Algorithm:
         self.model = model
         self.optimizer = optimizer
         self.comm = Comm(comm)
+        self._telemetry = Comm(self.comm.comm, self.comm.staging)   # uncounted traffic
         self.flat = ParamBuffer(model, self.bucket_bytes())
         agree(self.comm.comm, None, digest({
             "algorithm": self.name, "options": self.opts,
@@ -101,14 +102,14 @@ class Algorithm:
         """
         out = self.flat.data.clone()
         if self.comm.size > 1:
-            Comm(self.comm.comm, self.comm.staging).allreduce(out, average=True)
+            self._telemetry.allreduce(out, average=True)
         return out
 
     def consensus_buffers(self) -> torch.Tensor:
         """The floating buffers (BatchNorm statistics) of the consensus model: the worker average."""
         out = self.flat.buffers.clone()
         if self.comm.size > 1 and out.numel():
-            Comm(self.comm.comm, self.comm.staging).allreduce(out, average=True)
+            self._telemetry.allreduce(out, average=True)
         return out
 
     def stats(self) -> dict:

@@ -49,7 +49,6 @@ class SyncSGD(Algorithm):
     def __init__(self, model, optimizer, comm=None, **options):
         super().__init__(model, optimizer, comm, **options)
         self._sizes = [len(b.params) for b in self.flat.buckets]
-        self._scale = 1.0 / self.comm.size
         self._synchronized = False
         self._reset()
         self._accumulating = False
@@ -86,7 +85,6 @@ class SyncSGD(Algorithm):
                     "algo.step() after each backward(), or wrap the earlier backward "
                     "passes of an accumulation in `with algo.no_sync():`")
             self.flat.adopt_grad(i)
-            self.flat.grad_view(i).mul_(self._scale)   # the mean's 1/P, while the gradient is hot
             self._fired[i] = True
             self._ready[k] += 1
             if self.opts["overlap"]:
@@ -110,7 +108,8 @@ class SyncSGD(Algorithm):
 
     def _launch(self, k: int, blocking: bool = False) -> None:
         b = self.flat.buckets[k]
-        self._handles.append(self.comm.iallreduce(self.flat.grad[b.start:b.end], blocking=blocking))
+        self._handles.append(self.comm.iallreduce(self.flat.grad[b.start:b.end], average=True,
+                                                  blocking=blocking))
 
     def synchronize(self) -> None:
         """Wait until every gradient is the average over workers (as Horovod's).
@@ -123,9 +122,8 @@ class SyncSGD(Algorithm):
         if self._synchronized:
             return
         for i, fired in enumerate(self._fired):
-            if not fired:     # unused parameter, no_sync accumulation, or overlap off
+            if not fired:     # unused parameter, or no_sync accumulation
                 self.flat.adopt_grad(i)
-                self.flat.grad_view(i).mul_(self._scale)
         for k in range(len(self._handles), len(self._sizes)):
             self._launch(k, blocking=(k == len(self._sizes) - 1))
         for h in self._handles:

@@ -1,17 +1,7 @@
 """Comm under mpiexec: closed forms on COMM_WORLD and on a Dup of it (STYLE 3, 11)."""
 import pytest
 import torch
-from mpi4py import MPI
-
 from mpisgd.comm import Comm
-
-
-@pytest.fixture(params=["world", "dup"])
-def comm(request):
-    c = MPI.COMM_WORLD if request.param == "world" else MPI.COMM_WORLD.Dup()
-    yield c
-    if request.param == "dup":
-        c.Free()
 
 
 @pytest.mark.mpi(min_size=2)
@@ -28,6 +18,8 @@ def test_allreduce_average_of_ranks(comm, staging, dtype):
 
 @pytest.mark.mpi(min_size=2)
 def test_pending_buffer_is_refused_until_waited(comm):
+    if comm.size == 1:
+        pytest.skip("at size 1 an Allreduce completes at once: nothing stays pending")
     c = Comm(comm)
     x = torch.ones(10)
     handle = c.iallreduce(x[:6])

@@ -20,8 +20,7 @@ def x0():
     return torch.linspace(-1.0, 1.0, D, dtype=torch.float64)
 
 
-def run_local(steps, **options):
-    comm = MPI.COMM_WORLD
+def run_local(steps, comm=MPI.COMM_WORLD, **options):
     model = regression_model(x0())
     opt = torch.optim.SGD(model.parameters(), lr=ETA)
     algo = mpisgd.build("local", model, opt, comm=comm, **options)
@@ -36,10 +35,10 @@ def run_local(steps, **options):
 
 @pytest.mark.mpi(min_size=2)
 @pytest.mark.parametrize("tau", [2, 5])
-def test_local_equals_reference_periodic_averaging(tau):
-    size, rank = MPI.COMM_WORLD.size, MPI.COMM_WORLD.rank
+def test_local_equals_reference_periodic_averaging(comm, tau):
+    size, rank = comm.size, comm.rank
     steps = 3 * tau + 2                    # ends between two rounds
-    algo, trace = run_local(steps, tau=tau)
+    algo, trace = run_local(steps, comm, tau=tau)
     _, oracle = reference.cooperative(x0(), regression_grad, ETA,
                                       reference.averaging_matrix(size), steps, tau=tau, trace=True)
     for k in range(steps):                 # every iterate of this worker's column

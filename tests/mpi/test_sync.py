@@ -17,8 +17,7 @@ from helpers import classifier, classifier_batch
 STEPS = 20
 
 
-def run_sync(steps=STEPS, momentum=0.9, **options):
-    comm = MPI.COMM_WORLD
+def run_sync(steps=STEPS, momentum=0.9, comm=MPI.COMM_WORLD, **options):
     model = classifier(seed=comm.rank)          # rank 0's initial model is broadcast
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=momentum)
     algo = mpisgd.build("sync", model, opt, comm=comm, **options)
@@ -45,9 +44,9 @@ def single_process(size, steps=STEPS, momentum=0.9):
 
 
 @pytest.mark.mpi(min_size=2)
-def test_sync_equals_sgd_on_union_of_batches():
-    algo = run_sync()
-    expected = single_process(MPI.COMM_WORLD.size)
+def test_sync_equals_sgd_on_union_of_batches(comm):
+    algo = run_sync(comm=comm)
+    expected = single_process(comm.size)
     theta = algo.consensus()
     assert torch.allclose(theta, expected, rtol=1e-12, atol=1e-14)
     assert algo.rounds == STEPS and algo.steps == STEPS

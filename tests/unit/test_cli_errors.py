@@ -1,4 +1,7 @@
-"""Bad input under a real mpiexec: one line naming the problem on every rank, exit 2, fast.
+"""The real command line under a real mpiexec.
+
+A good run prints one summary line (rank 0 only) and leaves a completed
+record. Bad input gives one line naming the problem on every rank, exit 2, fast.
 
 Each case is a separate 4-rank job (the only way to observe exit status and
 hangs), so they are few.
@@ -16,9 +19,9 @@ NP = 4
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def launch(args, np=NP, timeout=90, script=None):
+def launch(args, np=NP, timeout=90, script=None, quiet=True):
     cmd = mpiexec() + ["-n", str(np), sys.executable]
-    cmd += ["-c", script] if script else ["-m", "mpisgd", "train", "--quiet", *args]
+    cmd += ["-c", script] if script else ["-m", "mpisgd", "train", *(["--quiet"] if quiet else []), *args]
     t0 = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     return proc, time.monotonic() - t0
@@ -55,3 +58,15 @@ def test_exception_on_one_rank_ends_the_job():
     assert proc.returncode != 0
     assert "[rank 2] RuntimeError: only rank 2 fails" in proc.stderr
     assert elapsed < 30
+
+
+def test_train_command_end_to_end(tmp_path):
+    out = tmp_path / "run.h5"
+    args = ["--algo", "local", "--tau", "4", "--steps", "40", "--out", str(out)]
+    proc, _ = launch(args, quiet=False)
+    assert proc.returncode == 0, proc.stderr
+    summary = [ln for ln in proc.stdout.splitlines() if ln.startswith("mpisgd: local, 4 workers")]
+    assert len(summary) == 1 and summary[0].endswith(f"record: {out}")
+    from mpisgd.record import read
+    rec = read(str(out))
+    assert rec["attrs"]["status"] == "completed" and rec["metrics"]["rounds"][-1] == 10
