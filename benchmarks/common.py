@@ -15,10 +15,14 @@ from mpi4py import MPI
 
 
 def interleaved(contenders: dict, trials: int, comm=MPI.COMM_WORLD, warmup: int = 2) -> dict:
-    """Median seconds per call of each ``fn`` (max over ranks per trial), alternating them."""
+    """Median seconds per call of each ``fn`` (max over ranks per trial), alternating them.
+
+    The order of the contenders is reversed on every other trial.
+    """
     times = {name: [] for name in contenders}
+    order = list(contenders.items())
     for t in range(warmup + trials):
-        for name, fn in contenders.items():
+        for name, fn in (order if t % 2 == 0 else order[::-1]):   # no contender always first
             comm.Barrier()
             t0 = time.perf_counter()
             fn()

@@ -7,10 +7,14 @@ from mpisgd.comm import Comm
 @pytest.mark.mpi(min_size=2)
 @pytest.mark.parametrize("staging", ["never", "always"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_allreduce_average_of_ranks(comm, staging, dtype):
+@pytest.mark.parametrize("yield_wait", [False, True])
+@pytest.mark.parametrize("blocking", [False, True])
+def test_allreduce_average_of_ranks(comm, staging, dtype, yield_wait, blocking):
     c = Comm(comm, staging=staging)
+    c.yield_wait = yield_wait
     x = torch.ones(1000, dtype=dtype) * c.rank
-    handle = c.iallreduce(x, average=True)
+    handle = c.iallreduce(x, average=True, blocking=blocking)
+    assert handle.done == blocking or c.size == 1
     handle.wait()
     assert torch.equal(x, torch.full_like(x, (c.size - 1) / 2))
     assert c.bytes_sent == pytest.approx(2 * (c.size - 1) / c.size * x.numel() * x.element_size())

@@ -134,6 +134,30 @@ def test_cuda_aware_override(monkeypatch):
     assert cuda_aware() is False
 
 
+@pytest.mark.parametrize("env, expected", [
+    ({"MPI_LOCALNRANKS": "64"}, True), ({"OMPI_COMM_WORLD_LOCAL_SIZE": "1"}, False),
+    ({"SLURM_STEP_TASKS_PER_NODE": "512(x2),4"}, True),
+    ({"MPI_LOCALNRANKS": "64", "MPISGD_WAIT": "spin"}, False),
+    ({"MPISGD_WAIT": "yield"}, True),
+])
+def test_waits_yield_only_when_oversubscribed(monkeypatch, env, expected):
+    from mpisgd.comm import yield_when_waiting
+    for var in ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "SLURM_STEP_TASKS_PER_NODE",
+                "MPISGD_WAIT"):
+        monkeypatch.delenv(var, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)))
+    assert yield_when_waiting() is expected
+
+
+def test_wait_mode_validated(monkeypatch):
+    from mpisgd.comm import yield_when_waiting
+    monkeypatch.setenv("MPISGD_WAIT", "nap")
+    with pytest.raises(ValueError, match="MPISGD_WAIT must be"):
+        yield_when_waiting()
+
+
 # ---- the oracle -------------------------------------------------------------
 
 def test_oracle_averaging_without_gradients():
