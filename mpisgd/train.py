@@ -29,6 +29,7 @@ from datetime import datetime
 
 import torch
 import torch.nn.functional as F
+from mpi4py import MPI
 
 from . import __version__, algorithms, data as datasets, models
 from .comm import mpi_library
@@ -41,16 +42,11 @@ def _threads(comm, requested: int | None) -> int:
     """Cores available to this rank: the node's cores shared by its ranks."""
     if requested:
         return requested
-    node = comm.Split_type(_shared_type(), key=comm.Get_rank())
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.Get_rank())
     local = node.Get_size()
     node.Free()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(1, (cores or 1) // local)
-
-
-def _shared_type():
-    from mpi4py import MPI
-    return MPI.COMM_TYPE_SHARED
 
 
 def _default_out(algo: str) -> str:
@@ -106,13 +102,8 @@ class Evaluator:
             sums[0] += F.cross_entropy(out, y, reduction="sum").item()
             sums[1] += (out.argmax(1) != y).sum().item()
             sums[2] += len(y)
-        self.comm.Allreduce(_inplace(), sums.numpy())
+        self.comm.Allreduce(MPI.IN_PLACE, sums.numpy())
         return sums[0].item() / sums[2].item(), sums[1].item() / sums[2].item()
-
-
-def _inplace():
-    from mpi4py import MPI
-    return MPI.IN_PLACE
 
 
 class _Terminated(Exception):
@@ -126,8 +117,8 @@ def _on_sigterm(signum, frame):
 def run(cfg: TrainConfig, comm, quiet: bool = False) -> dict:
     """Train as ``cfg`` says on communicator ``comm``; returns rank 0's summary (others: {})."""
     rank, size = comm.Get_rank(), comm.Get_size()
-    torch.set_num_threads(_threads(comm, cfg.threads))
     data, shards, model = prepare(cfg, comm)
+    torch.set_num_threads(_threads(comm, cfg.threads))
     cfg.out = cfg.out or _default_out(cfg.algo)
     signal.signal(signal.SIGTERM, _on_sigterm)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
@@ -203,7 +194,7 @@ def _train(cfg, comm, algo, model, opt, data, shards, record, quiet) -> dict:
 def _log_point(algo, evaluate, comm, step, wall, loss_sum, seen) -> dict:
     """One row of /metrics: losses and bytes summed over ranks, the consensus evaluated."""
     sums = torch.tensor([loss_sum, seen, algo.comm.bytes_sent], dtype=torch.float64)
-    comm.Allreduce(_inplace(), sums.numpy())
+    comm.Allreduce(MPI.IN_PLACE, sums.numpy())
     params = algo.consensus()
     test_loss, test_error = evaluate(params, algo.consensus_buffers())
     return {"step": step, "wall_time": wall, "train_loss": sums[0].item() / max(sums[1].item(), 1),

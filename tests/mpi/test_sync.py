@@ -73,12 +73,17 @@ def test_bucketed_overlap_equals_one_big_allreduce(options):
     assert torch.allclose(algo.flat.data, reference, rtol=1e-12, atol=1e-14)
 
 
+def plain_sync(bucket_mb):
+    """A classifier under sync with plain SGD (lr 0.1) on COMM_WORLD."""
+    model = classifier()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    return model, opt, mpisgd.build("sync", model, opt, comm=MPI.COMM_WORLD, bucket_mb=bucket_mb)
+
+
 @pytest.mark.mpi(min_size=2)
 def test_no_sync_accumulates_then_averages():
     comm = MPI.COMM_WORLD
-    model = classifier()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    algo = mpisgd.build("sync", model, opt, comm=comm, bucket_mb=1e-9)
+    model, opt, algo = plain_sync(bucket_mb=1e-9)
     opt.zero_grad()
     with algo.no_sync():
         x, y = classifier_batch(comm.rank, 0)
@@ -100,11 +105,8 @@ def test_no_sync_accumulates_then_averages():
 
 @pytest.mark.mpi(min_size=2)
 def test_second_backward_without_no_sync_is_an_error():
-    comm = MPI.COMM_WORLD
-    model = classifier()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    algo = mpisgd.build("sync", model, opt, comm=comm, bucket_mb=1e9)
-    x, y = classifier_batch(comm.rank, 0)
+    model, _, algo = plain_sync(bucket_mb=1e9)
+    x, y = classifier_batch(MPI.COMM_WORLD.rank, 0)
     F.cross_entropy(model(x), y).backward()
     with pytest.raises(RuntimeError, match="no_sync"):
         F.cross_entropy(model(x), y).backward()
