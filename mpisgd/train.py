@@ -16,7 +16,9 @@ Order of events, on every rank:
    counts training only: the clock is paused during evaluation;
 4. ``finish()``, a last log point, per-rank counters, the final model.
 
-Rank 0 shows a progress bar and prints a one-line summary; other ranks are quiet.
+Rank 0 shows progress — a bar on a terminal, or, in a batch log, one line
+per log point at most every 10 s — and prints a one-line summary; other
+ranks are quiet.
 """
 from __future__ import annotations
 
@@ -136,15 +138,11 @@ def run(cfg: TrainConfig, comm, quiet: bool = False) -> dict:
 
 
 def _train(cfg, comm, algo, model, opt, data, shards, record, quiet) -> dict:
-    from tqdm import tqdm
     rank = comm.Get_rank()
     w = algo.worker_index
     stream = datasets.WorkerStream(data, shards[w], w, cfg.seed, cfg.batch_size)
     evaluate = Evaluator(cfg, data, comm)
-    tty = sys.stderr.isatty()
-    bar = tqdm(total=cfg.steps, desc=f"{cfg.algo} x{algo.workers}", unit="step",
-               disable=(rank != 0 or quiet), file=sys.stderr, mininterval=0.5 if tty else 30,
-               dynamic_ncols=True, leave=False)
+    progress = Progress(cfg.steps, f"{cfg.algo} x{algo.workers}", enabled=(rank == 0 and not quiet))
     loss_acc = torch.zeros((), dtype=torch.float64)
     seen = 0
     paused = 0.0
@@ -159,7 +157,7 @@ def _train(cfg, comm, algo, model, opt, data, shards, record, quiet) -> dict:
         algo.step()
         loss_acc += loss.detach()
         seen += 1
-        bar.update(1)
+        progress.update()
         last = step + 1 == cfg.steps
         if (step + 1) % cfg.log_every == 0 or last:
             t_log = time.perf_counter()
@@ -171,11 +169,10 @@ def _train(cfg, comm, algo, model, opt, data, shards, record, quiet) -> dict:
             seen = 0
             if record is not None:
                 record.log(**row)
-            bar.set_postfix(loss=f"{row['train_loss']:.3f}", err=f"{row['test_error']:.3f}",
-                            refresh=False)
+            progress.log(row)
             paused += time.perf_counter() - t_log
     train_time = time.perf_counter() - start - paused
-    bar.close()
+    progress.close()
     stats = algo.stats()
     mine = [train_time - stats["comm_time"], stats["comm_time"],
             stats["wait_time"], stats["steps"], stats["bytes_sent"]]
@@ -189,6 +186,40 @@ def _train(cfg, comm, algo, model, opt, data, shards, record, quiet) -> dict:
     if not quiet:
         print(summary_line(summary), flush=True)
     return summary
+
+
+class Progress:
+    """Rank 0's progress: a tqdm bar on a terminal; plain lines in a batch log.
+
+    A log gets one line per log point, at most one every ``interval``
+    seconds (the last always), on stdout like the summary, so they stay in order.
+    """
+
+    def __init__(self, total: int, desc: str, enabled: bool, interval: float = 10.0):
+        from tqdm import tqdm
+        self.total, self.desc, self.interval = total, desc, interval
+        self.tty = enabled and sys.stderr.isatty()
+        self.enabled = enabled
+        self.bar = tqdm(total=total, desc=desc, unit="step", file=sys.stderr, leave=False,
+                        dynamic_ncols=True, disable=not self.tty)
+        self.last = -interval
+
+    def update(self) -> None:
+        self.bar.update(1)
+
+    def log(self, row: dict) -> None:
+        if self.tty:
+            self.bar.set_postfix(loss=f"{row['train_loss']:.3f}", err=f"{row['test_error']:.3f}",
+                                 refresh=False)
+        elif self.enabled and (time.monotonic() - self.last >= self.interval
+                               or row["step"] == self.total):
+            self.last = time.monotonic()
+            print(f"{self.desc}: step {int(row['step'])}/{self.total}, "
+                  f"train loss {row['train_loss']:.4f}, test error {row['test_error']:.4f}, "
+                  f"{row['wall_time']:.1f} s", flush=True)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def _log_point(algo, evaluate, comm, step, wall, loss_sum, seen) -> dict:
