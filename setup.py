@@ -8,7 +8,8 @@ the ``mpich`` wheel (``pip install -e .[mpich]``; the Makefile decides).
 
 The compiled kernels (``csrc/``, a later issue) are built through CMake by
 :class:`CMakeBuild` when a top-level ``CMakeLists.txt`` exists and a compiler
-is present; the package works without them (``mpisgd.ops`` falls back to torch).
+is present; the package works without them (a torch reference path of the
+same signature stands in).
 """
 import os
 import shutil

@@ -45,24 +45,51 @@ _MPI_TYPES = {
 }
 
 
+REDUCIBLE = (torch.float32, torch.float64)
+
+
+def check_reducible(dtype: torch.dtype) -> None:
+    """``ValueError`` unless MPI can sum tensors of ``dtype`` (float32, float64)."""
+    if dtype not in REDUCIBLE:
+        raise ValueError(f"parameters of dtype {str(dtype).replace('torch.', '')} cannot be "
+                         "averaged with MPI reductions: keep the model in float32 or float64 "
+                         "(use torch.autocast for lower-precision compute)")
+
+
 def mpi_library() -> str:
     """The first line of ``MPI_Get_library_version`` (e.g. ``MPICH Version: 5.0.2``)."""
     return MPI.Get_library_version().strip().splitlines()[0].strip()
 
 
+def _loaded_libmpi():
+    """The MPI library this process has loaded (mpi4py opens it privately), or ``None``."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "libmpi" in line and "/" in line}
+    except OSError:
+        paths = set()
+    for path in sorted(paths, key=len):
+        if os.path.basename(path).startswith(("libmpi.so", "libmpi_")):
+            try:
+                return ctypes.CDLL(path, mode=getattr(os, "RTLD_NOLOAD", 0) | ctypes.RTLD_GLOBAL)
+            except OSError:
+                continue
+    return None
+
+
 def cuda_aware() -> bool:
     """Whether the MPI library accepts CUDA device pointers.
 
-    ``MPISGD_CUDA_AWARE=1`` or ``0`` overrides; otherwise asks
-    ``MPIX_Query_cuda_support()`` (MPICH >= 4, Open MPI >= 4), and answers
-    ``False`` when the library does not have it.
+    ``MPISGD_CUDA_AWARE=1`` or ``0`` overrides; otherwise asks the loaded
+    library's ``MPIX_Query_cuda_support()`` (MPICH >= 4, Open MPI >= 4), and
+    answers ``False`` when it has none.
     """
     env = os.environ.get("MPISGD_CUDA_AWARE")
     if env is not None:
         return env.strip().lower() in ("1", "true", "yes", "on")
-    try:
-        query = ctypes.CDLL(None).MPIX_Query_cuda_support
-    except AttributeError:
+    lib = _loaded_libmpi()
+    query = getattr(lib, "MPIX_Query_cuda_support", None) if lib is not None else None
+    if query is None:
         return False
     query.restype = ctypes.c_int
     return bool(query())
@@ -141,6 +168,8 @@ class Handle:
 class Comm:
     """Tensor communication on one MPI communicator, with byte and time counters.
 
+    Construction is collective over ``comm`` (the ranks agree on how to wait).
+
     Args:
         comm: an mpi4py communicator (default ``MPI.COMM_WORLD``).
         staging: ``"auto"`` (stage CUDA tensors when the MPI is not
@@ -155,6 +184,8 @@ class Comm:
         comm.iallreduce(x).wait()        # x == sum of ranks, in place
     """
 
+    STAGING_CACHE = 64     # pinned host buffers kept for reuse
+
     def __init__(self, comm=None, staging: str | None = None):
         self.comm = MPI.COMM_WORLD if comm is None else comm
         self.rank = self.comm.Get_rank()
@@ -164,7 +195,11 @@ class Comm:
             raise ValueError(f"staging must be 'auto', 'always' or 'never', got {staging!r}")
         self.staging = staging
         self.cuda_aware = cuda_aware()
+        # Blocking and nonblocking collectives never match each other, and the
+        # choice between them follows yield_wait: every rank must agree on it.
         self.yield_wait = yield_when_waiting()
+        if self.size > 1:
+            self.yield_wait = bool(self.comm.allreduce(int(self.yield_wait), op=MPI.MAX))
         self.bytes_sent = 0.0
         self.comm_time = 0.0   # seconds inside MPI calls made through this object
         self.wait_time = 0.0   # of which blocked in wait()
@@ -181,10 +216,12 @@ class Comm:
     def _host_copy(self, t: torch.Tensor) -> torch.Tensor:
         """The pinned host buffer that stands in for ``t`` (allocated once per tensor)."""
         key = (t.data_ptr(), t.numel(), t.dtype, str(t.device))
-        buf = self._staging_buffers.get(key)
+        buf = self._staging_buffers.pop(key, None)
         if buf is None:
             buf = torch.empty(t.numel(), dtype=t.dtype, pin_memory=t.is_cuda)
-            self._staging_buffers[key] = buf
+            while len(self._staging_buffers) >= self.STAGING_CACHE:   # oldest out; a pending
+                self._staging_buffers.pop(next(iter(self._staging_buffers)))  # handle keeps its own
+        self._staging_buffers[key] = buf     # most recently used last
         return buf
 
     @staticmethod
@@ -200,6 +237,9 @@ class Comm:
         return [mem, t.numel(), dtype]
 
     def _claim(self, t: torch.Tensor) -> tuple[int, int]:
+        """The address span of ``t``; refuses non-contiguous tensors and pending memory."""
+        if not t.is_contiguous():
+            raise ValueError("MPI buffers must be contiguous tensors; call .contiguous() first")
         start = t.data_ptr()
         span = (start, start + t.numel() * t.element_size())
         for s, e in (sp for spans in self._pending.values() for sp in spans):
@@ -261,6 +301,7 @@ class Comm:
         if self.size == 1:
             return self._start([t], lambda s: [], 0.0, blocking=True)
         if average:
+            self._claim(t)                 # refuse pending memory before touching it
             t.mul_(1.0 / self.size)
         nbytes = t.numel() * t.element_size()
         if blocking and not self.yield_wait:

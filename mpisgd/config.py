@@ -8,6 +8,7 @@ the general ones.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -73,6 +74,7 @@ class TrainConfig:
         need(self.weight_decay >= 0, "weight-decay", "non-negative", self.weight_decay)
         need(self.shard in ("iid", "label-skew"), "shard", "iid or label-skew", self.shard)
         need(self.skew_alpha > 0, "skew-alpha", "positive", self.skew_alpha)
+        need(self.seed >= 0, "seed", "a non-negative integer", self.seed)
         if self.log_every is not None:
             need(self.log_every >= 1, "log-every", "a positive integer", self.log_every)
         if self.threads is not None:
@@ -81,10 +83,6 @@ class TrainConfig:
             self.options = algorithms.validate(self.algo, self.options)
         except ValueError as err:
             raise ConfigError(_flagged(str(err))) from None
-        if self.out:
-            parent = os.path.dirname(os.path.abspath(self.out))
-            if os.path.exists(parent) and not os.access(parent, os.W_OK):
-                raise ConfigError(f"--out {self.out}: directory {parent} is not writable")
 
     def resolved(self) -> dict:
         """The configuration as the run record stores it (JSON-able)."""
@@ -119,27 +117,58 @@ def from_sources(yaml_path: str | None, flags: dict) -> TrainConfig:
                 raise ConfigError(f"--config {yaml_path}: not valid YAML ({err})") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"--config {yaml_path}: expected a mapping of option: value")
+        bad_keys = [k for k in loaded if not isinstance(k, str)]
+        if bad_keys:
+            raise ConfigError(f"--config {yaml_path}: keys must be option names, got {bad_keys[0]!r}")
         values.update({k.replace("-", "_"): v for k, v in loaded.items()})
     values.update({k: v for k, v in flags.items() if v is not None})
     known_algo = algorithms.all_options()
-    general = {k: v for k, v in values.items() if k in GENERAL}
-    options = {k: v for k, v in values.items() if k in known_algo}
-    unknown = sorted(set(values) - set(general) - set(options))
+    unknown = sorted(set(values) - set(GENERAL) - set(known_algo))
     if unknown:
         raise ConfigError(f"--config {yaml_path}: unknown key {unknown[0]!r}")
-    cfg = TrainConfig(**general, options=options)
-    for f in dataclasses.fields(TrainConfig):     # YAML gives strings where types differ
-        value = getattr(cfg, f.name)
-        if f.name in ("options", "out") or value is None:
-            continue
-        kind = type(f.default) if f.default is not None else (int if f.name != "epochs" else float)
-        try:
-            setattr(cfg, f.name, (value if kind is not bool else _boolean(value))
-                    if kind in (bool, str) else kind(value))
-        except (TypeError, ValueError):
-            raise ConfigError(f"--{f.name.replace('_', '-')} must be a {kind.__name__}, "
-                              f"got {value!r}") from None
-    return cfg
+    kinds = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+    general = {k: _coerce(k, kinds[k], v) for k, v in values.items() if k in GENERAL}
+    options = {k: v for k, v in values.items() if k in known_algo}
+    return TrainConfig(**general, options=options)
+
+
+_KINDS = {"str": str, "int": int, "float": float, "bool": bool}
+
+
+def _coerce(name: str, declared: str, value):
+    """Convert a flag's or YAML key's value to the field's type, strictly.
+
+    No silent truncation (``steps: 2.7``), no booleans as numbers
+    (``lr: true``), finite floats only, ``None`` only where the flag is optional.
+    """
+    flag = "--" + name.replace("_", "-")
+    optional = declared.endswith("| None")
+    kind = _KINDS[declared.split("|")[0].strip()]
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{flag} needs a value, got nothing")
+    must = {str: "a string", int: "an integer", float: "a finite number",
+            bool: "true or false"}[kind]
+    try:
+        if kind is bool:
+            return _boolean(value)
+        if kind is str:
+            if not isinstance(value, str):
+                raise ValueError
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ValueError
+        number = float(value)
+        if not math.isfinite(number):
+            raise ValueError
+        if kind is int:
+            if not number.is_integer():
+                raise ValueError
+            return int(number)
+        return number
+    except (TypeError, ValueError):
+        raise ConfigError(f"{flag} must be {must}, got {value!r}") from None
 
 
 def _boolean(value) -> bool:

@@ -94,18 +94,46 @@ def _cifar10(path: str) -> tuple:
     return (x - mean) / std, y, (xt - mean) / std, yt
 
 
+def _labels(y: np.ndarray, where: str) -> np.ndarray:
+    """Class labels as int64; ``ConfigError`` unless they are whole numbers >= 0."""
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise ConfigError(f"{where}: labels must be one-dimensional, got shape {y.shape}")
+    if not (np.issubdtype(y.dtype, np.integer) or
+            (np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y)) and np.all(y == np.round(y)))):
+        raise ConfigError(f"{where}: labels must be whole numbers (class indices), got dtype {y.dtype}")
+    if len(y) and y.min() < 0:
+        raise ConfigError(f"{where}: labels must be >= 0, found {y.min()}")
+    return y.astype(np.int64)
+
+
 def _hdf5(path: str) -> tuple:
     import h5py
-    with h5py.File(path, "r") as f:
+    where = f"--data hdf5:{path}"
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise ConfigError(f"{where}: not a readable HDF5 file ({err})") from None
+    with f:
         for key in ("x", "y"):
             if key not in f:
-                raise ConfigError(f"--data hdf5:{path}: no dataset '{key}' in the file "
+                raise ConfigError(f"{where}: no dataset '{key}' in the file "
                                   f"(it has: {', '.join(f.keys()) or 'nothing'})")
-        x, y = np.asarray(f["x"], np.float32), np.asarray(f["y"]).astype(np.int64)
-        if "x_test" in f and "y_test" in f:
-            return x, y, np.asarray(f["x_test"], np.float32), np.asarray(f["y_test"]).astype(np.int64)
+        try:
+            x, y = np.asarray(f["x"], np.float32), _labels(f["y"][()], f"{where} y")
+            test = None
+            if "x_test" in f and "y_test" in f:
+                test = np.asarray(f["x_test"], np.float32), _labels(f["y_test"][()], f"{where} y_test")
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"{where}: x must hold numbers ({err})") from None
     if len(x) != len(y):
-        raise ConfigError(f"--data hdf5:{path}: x has {len(x)} rows but y has {len(y)}")
+        raise ConfigError(f"{where}: x has {len(x)} rows but y has {len(y)}")
+    if test is not None:
+        if len(test[0]) != len(test[1]):
+            raise ConfigError(f"{where}: x_test has {len(test[0])} rows but y_test has {len(test[1])}")
+        return x, y, test[0], test[1]
+    if len(y) < 2:
+        raise ConfigError(f"{where}: needs at least 2 samples to hold out a test set, got {len(y)}")
     return _split(x, y, 0.1, 0)
 
 
@@ -131,7 +159,12 @@ def load(spec: str) -> Dataset:
     else:
         raise ConfigError(f"--data must be digits, synthetic[:N], cifar10:DIR or hdf5:FILE, got {spec!r}")
     x, y, xt, yt = (torch.from_numpy(np.ascontiguousarray(a)) for a in parts)
-    classes = int(max(y.max().item(), yt.max().item()) + 1) if len(yt) else int(y.max().item() + 1)
+    if len(y) == 0 or len(yt) == 0:
+        raise ConfigError(f"--data {spec}: the {'training' if len(y) == 0 else 'test'} set is empty")
+    if x.shape[1:] != xt.shape[1:]:
+        raise ConfigError(f"--data {spec}: training inputs have shape {tuple(x.shape[1:])} "
+                          f"but test inputs {tuple(xt.shape[1:])}")
+    classes = int(max(y.max().item(), yt.max().item()) + 1)
     return Dataset(kind, x, y, xt, yt, classes)
 
 

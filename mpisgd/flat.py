@@ -13,6 +13,9 @@ produces their gradients, into contiguous ranges of about ``bucket_bytes``
 each (PyTorch DDP's scheme): bucket 0 holds the last parameters, and its
 gradients are ready first.
 
+Frozen parameters (``requires_grad=False``) get no gradient view, so
+optimizers leave them alone; their gradient slot stays zero.
+
 ``opt.zero_grad()`` with the default ``set_to_none=True`` drops the views;
 :meth:`ParamBuffer.adopt_grad` puts a parameter's fresh gradient back into
 its slot (one copy). ``opt.zero_grad(set_to_none=False)`` avoids that copy.
@@ -58,11 +61,13 @@ class ParamBuffer:
         self.numel = total
         self.data = torch.empty(total, dtype=self.dtype, device=self.device)
         self.grad = torch.zeros(total, dtype=self.dtype, device=self.device)
+        self.trainable = [p.requires_grad for p in self.params]
         with torch.no_grad():
             for i, p in enumerate(self.params):
                 self.data[slice(*self.offsets[i])].copy_(p.data.reshape(-1))
                 p.data = self.param_view(i)
-                p.grad = self.grad_view(i)
+                if self.trainable[i]:     # frozen parameters keep grad None: optimizers skip them
+                    p.grad = self.grad_view(i)
         self.buffer_list = [b for b in module.buffers() if b.is_floating_point()]
         nbuf = sum(b.numel() for b in self.buffer_list)
         self.buffers = torch.empty(nbuf, dtype=self.dtype, device=self.device)
@@ -88,9 +93,12 @@ class ParamBuffer:
         """Make parameter ``i``'s ``.grad`` its view of ``grad`` again.
 
         A fresh gradient (after ``zero_grad(set_to_none=True)``) is copied in;
-        a missing one (unused parameter) becomes zeros.
+        a missing one (unused parameter) becomes zeros. Frozen parameters
+        (``requires_grad=False``) are left alone; their slot stays zero.
         """
         p = self.params[i]
+        if not self.trainable[i]:
+            return
         g = p.grad
         if g is not None and g.data_ptr() == self.grad.data_ptr() + self.offsets[i][0] * self.grad.element_size():
             return

@@ -8,6 +8,7 @@ message from the API and the CLI, on every rank, before any communication::
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -40,6 +41,8 @@ class Option:
                 if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
                     raise ValueError
                 value = value.lower() in ("true", "1", "yes")
+            elif self.kind in (int, float) and isinstance(value, bool):
+                raise ValueError
             elif self.kind is int and isinstance(value, float) and not value.is_integer():
                 raise ValueError
             else:
@@ -50,6 +53,8 @@ class Option:
         if self.choices is not None and value not in self.choices:
             raise ValueError(f"{self.name} must be one of {', '.join(map(str, self.choices))}, "
                              f"got {value!r}")
+        if self.kind is float and not math.isfinite(value):
+            raise ValueError(f"{self.name} must be {self.must or 'a number'} (finite), got {value!r}")
         if self.check is not None and not self.check(value):
             raise ValueError(f"{self.name} must be {self.must}, got {value!r}")
         return value

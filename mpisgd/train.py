@@ -27,6 +27,7 @@ import os
 import signal
 import sys
 import time
+import zlib
 from datetime import datetime
 
 import torch
@@ -36,7 +37,7 @@ from mpi4py import MPI
 from . import __version__, algorithms, data as datasets, models
 from .comm import mpi_library
 from .config import TrainConfig
-from .errors import agree, digest
+from .errors import ConfigError, agree, digest
 from .record import RANK_FIELDS, RunRecord
 
 
@@ -53,6 +54,20 @@ def _threads(comm, requested: int | None) -> int:
 
 def _default_out(algo: str) -> str:
     return os.path.join("runs", f"{algo}-{datetime.now():%Y%m%d-%H%M%S}-{os.getpid()}.h5")
+
+
+def _writable(path: str) -> str:
+    """``path`` if rank 0 can create the run record there; ``ConfigError`` naming --out if not."""
+    if os.path.isdir(path):
+        raise ConfigError(f"--out {path} is a directory; give a file name such as {path}/run.h5")
+    parent = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"--out {path}: cannot create directory {parent} ({err.strerror})") from None
+    if not os.access(parent, os.W_OK):
+        raise ConfigError(f"--out {path}: directory {parent} is not writable")
+    return path
 
 
 def prepare(cfg: TrainConfig, comm):
@@ -72,10 +87,16 @@ def prepare(cfg: TrainConfig, comm):
             cfg.steps = max(1, math.ceil(cfg.epochs * len(data.y_train) / (workers * cfg.batch_size)))
         cfg.steps = cfg.steps or 300
         cfg.log_every = cfg.log_every or max(1, cfg.steps // 20)
+        if comm.Get_rank() == 0:
+            cfg.out = _writable(cfg.out or _default_out(cfg.algo))
         pieces = data, shards, model
-        key = digest({k: v for k, v in cfg.resolved().items() if k not in ("out", "threads")})
-    except (ValueError, OSError) as err:
+        key = digest({"config": {k: v for k, v in cfg.resolved().items() if k not in ("out", "threads")},
+                      "data": [len(data.y_train), len(data.y_test), list(data.input_shape),
+                               zlib.crc32(data.y_train.numpy().tobytes())]})
+    except ConfigError as err:
         error = str(err)
+    except Exception as err:     # anything else found before training: every rank must hear it
+        error = f"{type(err).__name__}: {err}"
     agree(comm, error, key)
     return pieces
 
@@ -105,7 +126,8 @@ class Evaluator:
             sums[1] += (out.argmax(1) != y).sum().item()
             sums[2] += len(y)
         self.comm.Allreduce(MPI.IN_PLACE, sums.numpy())
-        return sums[0].item() / sums[2].item(), sums[1].item() / sums[2].item()
+        n = max(sums[2].item(), 1.0)
+        return sums[0].item() / n, sums[1].item() / n
 
 
 class _Terminated(Exception):
@@ -121,7 +143,6 @@ def run(cfg: TrainConfig, comm, quiet: bool = False) -> dict:
     rank, size = comm.Get_rank(), comm.Get_size()
     data, shards, model = prepare(cfg, comm)
     torch.set_num_threads(_threads(comm, cfg.threads))
-    cfg.out = cfg.out or _default_out(cfg.algo)
     signal.signal(signal.SIGTERM, _on_sigterm)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                           nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
@@ -149,6 +170,7 @@ def _train(cfg, comm, algo, model, opt, data, shards, record, quiet) -> dict:
     row = {}
     comm.Barrier()
     start = time.perf_counter()
+    base = algo.stats()          # counters from the start barrier (set-up traffic excluded)
     for step in range(cfg.steps):
         x, y = stream.batch(step)
         opt.zero_grad(set_to_none=False)
@@ -159,12 +181,12 @@ def _train(cfg, comm, algo, model, opt, data, shards, record, quiet) -> dict:
         seen += 1
         progress.update()
         last = step + 1 == cfg.steps
+        if last:
+            algo.finish()        # draining in-flight messages is training time
         if (step + 1) % cfg.log_every == 0 or last:
             t_log = time.perf_counter()
-            if last:
-                algo.finish()
             row = _log_point(algo, evaluate, comm, step + 1, t_log - start - paused,
-                             loss_acc.item(), seen)
+                             loss_acc.item(), seen, base["bytes_sent"])
             loss_acc.zero_()
             seen = 0
             if record is not None:
@@ -173,7 +195,7 @@ def _train(cfg, comm, algo, model, opt, data, shards, record, quiet) -> dict:
             paused += time.perf_counter() - t_log
     train_time = time.perf_counter() - start - paused
     progress.close()
-    stats = algo.stats()
+    stats = {k: v - base[k] for k, v in algo.stats().items()}
     mine = [train_time - stats["comm_time"], stats["comm_time"],
             stats["wait_time"], stats["steps"], stats["bytes_sent"]]
     ranks = comm.gather(mine, root=0)
@@ -222,9 +244,9 @@ class Progress:
         self.bar.close()
 
 
-def _log_point(algo, evaluate, comm, step, wall, loss_sum, seen) -> dict:
+def _log_point(algo, evaluate, comm, step, wall, loss_sum, seen, bytes_before) -> dict:
     """One row of /metrics: losses and bytes summed over ranks, the consensus evaluated."""
-    sums = torch.tensor([loss_sum, seen, algo.comm.bytes_sent], dtype=torch.float64)
+    sums = torch.tensor([loss_sum, seen, algo.comm.bytes_sent - bytes_before], dtype=torch.float64)
     comm.Allreduce(MPI.IN_PLACE, sums.numpy())
     params = algo.consensus()
     test_loss, test_error = evaluate(params, algo.consensus_buffers())

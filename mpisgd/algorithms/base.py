@@ -17,7 +17,7 @@ import warnings
 
 import torch
 
-from ..comm import Comm
+from ..comm import Comm, check_reducible
 from ..errors import agree, digest
 from ..flat import ParamBuffer
 from ..options import Option, resolve
@@ -39,6 +39,9 @@ class Algorithm:
         self.validate()
         self.model = model
         self.optimizer = optimizer
+        dtypes = {p.dtype for p in model.parameters()}
+        for dtype in dtypes:
+            check_reducible(dtype)
         self.comm = Comm(comm)
         self._telemetry = Comm(self.comm.comm, self.comm.staging)   # uncounted traffic
         self.flat = ParamBuffer(model, self.bucket_bytes())

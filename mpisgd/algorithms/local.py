@@ -89,31 +89,48 @@ class LocalSGD(Algorithm):
             self.comm.allreduce(self.flat.buffers, average=True)
         policy = self.opts["momentum_policy"]
         if policy != "local":
-            states = self._state_tensors()
             if policy == "reset":
-                for t in states:
+                for t in self._state_tensors():
                     t.zero_()
-            elif states:
-                self._average_state(states)
+            else:
+                self._average_state()
         self.rounds += 1
 
     def _state_tensors(self) -> list[torch.Tensor]:
         """The optimizer's per-parameter floating state of the parameter's shape."""
+        return [t for _, t in self._state_entries()]
+
+    def _state_entries(self) -> list[tuple[tuple[int, str], torch.Tensor]]:
         out = []
-        for p in self.flat.params:
-            for v in self.optimizer.state.get(p, {}).values():
+        for i, p in enumerate(self.flat.params):
+            for key, v in sorted(self.optimizer.state.get(p, {}).items()):
                 if torch.is_tensor(v) and v.is_floating_point() and v.shape == p.shape:
-                    out.append(v)
+                    out.append(((i, key), v))
         return out
 
-    def _average_state(self, states: list[torch.Tensor]) -> None:
-        n = sum(t.numel() for t in states)
+    def _average_state(self) -> None:
+        """Average optimizer state over workers, on a layout every rank agrees on.
+
+        A rank may lack some state (a parameter that never had a gradient
+        there): the layout is the union over ranks, with zeros standing in
+        for what a rank lacks; what it lacks stays absent afterwards.
+        """
+        entries = self._state_entries()
+        mine = [key for key, _ in entries]
+        layout = sorted(set().union(*self.comm.comm.allgather(mine))) if self.comm.size > 1 \
+            else mine
+        have = dict(entries)
+        numel = {(i, k): self.flat.params[i].numel() for i, k in layout}
+        n = sum(numel.values())
         if self._state_flat is None or self._state_flat.numel() != n:
-            self._state_flat = torch.empty(n, dtype=states[0].dtype, device=states[0].device)
-        views, offset = [], 0
-        for t in states:
-            views.append(self._state_flat[offset: offset + t.numel()].view_as(t))
-            offset += t.numel()
-        torch._foreach_copy_(views, states)
+            self._state_flat = torch.empty(n, dtype=self.flat.dtype, device=self.flat.device)
+        self._state_flat.zero_()
+        views, offset = {}, 0
+        for key in layout:
+            views[key] = self._state_flat[offset: offset + numel[key]]
+            offset += numel[key]
+            if key in have:
+                views[key].copy_(have[key].reshape(-1))
         self.comm.allreduce(self._state_flat, average=True)
-        torch._foreach_copy_(states, views)
+        for key, tensor in have.items():
+            tensor.copy_(views[key].view_as(tensor))

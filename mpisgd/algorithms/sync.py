@@ -4,7 +4,8 @@ Cooperative SGD A(1, J, 0): every worker applies the same averaged gradient
 
     g = (1/m) sum_i g_i(x),    x <- opt_step(x, g)
 
-so all replicas stay identical. Gradients live in one flat buffer split into
+so all replicas stay identical (floating buffers, BatchNorm's running
+statistics, are averaged at every step too). Gradients live in one flat buffer split into
 buckets of ``bucket_mb`` megabytes in reverse parameter order; a
 post-accumulate-grad hook starts a nonblocking ``Iallreduce`` on a bucket as
 soon as its last gradient is ready, so the exchange overlaps the rest of
@@ -25,6 +26,8 @@ For gradient accumulation, wrap all but the last backward in
 from __future__ import annotations
 
 import contextlib
+
+from mpi4py import MPI
 
 from ..options import Option, positive_float
 from .base import Algorithm
@@ -48,7 +51,13 @@ class SyncSGD(Algorithm):
 
     def __init__(self, model, optimizer, comm=None, **options):
         super().__init__(model, optimizer, comm, **options)
-        self._sizes = [len(b.params) for b in self.flat.buckets]
+        trainable = self.flat.trainable
+        self._sizes = [sum(trainable[i] for i in b.params) for b in self.flat.buckets]
+        if self.opts["overlap"] and self.flat.device.type == "cuda" and \
+                MPI.Query_thread() < MPI.THREAD_SERIALIZED:
+            self.warn("the MPI library gives less than MPI_THREAD_SERIALIZED, and autograd runs "
+                      "CUDA gradient hooks on its own threads: overlap is off")
+            self.opts["overlap"] = False
         self._synchronized = False
         self._reset()
         self._accumulating = False
@@ -124,9 +133,12 @@ class SyncSGD(Algorithm):
         for i, fired in enumerate(self._fired):
             if not fired:     # unused parameter, or no_sync accumulation
                 self.flat.adopt_grad(i)
+        extra = []
+        if self.flat.buffers.numel():   # BatchNorm statistics: averaged, so replicas stay equal
+            extra.append(self.comm.iallreduce(self.flat.buffers, average=True))
         for k in range(len(self._handles), len(self._sizes)):
             self._launch(k, blocking=(k == len(self._sizes) - 1))
-        for h in self._handles:
+        for h in self._handles + extra:
             h.wait()
         self._synchronized = True
 
@@ -141,3 +153,7 @@ class SyncSGD(Algorithm):
     def consensus(self):
         """The replicas are identical: this rank's parameters (no communication)."""
         return self.flat.data.clone()
+
+    def consensus_buffers(self):
+        """Buffers are averaged every step: this rank's (no communication)."""
+        return self.flat.buffers.clone()

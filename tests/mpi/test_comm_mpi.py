@@ -55,3 +55,23 @@ def test_bcast_from_root(comm):
     x = torch.full((7,), float(c.rank))
     c.bcast(x, root=c.size - 1)
     assert torch.equal(x, torch.full((7,), float(c.size - 1)))
+
+
+@pytest.mark.mpi(min_size=2)
+def test_ranks_agree_on_how_to_wait(comm, monkeypatch):
+    """One rank asking to yield makes all yield: blocking and nonblocking calls never mix."""
+    monkeypatch.setenv("MPISGD_WAIT", "yield" if comm.rank == comm.size - 1 else "spin")
+    c = Comm(comm)
+    assert c.yield_wait is True
+    x = torch.full((8,), 1.0)
+    c.allreduce(x)
+    assert torch.equal(x, torch.full((8,), float(comm.size)))
+
+
+@pytest.mark.mpi(min_size=2)
+def test_non_contiguous_tensor_refused_before_staging(comm):
+    c = Comm(comm, staging="always")
+    x = torch.ones(4, 4).t()
+    with pytest.raises(ValueError, match="contiguous"):
+        c.iallreduce(x)
+    assert torch.equal(x, torch.ones(4, 4))

@@ -43,6 +43,13 @@ def single_process(size, steps=STEPS, momentum=0.9):
     return torch.nn.utils.parameters_to_vector(model.parameters()).detach()
 
 
+def plain_sync(bucket_mb):
+    """A classifier under sync with plain SGD (lr 0.1) on COMM_WORLD."""
+    model = classifier()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    return model, opt, mpisgd.build("sync", model, opt, comm=MPI.COMM_WORLD, bucket_mb=bucket_mb)
+
+
 @pytest.mark.mpi(min_size=2)
 def test_sync_equals_sgd_on_union_of_batches(comm):
     algo = run_sync(comm=comm)
@@ -53,10 +60,56 @@ def test_sync_equals_sgd_on_union_of_batches(comm):
 
 
 @pytest.mark.mpi(min_size=2)
-def test_replicas_stay_identical():
-    theta = run_sync().flat.data
-    gathered = MPI.COMM_WORLD.allgather(theta.numpy().tobytes())
-    assert all(g == gathered[0] for g in gathered)
+def test_replicas_and_batchnorm_buffers_stay_identical():
+    comm = MPI.COMM_WORLD
+    model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.BatchNorm1d(6),
+                                torch.nn.Linear(6, 3)).double()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    algo = mpisgd.build("sync", model, opt, comm=comm, bucket_mb=1e-9)
+    for step in range(5):
+        x, y = classifier_batch(comm.rank, step)
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        algo.step()
+    for flat in (algo.flat.data, algo.flat.buffers):
+        gathered = comm.allgather(flat.numpy().tobytes())
+        assert all(g == gathered[0] for g in gathered)
+    means = comm.allgather(model[1].running_mean.clone())
+    assert not torch.equal(means[0], torch.zeros(6))
+
+
+@pytest.mark.mpi(min_size=2)
+def test_frozen_parameters_never_move():
+    comm = MPI.COMM_WORLD
+    model = classifier()
+    model[0].weight.requires_grad_(False)
+    frozen = model[0].weight.detach().clone()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=0.1)
+    algo = mpisgd.build("sync", model, opt, comm=comm, bucket_mb=1e-9)
+    frozen = comm.bcast(frozen)                   # rank 0's initial value everywhere
+    for step in range(3):
+        x, y = classifier_batch(comm.rank, step)
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        algo.step()
+    assert torch.equal(model[0].weight, frozen) and model[0].weight.grad is None
+
+
+@pytest.mark.mpi(min_size=2)
+def test_buckets_launch_during_backward():
+    comm = MPI.COMM_WORLD
+    model, opt, algo = plain_sync(bucket_mb=1e-9)
+    x, y = classifier_batch(comm.rank, 0)
+    F.cross_entropy(model(x), y).backward()
+    assert len(algo._handles) == len(algo.flat.buckets) - 1   # all but the last, in flight
+    algo.step()
+
+
+def test_half_precision_model_is_refused():
+    model = classifier().half()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="float16 cannot be averaged"):
+        mpisgd.build("sync", model, opt, comm=MPI.COMM_SELF)
 
 
 @pytest.mark.mpi(min_size=2)
@@ -71,13 +124,6 @@ def test_bucketed_overlap_equals_one_big_allreduce(options):
     if options["bucket_mb"] == 1e-9:
         assert len(algo.flat.buckets) == len(algo.flat.params)
     assert torch.allclose(algo.flat.data, reference, rtol=1e-12, atol=1e-14)
-
-
-def plain_sync(bucket_mb):
-    """A classifier under sync with plain SGD (lr 0.1) on COMM_WORLD."""
-    model = classifier()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    return model, opt, mpisgd.build("sync", model, opt, comm=MPI.COMM_WORLD, bucket_mb=bucket_mb)
 
 
 @pytest.mark.mpi(min_size=2)

@@ -33,6 +33,8 @@ def launch(args, np=NP, timeout=90, script=None, quiet=True):
     (["--lr", "-0.1"], "--lr must be positive, got -0.1"),
     (["--data", "hdf5:/no/such/file.h5"], "no such file: /no/such/file.h5"),
     (["--data", "synthetic:3"], "4 workers but only 3 training samples"),
+    (["--out", "/"], "--out / is a directory"),
+    (["--bucket-mb", "inf"], "--bucket-mb must be a positive number (finite), got inf"),
 ])
 def test_bad_input_one_line_on_every_rank(args, needle):
     proc, elapsed = launch(args)
@@ -42,6 +44,30 @@ def test_bad_input_one_line_on_every_rank(args, needle):
     assert all(needle in ln for ln in lines), lines
     assert "Traceback" not in proc.stderr
     assert elapsed < 60
+
+
+def test_exception_in_training_on_one_rank_ends_the_job(tmp_path):
+    """The real driver, with rank 2's optimizer step failing at step 5 of 200."""
+    out = tmp_path / "run.h5"
+    script = (
+        "import sys\n"
+        "from mpi4py import MPI\n"
+        "from mpisgd import cli\n"
+        "from mpisgd.algorithms.sync import SyncSGD\n"
+        "step = SyncSGD.step\n"
+        "def failing(self):\n"
+        "    if MPI.COMM_WORLD.rank == 2 and self.steps == 5:\n"
+        "        raise FloatingPointError('rank 2 diverged')\n"
+        "    step(self)\n"
+        "SyncSGD.step = failing\n"
+        f"sys.exit(cli.main(['train', '--steps', '200', '--quiet', '--out', {str(out)!r}]))\n"
+    )
+    proc, elapsed = launch([], script=script, timeout=60)
+    assert proc.returncode != 0
+    assert "[rank 2] FloatingPointError: rank 2 diverged" in proc.stderr
+    assert elapsed < 45
+    from mpisgd.record import read
+    assert read(str(out))["attrs"]["status"].startswith("failed: the job ended before")
 
 
 def test_exception_on_one_rank_ends_the_job():

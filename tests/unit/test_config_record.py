@@ -21,7 +21,12 @@ def test_yaml_then_flags(tmp_path):
 @pytest.mark.parametrize("text, message", [
     ("tua: 4\n", "unknown key 'tua'"),
     ("- a\n- b\n", "expected a mapping"),
-    ("steps: many\n", "--steps must be a int"),
+    ("steps: many\n", "--steps must be an integer, got .many."),
+    ("steps: 2.7\n", "--steps must be an integer, got 2.7"),
+    ("lr: true\n", "--lr must be a finite number, got True"),
+    ("batch-size: null\n", "--batch-size needs a value"),
+    ("data: 5\n", "--data must be a string, got 5"),
+    ("1: 2\n", "keys must be option names"),
 ])
 def test_bad_yaml(tmp_path, text, message):
     path = tmp_path / "c.yaml"
@@ -40,6 +45,9 @@ def test_missing_config_file():
     ({"algo": "sync", "tau": 3}, "--tau does not apply to algorithm 'sync'"),
     ({"algo": "local", "tau": -1}, "--tau must be a positive integer, got -1"),
     ({"steps": 5, "epochs": 1.0}, "--epochs must be used without --steps"),
+    ({"seed": -1}, "--seed must be a non-negative integer, got -1"),
+    ({"epochs": float("inf")}, "--epochs must be a finite number, got inf"),
+    ({"algo": "local", "period_exp": "inf"}, "--period-exp must be non-negative .finite., got inf"),
 ])
 def test_config_validation_names_the_flag(flags, message):
     with pytest.raises(ConfigError, match=message):

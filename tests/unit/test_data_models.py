@@ -82,6 +82,27 @@ def test_hdf5_dataset(tmp_path):
         data.load(f"hdf5:{bad}")
 
 
+@pytest.mark.parametrize("labels, message", [
+    (np.array([0, 1, -1, 2]), "labels must be >= 0"),
+    (np.array([0.0, 1.5, 2.0, 1.0]), "labels must be whole numbers"),
+    (np.zeros((4, 2)), "labels must be one-dimensional"),
+])
+def test_hdf5_bad_labels(tmp_path, labels, message):
+    path = tmp_path / "d.h5"
+    with h5py.File(path, "w") as f:
+        f["x"] = np.zeros((4, 3), np.float32)
+        f["y"] = labels
+    with pytest.raises(ConfigError, match=message):
+        data.load(f"hdf5:{path}")
+
+
+def test_not_an_hdf5_file(tmp_path):
+    path = tmp_path / "d.h5"
+    path.write_text("hello")
+    with pytest.raises(ConfigError, match="not a readable HDF5 file"):
+        data.load(f"hdf5:{path}")
+
+
 def test_cifar10_pickle_batches(tmp_path):
     rng = np.random.default_rng(0)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
