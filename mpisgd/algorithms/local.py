@@ -82,6 +82,23 @@ class LocalSGD(Algorithm):
             for group, lr in zip(self.optimizer.param_groups, self._base_lr):
                 group["lr"] = lr * scale
 
+    def finish(self) -> None:
+        """Final synchronisation: average once more unless the last step ended a round.
+
+        Afterwards every worker holds the consensus model, so saving
+        ``model.state_dict()`` on any rank saves the model PR-SGD outputs.
+        """
+        if not self.finished and self.steps and not self.schedule.communicate(self.steps):
+            self.average()
+        super().finish()
+
+    def consensus(self):
+        """The worker average (after :meth:`finish`, every worker's own parameters)."""
+        return self.flat.data.clone() if self.finished else super().consensus()
+
+    def consensus_buffers(self):
+        return self.flat.buffers.clone() if self.finished else super().consensus_buffers()
+
     def average(self) -> None:
         """One round: x_i <- mean_j x_j (and buffers), then the optimizer-state policy."""
         self.comm.allreduce(self.flat.data, average=True)

@@ -36,7 +36,7 @@ def run_local(steps, comm=MPI.COMM_WORLD, **options):
 @pytest.mark.parametrize("tau", [2, 5])
 def test_local_equals_reference_periodic_averaging(comm, tau):
     size, rank = comm.size, comm.rank
-    steps = 3 * tau + 2                    # ends between two rounds
+    steps = 3 * tau + 1                    # ends between two rounds
     algo, trace = run_local(steps, comm, tau=tau)
     _, oracle = reference.cooperative(x0(), regression_grad, ETA,
                                       reference.averaging_matrix(size), steps, tau=tau, trace=True)
@@ -44,6 +44,9 @@ def test_local_equals_reference_periodic_averaging(comm, tau):
         assert torch.allclose(trace[k], oracle[k][:, rank], rtol=1e-12, atol=1e-14), k
     assert algo.rounds == steps // tau
     assert torch.allclose(algo.consensus(), oracle[-1].mean(1), rtol=1e-12, atol=1e-14)
+    algo.finish()                          # the final round: every worker holds the average
+    assert algo.rounds == steps // tau + 1
+    assert torch.allclose(algo.flat.data, oracle[-1].mean(1), rtol=1e-12, atol=1e-14)
 
 
 @pytest.mark.mpi(min_size=2)
