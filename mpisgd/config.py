@@ -12,7 +12,7 @@ import math
 import os
 from dataclasses import dataclass, field
 
-from . import algorithms
+from . import algorithms, models
 from .errors import ConfigError
 
 
@@ -72,6 +72,7 @@ class TrainConfig:
         need(not self.nesterov or self.momentum > 0, "nesterov", "used with --momentum > 0",
              self.nesterov)
         need(self.weight_decay >= 0, "weight-decay", "non-negative", self.weight_decay)
+        need(self.model in models.MODELS, "model", "one of " + ", ".join(models.MODELS), self.model)
         need(self.shard in ("iid", "label-skew"), "shard", "iid or label-skew", self.shard)
         need(self.skew_alpha > 0, "skew-alpha", "positive", self.skew_alpha)
         need(self.seed >= 0, "seed", "a non-negative integer", self.seed)
