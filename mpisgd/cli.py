@@ -74,6 +74,7 @@ def _train(args) -> int:
     from .config import from_sources
     from .errors import abort_on_exception, agree
     comm = MPI.COMM_WORLD
+    abort_on_exception(comm)       # from here, an unexpected error on one rank ends the job
     if comm.Get_rank() != 0:
         warnings.simplefilter("ignore")
     flags = {k: v for k, v in vars(args).items()
@@ -83,7 +84,6 @@ def _train(args) -> int:
     except ConfigError as err:
         agree(comm, str(err))   # meets prepare()'s agree on ranks that succeeded
         raise
-    abort_on_exception(comm)
     train.run(cfg, comm, quiet=args.quiet)
     return 0
 

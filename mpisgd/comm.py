@@ -116,6 +116,14 @@ def yield_when_waiting() -> bool:
     return local_ranks() > (cores or 1)
 
 
+def check_environment() -> None:
+    """``ValueError`` naming a bad ``MPISGD_WAIT`` or ``MPISGD_STAGING`` value."""
+    yield_when_waiting()
+    staging = os.environ.get("MPISGD_STAGING", "auto")
+    if staging not in ("auto", "always", "never"):
+        raise ValueError(f"MPISGD_STAGING must be auto, always or never, got {staging!r}")
+
+
 class Handle:
     """A pending nonblocking operation: its MPI requests and the buffers they use.
 
@@ -290,14 +298,17 @@ class Comm:
 
     # ---- operations ----------------------------------------------------
 
-    def iallreduce(self, t: torch.Tensor, average: bool = False, blocking: bool = False) -> Handle:
-        """Nonblocking in-place Allreduce: the sum, or with ``average=True`` the mean.
+    def iallreduce(self, t: torch.Tensor, average: bool = False, blocking: bool = False,
+                   op=MPI.SUM) -> Handle:
+        """Nonblocking in-place Allreduce: the sum (or ``op``), or with ``average=True`` the mean.
 
         The mean pre-divides ``t`` by the size before summing (as DDP does):
         one pass over memory that the caller usually has just written.
         ``blocking=True`` uses the blocking ``MPI_Allreduce`` (often a faster
         algorithm) and returns a completed handle.
         """
+        if average and op != MPI.SUM:
+            raise ValueError("average=True goes with op=MPI.SUM")
         if self.size == 1:
             return self._start([t], lambda s: [], 0.0, blocking=True)
         if average:
@@ -305,14 +316,14 @@ class Comm:
             t.mul_(1.0 / self.size)
         nbytes = t.numel() * t.element_size()
         if blocking and not self.yield_wait:
-            post = lambda s: self.comm.Allreduce(MPI.IN_PLACE, s, op=MPI.SUM) or []  # noqa: E731
+            post = lambda s: self.comm.Allreduce(MPI.IN_PLACE, s, op=op) or []  # noqa: E731
         else:
-            post = lambda s: [self.comm.Iallreduce(MPI.IN_PLACE, s, op=MPI.SUM)]  # noqa: E731
+            post = lambda s: [self.comm.Iallreduce(MPI.IN_PLACE, s, op=op)]  # noqa: E731
         return self._start([t], post, 2.0 * (self.size - 1) / self.size * nbytes, blocking)
 
-    def allreduce(self, t: torch.Tensor, average: bool = False) -> torch.Tensor:
-        """Blocking in-place Allreduce (sum or mean); returns ``t``."""
-        self.iallreduce(t, average, blocking=True)
+    def allreduce(self, t: torch.Tensor, average: bool = False, op=MPI.SUM) -> torch.Tensor:
+        """Blocking in-place Allreduce (sum, ``op``, or mean); returns ``t``."""
+        self.iallreduce(t, average, blocking=True, op=op)
         return t
 
     def bcast(self, t: torch.Tensor, root: int = 0) -> torch.Tensor:

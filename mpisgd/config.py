@@ -8,12 +8,12 @@ the general ones.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from dataclasses import dataclass, field
 
 from . import algorithms, models
 from .errors import ConfigError
+from .options import coerce
 
 
 @dataclass
@@ -111,11 +111,13 @@ def from_sources(yaml_path: str | None, flags: dict) -> TrainConfig:
         import yaml
         if not os.path.exists(yaml_path):
             raise ConfigError(f"--config: no such file: {yaml_path}")
-        with open(yaml_path) as f:
-            try:
+        try:
+            with open(yaml_path, encoding="utf-8") as f:
                 loaded = yaml.safe_load(f) or {}
-            except yaml.YAMLError as err:
-                raise ConfigError(f"--config {yaml_path}: not valid YAML ({err})") from None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--config {yaml_path}: not valid YAML ({err})") from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"--config {yaml_path}: cannot read it ({err})") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"--config {yaml_path}: expected a mapping of option: value")
         bad_keys = [k for k in loaded if not isinstance(k, str)]
@@ -137,46 +139,13 @@ _KINDS = {"str": str, "int": int, "float": float, "bool": bool}
 
 
 def _coerce(name: str, declared: str, value):
-    """Convert a flag's or YAML key's value to the field's type, strictly.
-
-    No silent truncation (``steps: 2.7``), no booleans as numbers
-    (``lr: true``), finite floats only, ``None`` only where the flag is optional.
-    """
+    """A flag's or YAML key's value as the field's type (see :func:`mpisgd.options.coerce`)."""
     flag = "--" + name.replace("_", "-")
-    optional = declared.endswith("| None")
-    kind = _KINDS[declared.split("|")[0].strip()]
     if value is None:
-        if optional:
+        if declared.endswith("| None"):
             return None
         raise ConfigError(f"{flag} needs a value, got nothing")
-    must = {str: "a string", int: "an integer", float: "a finite number",
-            bool: "true or false"}[kind]
     try:
-        if kind is bool:
-            return _boolean(value)
-        if kind is str:
-            if not isinstance(value, str):
-                raise ValueError
-            return value
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise ValueError
-        number = float(value)
-        if not math.isfinite(number):
-            raise ValueError
-        if kind is int:
-            if not number.is_integer():
-                raise ValueError
-            return int(number)
-        return number
-    except (TypeError, ValueError):
-        raise ConfigError(f"{flag} must be {must}, got {value!r}") from None
-
-
-def _boolean(value) -> bool:
-    if isinstance(value, bool):
-        return value
-    if str(value).lower() in ("true", "1", "yes"):
-        return True
-    if str(value).lower() in ("false", "0", "no"):
-        return False
-    raise ValueError(value)
+        return coerce(_KINDS[declared.split("|")[0].strip()], value)
+    except ValueError as err:
+        raise ConfigError(f"{flag} must be {err}, got {value!r}") from None

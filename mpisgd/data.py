@@ -94,6 +94,9 @@ def _cifar10(path: str) -> tuple:
     return (x - mean) / std, y, (xt - mean) / std, yt
 
 
+MAX_CLASSES = 1_000_000
+
+
 def _labels(y: np.ndarray, where: str) -> np.ndarray:
     """Class labels as int64; ``ConfigError`` unless they are whole numbers >= 0."""
     y = np.asarray(y)
@@ -104,7 +107,20 @@ def _labels(y: np.ndarray, where: str) -> np.ndarray:
         raise ConfigError(f"{where}: labels must be whole numbers (class indices), got dtype {y.dtype}")
     if len(y) and y.min() < 0:
         raise ConfigError(f"{where}: labels must be >= 0, found {y.min()}")
+    if len(y) and y.max() >= MAX_CLASSES:
+        raise ConfigError(f"{where}: labels must be class indices below {MAX_CLASSES}, found {y.max()}")
     return y.astype(np.int64)
+
+
+def _numbers(dataset, where: str) -> np.ndarray:
+    """Inputs as float32, one sample per row (N x features...)."""
+    try:
+        x = np.asarray(dataset, np.float32)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{where}: inputs must be numbers ({err})") from None
+    if x.ndim < 2:
+        raise ConfigError(f"{where}: inputs need one row per sample (N x features), got shape {x.shape}")
+    return x
 
 
 def _hdf5(path: str) -> tuple:
@@ -119,13 +135,13 @@ def _hdf5(path: str) -> tuple:
             if key not in f:
                 raise ConfigError(f"{where}: no dataset '{key}' in the file "
                                   f"(it has: {', '.join(f.keys()) or 'nothing'})")
-        try:
-            x, y = np.asarray(f["x"], np.float32), _labels(f["y"][()], f"{where} y")
-            test = None
-            if "x_test" in f and "y_test" in f:
-                test = np.asarray(f["x_test"], np.float32), _labels(f["y_test"][()], f"{where} y_test")
-        except (TypeError, ValueError) as err:
-            raise ConfigError(f"{where}: x must hold numbers ({err})") from None
+        if ("x_test" in f) != ("y_test" in f):
+            raise ConfigError(f"{where}: x_test and y_test go together; the file has only one")
+        y = _labels(f["y"][()], f"{where} y")
+        test = None
+        if "x_test" in f:
+            test = _numbers(f["x_test"], f"{where} x_test"), _labels(f["y_test"][()], f"{where} y_test")
+        x = _numbers(f["x"], f"{where} x")
     if len(x) != len(y):
         raise ConfigError(f"{where}: x has {len(x)} rows but y has {len(y)}")
     if test is not None:

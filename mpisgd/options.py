@@ -37,27 +37,47 @@ class Option:
         if value is None:
             return self.default
         try:
-            if self.kind is bool and isinstance(value, str):
-                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError
-                value = value.lower() in ("true", "1", "yes")
-            elif self.kind in (int, float) and isinstance(value, bool):
-                raise ValueError
-            elif self.kind is int and isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            else:
-                value = self.kind(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{self.name} must be {self.must or 'a ' + self.kind.__name__}, "
-                             f"got {value!r}") from None
+            value = coerce(self.kind, value)
+        except ValueError as err:
+            raise ValueError(f"{self.name} must be {err}, got {value!r}") from None
         if self.choices is not None and value not in self.choices:
             raise ValueError(f"{self.name} must be one of {', '.join(map(str, self.choices))}, "
                              f"got {value!r}")
-        if self.kind is float and not math.isfinite(value):
-            raise ValueError(f"{self.name} must be {self.must or 'a number'} (finite), got {value!r}")
         if self.check is not None and not self.check(value):
             raise ValueError(f"{self.name} must be {self.must}, got {value!r}")
         return value
+
+
+def coerce(kind: type, value: Any) -> Any:
+    """``value`` as ``kind`` (str, int, float, bool), strictly; ``ValueError(what it must be)``.
+
+    No silent truncation (2.7 is not an int), no booleans as numbers, finite
+    floats only, numbers from strings ("1e3", "4") as a YAML file or a flag
+    gives them, booleans only from true/false/yes/no/1/0.
+    """
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower() if isinstance(value, (str, int)) else ""
+        if text in ("true", "yes", "1"):
+            return True
+        if text in ("false", "no", "0"):
+            return False
+        raise ValueError("true or false")
+    if kind is str:
+        if not isinstance(value, str):
+            raise ValueError("a string")
+        return value
+    must = "an integer" if kind is int else "a finite number"
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(must)
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(must) from None
+    if not math.isfinite(number) or (kind is int and not number.is_integer()):
+        raise ValueError(must)
+    return int(number) if kind is int else number
 
 
 def positive_int(name: str, default: int, help: str) -> Option:

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from mpi4py import MPI
 
 from . import __version__, algorithms, data as datasets, models
-from .comm import mpi_library
+from .comm import check_environment, mpi_library
 from .config import TrainConfig
 from .errors import ConfigError, agree, digest
 from .record import RANK_FIELDS, RunRecord
@@ -65,8 +65,13 @@ def _writable(path: str) -> str:
         os.makedirs(parent, exist_ok=True)
     except OSError as err:
         raise ConfigError(f"--out {path}: cannot create directory {parent} ({err.strerror})") from None
-    if not os.access(parent, os.W_OK):
-        raise ConfigError(f"--out {path}: directory {parent} is not writable")
+    existed = os.path.exists(path)
+    try:
+        open(path, "ab").close()     # can the file itself be created or written?
+    except OSError as err:
+        raise ConfigError(f"--out {path}: cannot write it ({err.strerror})") from None
+    if not existed:
+        os.remove(path)
     return path
 
 
@@ -77,12 +82,19 @@ def prepare(cfg: TrainConfig, comm):
     """
     error, key, pieces = None, "", None
     try:
+        check_environment()
         cfg.validate()
         data = datasets.load(cfg.data)
         workers = comm.Get_size()
         shards = datasets.shard(data.y_train, workers, cfg.seed, cfg.shard, cfg.skew_alpha)
         torch.manual_seed(cfg.seed)
         model = models.build(cfg.model, data.input_shape, data.classes)
+        try:                         # the model must accept the data: one sample, here, not mid-run
+            with torch.no_grad():
+                model(data.x_train[:1])
+        except RuntimeError as err:
+            raise ConfigError(f"--model {cfg.model} does not fit --data {cfg.data} "
+                              f"(inputs of shape {tuple(data.input_shape)}): {err}") from None
         if cfg.epochs is not None:
             cfg.steps = max(1, math.ceil(cfg.epochs * len(data.y_train) / (workers * cfg.batch_size)))
         cfg.steps = cfg.steps or 300
@@ -192,6 +204,7 @@ def _train(cfg, comm, algo, model, opt, data, shards, record, quiet) -> dict:
             if record is not None:
                 record.log(**row)
             progress.log(row)
+            comm.Barrier()       # rank 0's record write is not anyone's training time
             paused += time.perf_counter() - t_log
     train_time = time.perf_counter() - start - paused
     progress.close()

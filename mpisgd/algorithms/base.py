@@ -48,6 +48,7 @@ class Algorithm:
         agree(self.comm.comm, None, digest({
             "algorithm": self.name, "options": self.opts,
             "shapes": [list(p.shape) for p in self.flat.params],
+            "trainable": self.flat.trainable,
             "dtype": str(self.flat.dtype),
             "optimizer": [type(optimizer).__name__] + [
                 {k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups],

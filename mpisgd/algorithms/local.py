@@ -29,6 +29,7 @@ Example::
 from __future__ import annotations
 
 import torch
+from mpi4py import MPI
 
 from ..options import Option, positive_int
 from ..schedule import Periodic, TimeVarying
@@ -73,6 +74,7 @@ class LocalSGD(Algorithm):
 
     def step(self) -> None:
         """One local optimizer step; average the models when the schedule says so."""
+        self.finished = False
         self.optimizer.step()
         self.steps += 1
         if self.schedule.communicate(self.steps):
@@ -132,22 +134,27 @@ class LocalSGD(Algorithm):
         there): the layout is the union over ranks, with zeros standing in
         for what a rank lacks; what it lacks stays absent afterwards.
         """
-        entries = self._state_entries()
-        mine = [key for key, _ in entries]
-        layout = sorted(set().union(*self.comm.comm.allgather(mine))) if self.comm.size > 1 \
-            else mine
-        have = dict(entries)
-        numel = {(i, k): self.flat.params[i].numel() for i, k in layout}
-        n = sum(numel.values())
+        have = {}
+        for (i, _), tensor in self._state_entries():
+            have.setdefault(i, []).append(tensor)
+        # Same optimizer everywhere (checked at construction): a parameter that
+        # has state has the same entries on every rank that has it, so the
+        # per-parameter maximum of the counts is the union layout.
+        counts = torch.tensor([len(have.get(i, ())) for i in range(len(self.flat.params))],
+                              dtype=torch.int64)
+        self.comm.allreduce(counts, op=MPI.MAX)
+        n = sum(int(c) * p.numel() for c, p in zip(counts, self.flat.params))
         if self._state_flat is None or self._state_flat.numel() != n:
             self._state_flat = torch.empty(n, dtype=self.flat.dtype, device=self.flat.device)
         self._state_flat.zero_()
-        views, offset = {}, 0
-        for key in layout:
-            views[key] = self._state_flat[offset: offset + numel[key]]
-            offset += numel[key]
-            if key in have:
-                views[key].copy_(have[key].reshape(-1))
+        views, offset = [], 0
+        for i, (count, p) in enumerate(zip(counts.tolist(), self.flat.params)):
+            for j in range(count):
+                view = self._state_flat[offset: offset + p.numel()]
+                offset += p.numel()
+                if i in have:
+                    view.copy_(have[i][j].reshape(-1))
+                    views.append((have[i][j], view))
         self.comm.allreduce(self._state_flat, average=True)
-        for key, tensor in have.items():
-            tensor.copy_(views[key].view_as(tensor))
+        for tensor, view in views:
+            tensor.copy_(view.view_as(tensor))

@@ -133,11 +133,16 @@ class SyncSGD(Algorithm):
         for i, fired in enumerate(self._fired):
             if not fired:     # unused parameter, or no_sync accumulation
                 self.flat.adopt_grad(i)
+        # Every rank issues the same sequence: buckets 0 .. last-1 (from hooks or
+        # here), the buffers, the last bucket. How many buckets the hooks
+        # launched differs between ranks; this order does not.
+        last = len(self._sizes) - 1
+        for k in range(len(self._handles), last):
+            self._launch(k)
         extra = []
         if self.flat.buffers.numel():   # BatchNorm statistics: averaged, so replicas stay equal
             extra.append(self.comm.iallreduce(self.flat.buffers, average=True))
-        for k in range(len(self._handles), len(self._sizes)):
-            self._launch(k, blocking=(k == len(self._sizes) - 1))
+        self._launch(last, blocking=True)
         for h in self._handles + extra:
             h.wait()
         self._synchronized = True

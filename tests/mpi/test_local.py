@@ -151,3 +151,15 @@ def test_batchnorm_buffers_averaged_each_round():
         algo.step()
     stats = comm.allgather(model[1].running_mean.clone())
     assert all(torch.equal(s, stats[0]) for s in stats)
+
+
+@pytest.mark.mpi(min_size=2)
+def test_steps_after_finish_are_averaged_again():
+    comm = MPI.COMM_WORLD
+    algo, _ = run_local(3, tau=2)
+    algo.finish()
+    model = algo.model
+    regression_loss(model, comm.rank, 3).backward()
+    algo.step()                              # a local step after finish: replicas differ
+    everyone = comm.allgather(algo.consensus())
+    assert all(torch.equal(t, everyone[0]) for t in everyone)

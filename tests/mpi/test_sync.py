@@ -157,3 +157,24 @@ def test_second_backward_without_no_sync_is_an_error():
     with pytest.raises(RuntimeError, match="no_sync"):
         F.cross_entropy(model(x), y).backward()
     algo.step()      # the first exchange still completes on every rank
+
+
+@pytest.mark.mpi(min_size=2)
+def test_parameter_unused_on_one_rank_keeps_collectives_in_order():
+    """Rank 0 uses a branch the others skip: its hooks launch buckets the others
+    launch in step(); with BatchNorm buffers in between, the order must still match."""
+    comm = MPI.COMM_WORLD
+    torch.manual_seed(0)
+    model = torch.nn.ModuleDict({"extra": torch.nn.Linear(4, 3), "body": torch.nn.Sequential(
+        torch.nn.Linear(4, 6), torch.nn.BatchNorm1d(6), torch.nn.Linear(6, 3))}).double()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    algo = mpisgd.build("sync", model, opt, comm=comm, bucket_mb=1e-9)
+    for step in range(4):
+        x, y = classifier_batch(comm.rank, step)
+        opt.zero_grad()
+        out = model["body"](x) + (model["extra"](x) if comm.rank == 0 else 0.0)
+        F.cross_entropy(out, y).backward()
+        algo.step()
+    for flat in (algo.flat.data, algo.flat.buffers):
+        gathered = comm.allgather(flat.numpy().tobytes())
+        assert all(g == gathered[0] for g in gathered)

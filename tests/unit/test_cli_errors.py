@@ -34,7 +34,7 @@ def launch(args, np=NP, timeout=90, script=None, quiet=True):
     (["--data", "hdf5:/no/such/file.h5"], "no such file: /no/such/file.h5"),
     (["--data", "synthetic:3"], "4 workers but only 3 training samples"),
     (["--out", "/"], "--out / is a directory"),
-    (["--bucket-mb", "inf"], "--bucket-mb must be a positive number (finite), got inf"),
+    (["--bucket-mb", "inf"], "--bucket-mb must be a finite number, got 'inf'"),
 ])
 def test_bad_input_one_line_on_every_rank(args, needle):
     proc, elapsed = launch(args)

@@ -47,7 +47,7 @@ def test_missing_config_file():
     ({"steps": 5, "epochs": 1.0}, "--epochs must be used without --steps"),
     ({"seed": -1}, "--seed must be a non-negative integer, got -1"),
     ({"epochs": float("inf")}, "--epochs must be a finite number, got inf"),
-    ({"algo": "local", "period_exp": "inf"}, "--period-exp must be non-negative .finite., got inf"),
+    ({"algo": "local", "period_exp": "inf"}, "--period-exp must be a finite number, got 'inf'"),
 ])
 def test_config_validation_names_the_flag(flags, message):
     with pytest.raises(ConfigError, match=message):
@@ -113,3 +113,37 @@ def test_unknown_flag_is_one_line(capfd):
     assert cli.main(["train", "--tua", "3"]) == 2
     err = capfd.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unrecognized arguments: --tua 3" in err[0]
+
+
+def test_config_that_is_a_directory(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read it"):
+        from_sources(str(tmp_path), {})
+
+
+@pytest.mark.parametrize("flags, env, message", [
+    ({"out": "/proc/mpisgd-run.h5"}, {}, "--out /proc/mpisgd-run.h5: cannot write it"),
+    ({"model": "cnn", "data": "synthetic:64"}, {}, "model cnn needs image inputs"),
+    ({}, {"MPISGD_WAIT": "nap"}, "MPISGD_WAIT must be auto, spin or yield"),
+    ({}, {"MPISGD_STAGING": "sometimes"}, "MPISGD_STAGING must be auto, always or never"),
+])
+def test_prepare_refuses_before_training(monkeypatch, flags, env, message):
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    cfg = from_sources(None, dict(steps=5, threads=1, **flags))
+    with pytest.raises(ConfigError, match=message):
+        train.prepare(cfg, MPI.COMM_SELF)
+
+
+def test_model_that_does_not_fit_the_data(tmp_path):
+    import h5py
+    path = tmp_path / "d.h5"
+    with h5py.File(path, "w") as f:
+        f["x"] = np.zeros((20, 2, 3, 3), np.float32)       # 2 channels: fine for cnn ...
+        f["y"] = np.arange(20) % 2
+    cfg = from_sources(None, dict(model="cnn", data=f"hdf5:{path}", steps=5, threads=1))
+    train.prepare(cfg, MPI.COMM_SELF)
+    with h5py.File(path, "a") as f:                           # ... 1-D rows are not
+        del f["x"]
+        f["x"] = np.zeros(20, np.float32)
+    with pytest.raises(ConfigError, match="one row per sample"):
+        train.prepare(from_sources(None, dict(data=f"hdf5:{path}", steps=5)), MPI.COMM_SELF)

@@ -96,6 +96,20 @@ def test_hdf5_bad_labels(tmp_path, labels, message):
         data.load(f"hdf5:{path}")
 
 
+def test_hdf5_test_pair_and_label_range(tmp_path):
+    path = tmp_path / "d.h5"
+    with h5py.File(path, "w") as f:
+        f["x"] = np.zeros((4, 3), np.float32)
+        f["y"] = np.array([0, 1, 2, 10 ** 7])
+    with pytest.raises(ConfigError, match="class indices below 1000000"):
+        data.load(f"hdf5:{path}")
+    with h5py.File(path, "a") as f:
+        f["y"][...] = [0, 1, 2, 1]
+        f["x_test"] = np.zeros((2, 3), np.float32)
+    with pytest.raises(ConfigError, match="x_test and y_test go together"):
+        data.load(f"hdf5:{path}")
+
+
 def test_not_an_hdf5_file(tmp_path):
     path = tmp_path / "d.h5"
     path.write_text("hello")
