@@ -263,8 +263,9 @@ class Comm:
     def _start(self, tensors, post, counted_bytes, blocking=False) -> Handle:
         """Run ``post(*specs) -> requests`` on MPI views of ``tensors`` (staging if needed).
 
-        ``blocking``: ``post`` completes the operation itself (a blocking MPI
-        call); its time counts as wait time and the handle returned is done.
+        ``blocking``: return only once the operation is complete — ``post``
+        either is a blocking MPI call (it returns no requests, and its time
+        counts as wait time) or its requests are waited here.
         """
         spans = [self._claim(t) for t in tensors]
         views, copy_back = [], []
@@ -282,7 +283,7 @@ class Comm:
         requests = post(*[self.spec(v) for v in views])
         dt = time.perf_counter() - t0
         self.comm_time += dt
-        if blocking:
+        if blocking and not requests:
             self.wait_time += dt
         self.bytes_sent += counted_bytes
 
@@ -304,8 +305,9 @@ class Comm:
 
         The mean pre-divides ``t`` by the size before summing (as DDP does):
         one pass over memory that the caller usually has just written.
-        ``blocking=True`` uses the blocking ``MPI_Allreduce`` (often a faster
-        algorithm) and returns a completed handle.
+        ``blocking=True`` returns a completed handle: through the blocking
+        ``MPI_Allreduce`` (often a faster algorithm), or, when waits yield
+        (:func:`yield_when_waiting`), an ``MPI_Iallreduce`` waited politely.
         """
         if average and op != MPI.SUM:
             raise ValueError("average=True goes with op=MPI.SUM")
