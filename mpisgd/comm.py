@@ -116,12 +116,19 @@ def yield_when_waiting() -> bool:
     return local_ranks() > (cores or 1)
 
 
+def staging_mode(staging: str | None = None, name: str = "staging") -> str:
+    """``staging``, else ``MPISGD_STAGING``, else ``"auto"``; ``ValueError`` naming ``name``
+    unless it is a known mode."""
+    mode = staging or os.environ.get("MPISGD_STAGING", "auto")
+    if mode not in ("auto", "always", "never"):
+        raise ValueError(f"{name} must be auto, always or never, got {mode!r}")
+    return mode
+
+
 def check_environment() -> None:
     """``ValueError`` naming a bad ``MPISGD_WAIT`` or ``MPISGD_STAGING`` value."""
     yield_when_waiting()
-    staging = os.environ.get("MPISGD_STAGING", "auto")
-    if staging not in ("auto", "always", "never"):
-        raise ValueError(f"MPISGD_STAGING must be auto, always or never, got {staging!r}")
+    staging_mode(name="MPISGD_STAGING")
 
 
 class Handle:
@@ -198,10 +205,7 @@ class Comm:
         self.comm = MPI.COMM_WORLD if comm is None else comm
         self.rank = self.comm.Get_rank()
         self.size = self.comm.Get_size()
-        staging = staging or os.environ.get("MPISGD_STAGING", "auto")
-        if staging not in ("auto", "always", "never"):
-            raise ValueError(f"staging must be 'auto', 'always' or 'never', got {staging!r}")
-        self.staging = staging
+        self.staging = staging_mode(staging)
         self.cuda_aware = cuda_aware()
         # Blocking and nonblocking collectives never match each other, and the
         # choice between them follows yield_wait: every rank must agree on it.

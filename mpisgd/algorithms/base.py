@@ -39,12 +39,10 @@ class Algorithm:
         self.validate()
         self.model = model
         self.optimizer = optimizer
-        dtypes = {p.dtype for p in model.parameters()}
-        for dtype in dtypes:
-            check_reducible(dtype)
+        self.flat = ParamBuffer(model, self.bucket_bytes())
+        check_reducible(self.flat.dtype)
         self.comm = Comm(comm)
         self._telemetry = Comm(self.comm.comm, self.comm.staging)   # uncounted traffic
-        self.flat = ParamBuffer(model, self.bucket_bytes())
         agree(self.comm.comm, None, digest({
             "algorithm": self.name, "options": self.opts,
             "shapes": [list(p.shape) for p in self.flat.params],
@@ -102,17 +100,23 @@ class Algorithm:
         """The model the algorithm outputs, as a new flat 1-D tensor, the same on every rank.
 
         Collective: every rank must call it. The base rule is the worker
-        average; its communication is telemetry and is not counted.
+        average (no communication while :attr:`replicas_identical`); its
+        communication is telemetry and is not counted.
         """
-        out = self.flat.data.clone()
-        if self.comm.size > 1:
-            self._telemetry.allreduce(out, average=True)
-        return out
+        return self._average(self.flat.data)
 
     def consensus_buffers(self) -> torch.Tensor:
         """The floating buffers (BatchNorm statistics) of the consensus model: the worker average."""
-        out = self.flat.buffers.clone()
-        if self.comm.size > 1 and out.numel():
+        return self._average(self.flat.buffers)
+
+    @property
+    def replicas_identical(self) -> bool:
+        """Whether every worker holds the same parameters and buffers right now."""
+        return False
+
+    def _average(self, flat: torch.Tensor) -> torch.Tensor:
+        out = flat.clone()
+        if self.comm.size > 1 and out.numel() and not self.replicas_identical:
             self._telemetry.allreduce(out, average=True)
         return out
 

@@ -94,12 +94,10 @@ class LocalSGD(Algorithm):
             self.average()
         super().finish()
 
-    def consensus(self):
-        """The worker average (after :meth:`finish`, every worker's own parameters)."""
-        return self.flat.data.clone() if self.finished else super().consensus()
-
-    def consensus_buffers(self):
-        return self.flat.buffers.clone() if self.finished else super().consensus_buffers()
+    @property
+    def replicas_identical(self) -> bool:
+        """After :meth:`finish` (until the next step) every worker holds the average."""
+        return self.finished
 
     def average(self) -> None:
         """One round: x_i <- mean_j x_j (and buffers), then the optimizer-state policy."""

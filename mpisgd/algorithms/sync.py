@@ -58,7 +58,6 @@ class SyncSGD(Algorithm):
             self.warn("the MPI library gives less than MPI_THREAD_SERIALIZED, and autograd runs "
                       "CUDA gradient hooks on its own threads: overlap is off")
             self.opts["overlap"] = False
-        self._synchronized = False
         self._reset()
         self._accumulating = False
         for i, p in enumerate(self.flat.params):
@@ -155,10 +154,7 @@ class SyncSGD(Algorithm):
         self.steps += 1
         self.rounds += 1
 
-    def consensus(self):
-        """The replicas are identical: this rank's parameters (no communication)."""
-        return self.flat.data.clone()
-
-    def consensus_buffers(self):
-        """Buffers are averaged every step: this rank's (no communication)."""
-        return self.flat.buffers.clone()
+    @property
+    def replicas_identical(self) -> bool:
+        """Always: same averaged gradients, buffers averaged every step."""
+        return True
