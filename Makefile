@@ -20,7 +20,7 @@ MPIFLAGS = $(shell if $(MPIEXEC) --version 2>/dev/null | grep -q "Open MPI"; the
 
 install: $(STAMP)
 
-$(STAMP): setup.py
+$(STAMP): setup.py CMakeLists.txt $(wildcard csrc/*)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check "torch==$(TORCH)" 2>&1 | grep -v "^WARNING: Location" || true
 	@if command -v mpicc >/dev/null 2>&1 && [ "$${MPISGD_MPI:-auto}" != wheel ]; then \
@@ -30,8 +30,10 @@ $(STAMP): setup.py
 	  echo "mpisgd: no system MPI (mpicc) found: using the MPICH wheel"; \
 	  $(PY) -m pip install -q --disable-pip-version-check mpich "mpi4py>=4" 2>&1 | grep -v "^WARNING: Location" || true; \
 	fi
+	$(PY) -m pip install -q --disable-pip-version-check pybind11 2>&1 | grep -v "^WARNING: Location" || true
 	$(PY) -m pip install -q --disable-pip-version-check --no-build-isolation -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
 	$(PY) -c "import torch, mpi4py.MPI, h5py, sklearn, mpisgd"
+	$(PY) -c "import mpisgd.ops as o; print('mpisgd: kernels:', o.backend())"
 	touch $@
 
 run: install

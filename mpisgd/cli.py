@@ -1,4 +1,4 @@
-"""The ``mpisgd`` command line: ``train`` (under mpiexec) and ``report``.
+"""The ``mpisgd`` command line: ``train`` (under mpiexec), ``report`` and ``topology``.
 
 Errors in the configuration print one line, ``mpisgd: error: <message>``,
 and exit with status 2 on every rank; an exception during training prints
@@ -60,11 +60,22 @@ def _report_parser(sub) -> None:
     p.set_defaults(func=_report)
 
 
+def _topology_parser(sub) -> None:
+    p = sub.add_parser("topology", help="a mixing matrix's spectrum and zeta",
+                       description="python -m mpisgd topology easgd -m 8 [--alpha A]")
+    p.add_argument("name", choices=["easgd"], help="easgd: W_alpha, m workers and one centre")
+    p.add_argument("-m", "--workers", type=int, required=True, help="number of workers m")
+    p.add_argument("--alpha", type=float, help="moving rate (default beta / m)")
+    p.add_argument("--beta", type=float, default=0.9, help="beta = m alpha (default 0.9)")
+    p.set_defaults(func=_topology)
+
+
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="mpisgd", description="Communication-efficient distributed SGD on MPI.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _train_parser(sub)
     _report_parser(sub)
+    _topology_parser(sub)
     return p
 
 
@@ -94,6 +105,15 @@ def _report(args) -> int:
         return report.main(args.records, args.out, args.target)
     except (OSError, KeyError) as err:
         raise ConfigError(str(err).strip("'\"")) from None
+
+
+def _topology(args) -> int:
+    from . import topology
+    try:
+        print(topology.describe_easgd(args.workers, args.alpha, args.beta))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    return 0
 
 
 def main(argv=None) -> int:

@@ -139,12 +139,15 @@ class Handle:
     back to the tensor and the buffers are released.
     """
 
-    def __init__(self, owner: "Comm", requests, keep, finish=None):
+    def __init__(self, owner: "Comm", requests, keep, finish=None, status=False):
         self._owner = owner
         self._requests = requests
         self._keep = keep          # tensors/buffers that must outlive the requests
         self._finish = finish      # called once on completion (staging copy-back)
         self.done = False
+        # A receive's source, tag and count, filled on completion (``status=True``).
+        self.status = MPI.Status() if status else None
+        self._statuses = [self.status] if status else None
 
     def _complete(self) -> None:
         self.done = True
@@ -158,7 +161,7 @@ class Handle:
         if self.done:
             return True
         t0 = time.perf_counter()
-        flag = MPI.Request.Testall(self._requests)
+        flag = MPI.Request.Testall(self._requests, self._statuses)
         self._owner.comm_time += time.perf_counter() - t0
         if flag:
             self._complete()
@@ -170,10 +173,10 @@ class Handle:
             return
         t0 = time.perf_counter()
         if self._owner.yield_wait:
-            while not MPI.Request.Testall(self._requests):
+            while not MPI.Request.Testall(self._requests, self._statuses):
                 os.sched_yield()
         else:
-            MPI.Request.Waitall(self._requests)
+            MPI.Request.Waitall(self._requests, self._statuses)
         dt = time.perf_counter() - t0
         self._owner.comm_time += dt
         self._owner.wait_time += dt
@@ -217,6 +220,33 @@ class Comm:
         self.wait_time = 0.0   # of which blocked in wait()
         self._pending: dict[int, list[tuple[int, int]]] = {}   # id(handle) -> address spans
         self._staging_buffers: dict[tuple, torch.Tensor] = {}
+
+    def verify_cuda_aware(self, device) -> bool:
+        """Start-up self-test of an MPI that claims CUDA support; collective.
+
+        Every rank Allreduces a small tensor on ``device`` straight from
+        device memory and checks the sum. If any rank fails (an exception or
+        a wrong result: an MPI built with CUDA support but run without it),
+        every rank falls back to pinned-host staging, with a warning.
+        Returns whether device buffers go to MPI directly.
+        """
+        if self.staging != "auto" or not self.cuda_aware or torch.device(device).type != "cuda":
+            return self.cuda_aware
+        ok = 1
+        try:
+            t = torch.full((4,), float(self.rank + 1), device=device)
+            torch.cuda.current_stream(t.device).synchronize()
+            self.comm.Allreduce(MPI.IN_PLACE, self.spec(t))
+            ok = int(bool((t.cpu() == self.size * (self.size + 1) / 2).all()))
+        except Exception:           # noqa: BLE001 - any failure means: do not trust it
+            ok = 0
+        if not self.comm.allreduce(ok, op=MPI.MIN):
+            import warnings
+            warnings.warn("the MPI library claims CUDA support but failed a device-buffer "
+                          "Allreduce; staging through host memory instead "
+                          "(set MPISGD_CUDA_AWARE=0 to skip the test)", RuntimeWarning)
+            self.cuda_aware = False
+        return self.cuda_aware
 
     # ---- buffers -------------------------------------------------------
 
@@ -264,7 +294,7 @@ class Comm:
     def _release(self, handle: Handle) -> None:
         self._pending.pop(id(handle), None)
 
-    def _start(self, tensors, post, counted_bytes, blocking=False) -> Handle:
+    def _start(self, tensors, post, counted_bytes, blocking=False, status=False) -> Handle:
         """Run ``post(*specs) -> requests`` on MPI views of ``tensors`` (staging if needed).
 
         ``blocking``: return only once the operation is complete — ``post``
@@ -295,7 +325,7 @@ class Comm:
             for t, host in copy_back:
                 t.reshape(-1).copy_(host)
 
-        handle = Handle(self, requests, views, done if copy_back else None)
+        handle = Handle(self, requests, views, done if copy_back else None, status)
         self._pending[id(handle)] = spans
         if blocking:
             handle.wait()
@@ -346,8 +376,26 @@ class Comm:
         return self._start([t], lambda s: [self.comm.Isend(s, dest, tag)], nbytes)
 
     def irecv(self, t: torch.Tensor, source: int = MPI.ANY_SOURCE, tag: int = MPI.ANY_TAG) -> Handle:
-        """Nonblocking receive into ``t``."""
-        return self._start([t], lambda s: [self.comm.Irecv(s, source, tag)], 0.0)
+        """Nonblocking receive into ``t`` (a message may be shorter than ``t``).
+
+        On completion ``handle.status`` tells the source, the tag and the
+        length (``status.Get_count(MPI.BYTE)``).
+        """
+        return self._start([t], lambda s: [self.comm.Irecv(s, source, tag)], 0.0, status=True)
+
+    def ireduce(self, t: torch.Tensor, root: int = 0) -> Handle:
+        """Nonblocking in-place sum of ``t`` over ranks into ``t`` on ``root``.
+
+        On other ranks ``t`` is only read (and must not change until the
+        handle completes). Counted as ``(P-1)/P * n`` bytes per rank.
+        """
+        if self.size == 1:
+            return self._start([t], lambda s: [], 0.0, blocking=True)
+        nbytes = t.numel() * t.element_size()
+        me = self.rank == root
+        post = lambda s: [self.comm.Ireduce(MPI.IN_PLACE if me else s, s if me else None,  # noqa: E731
+                                            op=MPI.SUM, root=root)]
+        return self._start([t], post, (self.size - 1) / self.size * nbytes)
 
     def counters(self) -> dict:
         """Bytes sent and seconds spent in and blocked on communication."""

@@ -109,6 +109,12 @@ class ParamBuffer:
             view.copy_(g)
         p.grad = view
 
+    def flat_grad(self) -> torch.Tensor:
+        """:attr:`grad` holding every parameter's current gradient (see :meth:`adopt_grad`)."""
+        for i in range(len(self.params)):
+            self.adopt_grad(i)
+        return self.grad
+
     def _make_buckets(self, bucket_bytes: float | None) -> list[Bucket]:
         if bucket_bytes is None:
             return [Bucket(0, self.numel, tuple(reversed(range(len(self.params)))))]

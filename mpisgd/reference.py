@@ -39,8 +39,12 @@ def elastic_matrix(m: int, alpha: float, dtype=torch.float64) -> torch.Tensor:
 def cooperative(x0: torch.Tensor, grad: Callable[[int, torch.Tensor], torch.Tensor],
                 eta: float | Callable[[int], float], W: torch.Tensor | Callable[[int], torch.Tensor],
                 steps: int, tau: int | None = 1, communicate: Callable[[int], bool] | None = None,
-                v: int = 0, trace: bool = False):
+                v: int = 0, trace: bool = False, simultaneous: bool = False):
     """Run A(tau, W, v) for ``steps`` iterations from ``x0``.
+
+    ``simultaneous=True`` mixes and takes the gradient step from the same
+    X, as synchronous EASGD (Zhang et al. 2015) does:
+    X_{k+1} = X_k W_k - eta_k G_k (gradients taken at X_k as always).
 
     Args:
         x0: the d x (m+v) initial stack (or a length-d vector, copied to every column).
@@ -68,9 +72,12 @@ def cooperative(x0: torch.Tensor, grad: Callable[[int, torch.Tensor], torch.Tens
         G = torch.zeros_like(X)
         G[:, :m] = grad(k, X[:, :m])
         rate = eta(k) if callable(eta) else eta
-        X = X - rate * G
-        if communicate(k + 1):
-            X = X @ (W(k) if callable(W) else W).to(X.dtype)
+        mix = (W(k) if callable(W) else W).to(X.dtype) if communicate(k + 1) else None
+        if simultaneous:
+            X = (X if mix is None else X @ mix) - rate * G
+        else:
+            X = X - rate * G
+            X = X if mix is None else X @ mix
         if trace:
             history.append(X.clone())
     return (X, history) if trace else X

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from mpi4py import MPI
 
-from . import __version__, algorithms, data as datasets, models
+from . import __version__, algorithms, data as datasets, models, ops
 from .comm import check_environment, mpi_library
 from .config import TrainConfig
 from .errors import ConfigError, agree, digest
@@ -156,8 +156,9 @@ def run(cfg: TrainConfig, comm, quiet: bool = False) -> dict:
     data, shards, model = prepare(cfg, comm)
     torch.set_num_threads(_threads(comm, cfg.threads))
     signal.signal(signal.SIGTERM, _on_sigterm)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                          nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+    own = algorithms.lookup(cfg.algo).owns_momentum     # eamsgd: momentum is its --delta
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.0 if own else cfg.momentum,
+                          nesterov=cfg.nesterov and not own, weight_decay=cfg.weight_decay)
     algo = algorithms.build(cfg.algo, model, opt, comm, **cfg.options)
     record = None
     if rank == 0:
@@ -172,8 +173,6 @@ def run(cfg: TrainConfig, comm, quiet: bool = False) -> dict:
 
 def _train(cfg, comm, algo, model, opt, data, shards, record, quiet) -> dict:
     rank = comm.Get_rank()
-    w = algo.worker_index
-    stream = datasets.WorkerStream(data, shards[w], w, cfg.seed, cfg.batch_size)
     evaluate = Evaluator(cfg, data, comm)
     progress = Progress(cfg.steps, f"{cfg.algo} x{algo.workers}", enabled=(rank == 0 and not quiet))
     loss_acc = torch.zeros((), dtype=torch.float64)
@@ -183,29 +182,52 @@ def _train(cfg, comm, algo, model, opt, data, shards, record, quiet) -> dict:
     comm.Barrier()
     start = time.perf_counter()
     base = algo.stats()          # counters from the start barrier (set-up traffic excluded)
-    for step in range(cfg.steps):
-        x, y = stream.batch(step)
-        opt.zero_grad(set_to_none=False)
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        algo.step()
-        loss_acc += loss.detach()
-        seen += 1
-        progress.update()
-        last = step + 1 == cfg.steps
-        if last:
-            algo.finish()        # draining in-flight messages is training time
-        if (step + 1) % cfg.log_every == 0 or last:
-            t_log = time.perf_counter()
-            row = _log_point(algo, evaluate, comm, step + 1, t_log - start - paused,
-                             loss_acc.item(), seen, base["bytes_sent"])
-            loss_acc.zero_()
-            seen = 0
-            if record is not None:
-                record.log(**row)
-            progress.log(row)
-            comm.Barrier()       # rank 0's record write is not anyone's training time
-            paused += time.perf_counter() - t_log
+
+    def log_point(step: int) -> None:
+        """Every rank: evaluate the consensus, rank 0 records; the clock stops meanwhile."""
+        nonlocal seen, paused, row
+        t_log = time.perf_counter()
+        row = _log_point(algo, evaluate, comm, step, t_log - start - paused,
+                         loss_acc.item(), seen, base["bytes_sent"])
+        loss_acc.zero_()
+        seen = 0
+        if record is not None:
+            record.log(**row)
+        progress.log(row)
+        comm.Barrier()           # rank 0's record write is not anyone's training time
+        paused += time.perf_counter() - t_log
+
+    if algo.is_worker:
+        w = algo.worker_index
+        stream = datasets.WorkerStream(data, shards[w], w, cfg.seed, cfg.batch_size)
+        for step in range(cfg.steps):
+            x, y = stream.batch(step)
+            opt.zero_grad(set_to_none=False)
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            algo.step()
+            loss_acc += loss.detach()
+            seen += 1
+            progress.update()
+            last = step + 1 == cfg.steps
+            if last:
+                algo.finish()        # draining in-flight messages is training time
+            if (step + 1) % cfg.log_every == 0 or last:
+                if not last:
+                    algo.rendezvous()    # async algorithms: the centre joins the collectives
+                log_point(step + 1)
+    else:                        # a dedicated centre: log points come as rendezvous
+        meetings = 0
+
+        def meet() -> None:
+            nonlocal meetings
+            meetings += 1
+            progress.update(cfg.log_every)
+            log_point(meetings * cfg.log_every)
+
+        algo.serve(on_rendezvous=meet)
+        progress.update(cfg.steps - meetings * cfg.log_every)
+        log_point(cfg.steps)
     train_time = time.perf_counter() - start - paused
     progress.close()
     stats = {k: v - base[k] for k, v in algo.stats().items()}
@@ -217,7 +239,11 @@ def _train(cfg, comm, algo, model, opt, data, shards, record, quiet) -> dict:
         return {}
     record.complete({name: [r[i] for r in ranks] for i, name in enumerate(RANK_FIELDS)},
                     params.detach().cpu().float().numpy())
-    summary = {**row, "path": cfg.out, "workers": algo.workers, "algo": cfg.algo}
+    for key, values in algo.series().items():
+        group, name = key.split("/")
+        record.series(group, name, values)
+    summary = {**row, "path": cfg.out, "workers": algo.workers, "algo": cfg.algo,
+               "kernels": ops.backend(str(params.device.type))}
     if not quiet:
         print(summary_line(summary), flush=True)
     return summary
@@ -239,8 +265,8 @@ class Progress:
                         dynamic_ncols=True, disable=not self.tty)
         self.last = -interval
 
-    def update(self) -> None:
-        self.bar.update(1)
+    def update(self, steps: int = 1) -> None:
+        self.bar.update(steps)
 
     def log(self, row: dict) -> None:
         if self.tty:
@@ -258,13 +284,15 @@ class Progress:
 
 
 def _log_point(algo, evaluate, comm, step, wall, loss_sum, seen, bytes_before) -> dict:
-    """One row of /metrics: losses and bytes summed over ranks, the consensus evaluated."""
-    sums = torch.tensor([loss_sum, seen, algo.comm.bytes_sent - bytes_before], dtype=torch.float64)
+    """One row of /metrics: losses and bytes summed over ranks, rounds the mean per worker,
+    the consensus evaluated."""
+    sums = torch.tensor([loss_sum, seen, algo.comm.bytes_sent - bytes_before, algo.rounds],
+                        dtype=torch.float64)
     comm.Allreduce(MPI.IN_PLACE, sums.numpy())
     params = algo.consensus()
     test_loss, test_error = evaluate(params, algo.consensus_buffers())
     return {"step": step, "wall_time": wall, "train_loss": sums[0].item() / max(sums[1].item(), 1),
-            "test_loss": test_loss, "test_error": test_error, "rounds": algo.rounds,
+            "test_loss": test_loss, "test_error": test_error, "rounds": sums[3].item() / algo.workers,
             "bytes_sent": sums[2].item()}
 
 
@@ -273,7 +301,8 @@ def summary_line(s: dict) -> str:
     return (f"mpisgd: {s['algo']}, {s['workers']} workers, {int(s['step'])} steps: "
             f"test error {100 * s['test_error']:.2f}% (loss {s['test_loss']:.4f}), "
             f"train loss {s['train_loss']:.4f}, {s['wall_time']:.2f} s, "
-            f"{int(s['rounds'])} rounds, {_human_bytes(s['bytes_sent'])} sent; record: {s['path']}")
+            f"{int(s['rounds'])} rounds, {_human_bytes(s['bytes_sent'])} sent, "
+            f"kernels: {s['kernels']}; record: {s['path']}")
 
 
 def _human_bytes(n: float) -> str:

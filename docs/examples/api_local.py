@@ -2,6 +2,9 @@
 
     mpiexec -n 4 python docs/examples/api_local.py
 
+``main(algo_name="async-easgd", tau=4)`` runs the same loop around a
+dedicated centre rank.
+
 Every rank runs this file. Each worker draws its own batches (seeded by its
 worker index); rank 0 prints the consensus model's test error at the end.
 """
@@ -20,13 +23,13 @@ def main(comm=MPI.COMM_WORLD, steps=200, algo_name="local", **options):
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     algo = mpisgd.build(algo_name, model, opt, comm=comm, **(options or {"tau": 4}))
 
-    # a worker's batches depend only on (seed, worker index, step)
-    shards = data.shard(digits.y_train, algo.workers, seed=0)
-    w = algo.worker_index
-    stream = data.WorkerStream(digits, shards[w], w, seed=0, batch_size=32)
-    if not algo.is_worker:          # algorithms with a dedicated centre rank (later issues)
-        algo.serve()
+    if not algo.is_worker:          # a dedicated centre rank (async-easgd, eamsgd, downpour)
+        algo.serve()                # returns when every worker has finished
     else:
+        # a worker's batches depend only on (seed, worker index, step)
+        shards = data.shard(digits.y_train, algo.workers, seed=0)
+        w = algo.worker_index
+        stream = data.WorkerStream(digits, shards[w], w, seed=0, batch_size=32)
         for step in range(steps):
             x, y = stream.batch(step)
             opt.zero_grad()

@@ -3,10 +3,13 @@ from __future__ import annotations
 
 from ..options import Option, resolve
 from .base import Algorithm
+from .centered import EAMSGD, AsyncEASGD, Downpour
+from .elastic import EASGD
 from .local import LocalSGD
 from .sync import SyncSGD
 
-ALGORITHMS: dict[str, type[Algorithm]] = {cls.name: cls for cls in (SyncSGD, LocalSGD)}
+ALGORITHMS: dict[str, type[Algorithm]] = {
+    cls.name: cls for cls in (SyncSGD, LocalSGD, EASGD, AsyncEASGD, EAMSGD, Downpour)}
 
 
 def lookup(name: str) -> type[Algorithm]:

@@ -17,6 +17,8 @@ import warnings
 
 import torch
 
+from mpi4py import MPI
+
 from ..comm import Comm, check_reducible
 from ..errors import agree, digest
 from ..flat import ParamBuffer
@@ -32,17 +34,22 @@ class Algorithm:
     name = ""
     options: tuple[Option, ...] = ()
     is_worker = True
+    owns_momentum = False    # True: the algorithm applies its own momentum (the optimizer's is 0)
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                  comm=None, **options):
         self.opts = resolve(self.name, self.options, options)
+        comm = MPI.COMM_WORLD if comm is None else comm
+        self.size, self.rank = comm.Get_size(), comm.Get_rank()   # local queries: no traffic
+        self.optimizer = optimizer
         self.validate()
         self.model = model
-        self.optimizer = optimizer
         self.flat = ParamBuffer(model, self.bucket_bytes())
         check_reducible(self.flat.dtype)
         self.comm = Comm(comm)
         self._telemetry = Comm(self.comm.comm, self.comm.staging)   # uncounted traffic
+        if self.flat.device.type == "cuda":   # a device buffer goes to MPI directly only if it works
+            self._telemetry.cuda_aware = self.comm.verify_cuda_aware(self.flat.device)
         agree(self.comm.comm, None, digest({
             "algorithm": self.name, "options": self.opts,
             "shapes": [list(p.shape) for p in self.flat.params],
@@ -61,7 +68,8 @@ class Algorithm:
     # ---- hooks for subclasses -----------------------------------------
 
     def validate(self) -> None:
-        """Check option combinations (``self.opts`` resolved); raise ``ValueError``."""
+        """Check option combinations (``self.opts`` resolved, ``self.size``,
+        ``self.rank`` and ``self.optimizer`` set); raise ``ValueError``."""
 
     def bucket_bytes(self) -> float | None:
         """Bucket size for the flat buffer (``None``: one bucket)."""
@@ -87,8 +95,21 @@ class Algorithm:
         """The local optimizer step plus whatever communication the schedule says."""
         raise NotImplementedError
 
-    def serve(self) -> None:
-        """Run a dedicated centre/server rank until all workers finish."""
+    def rendezvous(self) -> None:
+        """Bring every rank to a point where collectives are safe, mid-training.
+
+        Every worker calls it the same number of times (the training driver
+        does at each log point, before :meth:`consensus`). A no-op where
+        every rank is a worker stepping in lock-step; algorithms with a
+        centre rank drain their messages and meet the centre there.
+        """
+
+    def serve(self, on_rendezvous=None) -> None:
+        """Run a dedicated centre/server rank until all workers finish.
+
+        ``on_rendezvous()`` runs each time the workers meet in
+        :meth:`rendezvous`, so the centre joins their collectives there.
+        """
         raise RuntimeError(f"algorithm {self.name!r} has no server ranks: every rank is a worker, "
                            "call step() in the training loop instead of serve()")
 
@@ -115,11 +136,20 @@ class Algorithm:
         return False
 
     def _average(self, flat: torch.Tensor) -> torch.Tensor:
+        """The worker average of ``flat`` on every rank (non-worker ranks add nothing)."""
         out = flat.clone()
-        if self.comm.size > 1 and out.numel() and not self.replicas_identical:
-            self._telemetry.allreduce(out, average=True)
-        return out
+        if self.comm.size == 1 or not out.numel() or self.replicas_identical:
+            return out
+        if self.workers == self.comm.size:
+            return self._telemetry.allreduce(out, average=True)
+        if not self.is_worker:
+            out.zero_()
+        return self._telemetry.allreduce(out).div_(self.workers)
 
     def stats(self) -> dict:
         """This rank's counters: steps, rounds, bytes sent, seconds in/blocked on communication."""
         return {"steps": self.steps, "rounds": self.rounds, **self.comm.counters()}
+
+    def series(self) -> dict:
+        """What this rank adds to the run record, ``{"group/name": array}`` (default none)."""
+        return {}

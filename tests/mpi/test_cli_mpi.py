@@ -58,3 +58,29 @@ def test_train_writes_the_documented_record(shared_dir, algo, extra):
     assert os.path.getsize(png) > 10_000
     with open(png, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.mpi(min_size=3)
+@pytest.mark.parametrize("algo", ["async-easgd", "eamsgd", "downpour"])
+def test_dedicated_centre_run_records_the_centre(shared_dir, algo):
+    """Rank 0 only serves; the record counts workers, and the centre's counters."""
+    comm = MPI.COMM_WORLD
+    out = os.path.join(shared_dir, f"{algo}.h5")
+    cfg = from_sources(None, dict(algo=algo, steps=40, log_every=10, out=out, threads=1, tau=2))
+    summary = train.run(cfg, comm, quiet=True)
+    comm.Barrier()
+    if comm.rank != 0:
+        return
+    assert summary["workers"] == comm.size - 1 and summary["kernels"]
+    with h5py.File(out, "r") as f:
+        assert f.attrs["status"] == "completed" and f.attrs["workers"] == comm.size - 1
+        m = {k: f["metrics"][k][()] for k in METRICS}
+        assert list(m["step"]) == [10, 20, 30, 40] and list(m["rounds"]) == [5, 10, 15, 20]
+        assert m["train_loss"][-1] < m["train_loss"][0]
+        assert list(f["ranks"]["steps"][()]) == [0] + [40] * (comm.size - 1)
+        centre = {k: f["center"][k][()] for k in f["center"]}
+        kind = "push_pull" if algo == "downpour" else "push"
+        assert list(centre[kind]) == [20] * (comm.size - 1)
+        assert list(centre["sync"]) == [3] * (comm.size - 1)      # the 3 log points before the last
+        assert list(centre["done"]) == [1] * (comm.size - 1)
+        assert centre["exchanges_per_s"] > 0

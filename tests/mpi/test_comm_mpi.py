@@ -75,3 +75,13 @@ def test_non_contiguous_tensor_refused_before_staging(comm):
     with pytest.raises(ValueError, match="contiguous"):
         c.iallreduce(x)
     assert torch.equal(x, torch.ones(4, 4))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_aware_self_test_agrees_on_every_rank(comm):
+    c = Comm(comm)
+    direct = c.verify_cuda_aware(torch.device("cuda", 0))
+    assert comm.allgather(direct) == [direct] * comm.size
+    x = torch.full((1000,), float(comm.rank), device="cuda")
+    c.allreduce(x, average=True)
+    assert torch.allclose(x.cpu(), torch.full((1000,), (comm.size - 1) / 2))

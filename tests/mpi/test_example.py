@@ -16,3 +16,11 @@ def test_api_example_learns_and_agrees():
     assert error < 0.15
     everyone = MPI.COMM_WORLD.allgather(theta)
     assert all(torch.equal(t, everyone[0]) for t in everyone)
+
+
+@pytest.mark.mpi(min_size=3)
+def test_api_example_with_a_dedicated_centre():
+    error, theta = api_local.main(MPI.COMM_WORLD, steps=150, algo_name="async-easgd", tau=4)
+    assert error < 0.15
+    everyone = MPI.COMM_WORLD.allgather(theta)
+    assert all(torch.equal(t, everyone[0]) for t in everyone)

@@ -1,0 +1,87 @@
+// CUDA backend: the functors of elastic.h in a grid-stride kernel on the caller's stream.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <stdexcept>
+#include <string>
+
+#include "elastic.h"
+#include "ops.h"
+
+namespace mpisgd {
+
+template <>
+struct Num<__half> {
+  using acc = float;
+  static MPISGD_INLINE float load(__half v) { return __half2float(v); }
+  static MPISGD_INLINE __half store(float f) { return __float2half_rn(f); }
+};
+
+template <>
+struct Num<__nv_bfloat16> {
+  using acc = float;
+  static MPISGD_INLINE float load(__nv_bfloat16 v) { return __bfloat162float(v); }
+  static MPISGD_INLINE __nv_bfloat16 store(float f) { return __float2bfloat16_rn(f); }
+};
+
+namespace {
+
+constexpr int kBlock = 256;
+constexpr int kBlocksPerSm = 8;
+
+void check(cudaError_t err, const char* what) {
+  if (err != cudaSuccess)
+    throw std::runtime_error(std::string("mpisgd._ops: ") + what + ": " + cudaGetErrorString(err));
+}
+
+template <class F>
+__global__ void grid_stride(int64_t n, F f) {
+  const int64_t stride = int64_t(blockDim.x) * gridDim.x;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) f(i);
+}
+
+// Launches f over [0, n) on `stream` of the current device, then checks the launch.
+struct Launch {
+  int64_t n;
+  void* stream;
+  const char* what;
+
+  template <class F>
+  void operator()(F f) const {
+    if (n == 0) return;
+    int device = 0, sms = 0;
+    check(cudaGetDevice(&device), "cudaGetDevice");
+    check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
+    const int64_t blocks = std::min<int64_t>((n + kBlock - 1) / kBlock, int64_t(sms) * kBlocksPerSm);
+    grid_stride<<<unsigned(blocks), kBlock, 0, cudaStream_t(stream)>>>(n, f);
+    check(cudaGetLastError(), what);
+  }
+};
+
+}  // namespace
+
+bool cuda_supports(int dtype) { return supports<__half, __nv_bfloat16>(dtype); }
+
+void elastic_cuda(void* x, const void* c, void* out, int64_t n, double alpha, bool accumulate,
+                  int dtype, void* stream) {
+  dispatch<__half, __nv_bfloat16>("CUDA", dtype, [&](auto t) {
+    elastic<decltype(t)>(Launch{n, stream, "elastic kernel"}, x, c, out, alpha, accumulate);
+  });
+}
+
+void eamsgd_step_cuda(void* y, void* v, const void* g, const void* c, void* out, int64_t n,
+                      double lr, double delta, double alpha, int dtype, void* stream) {
+  dispatch<__half, __nv_bfloat16>("CUDA", dtype, [&](auto t) {
+    eamsgd_step<decltype(t)>(Launch{n, stream, "eamsgd_step kernel"}, y, v, g, c, out, lr, delta, alpha);
+  });
+}
+
+void triad_cuda(void* a, const void* b, const void* c, int64_t n, double s, int dtype, void* stream) {
+  dispatch<__half, __nv_bfloat16>("CUDA", dtype, [&](auto t) {
+    triad<decltype(t)>(Launch{n, stream, "triad kernel"}, a, b, c, s);
+  });
+}
+
+}  // namespace mpisgd

@@ -1,0 +1,223 @@
+"""Asynchronous algorithms around a centre rank: async EASGD, EAMSGD, DOWNPOUR.
+
+Each worker runs on its own clock t_i and, in every tau-th of its own steps,
+exchanges with a centre variable c held by rank 0 (the protocol of
+:mod:`mpisgd.center`: nonblocking Isend/Irecv, served in arrival order):
+
+* ``async-easgd`` (Zhang et al. 2015, Algorithm 1), at the x_i where this
+  step's gradient was taken: read c; e = alpha (x_i - c); x_i -= e;
+  c += e at the centre; then x_i -= eta g_i(x_i) (the optimizer's step).
+* ``eamsgd`` (Algorithm 2): the same elastic round with local Nesterov
+  momentum delta instead of the optimizer's step,
+  v_i <- delta v_i - eta g_i(x_i + delta v_i);  x_i <- x_i + v_i.
+  The model holds the look-ahead point y_i = x_i + delta v_i (where the
+  gradient is taken, as torch's Nesterov SGD does), and the momentum step
+  and the next iteration's elastic step run as one fused pass
+  (:func:`mpisgd.ops.eamsgd_step`). The optimizer provides only the
+  learning rate (and weight decay): its momentum must be 0.
+* ``downpour`` (the paper's comparator; async SGD when tau = 1): the worker
+  pushes the sum of its last tau local steps, c += x_i - x_i(last pull),
+  and pulls x_i <- c, in one message pair.
+
+``center="dedicated"`` (default): rank 0 only serves (call :meth:`serve`),
+ranks 1.. are workers 0... ``center="rank0"``: rank 0 trains too and serves
+the messages that have arrived between its own steps, never blocking on
+them; its own exchanges touch c directly. Either way :meth:`consensus` is c.
+
+Example (every rank runs it)::
+
+    algo = mpisgd.build("async-easgd", model, opt, tau=4)
+    if not algo.is_worker:
+        algo.serve()                 # returns when every worker has finished
+    else:
+        for x, y in loader:
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            algo.step()
+        algo.finish()
+    theta = algo.consensus()         # the centre variable, on every rank
+"""
+from __future__ import annotations
+
+import torch
+
+from .. import ops
+from ..center import CenterClient, CenterServer, LocalCenter
+from ..options import Option, positive_int
+from .base import Algorithm
+from .elastic import center_option, elastic_options, moving_rate, stability_warning
+
+CENTER = center_option("dedicated", ("dedicated", "rank0"))
+
+
+class CenterAlgorithm(Algorithm):
+    """Roles, the centre, rendezvous and shutdown; subclasses define :meth:`local_step`."""
+
+    options = (positive_int("tau", 1, "local steps between exchanges with the centre"), CENTER)
+    audit = False            # workers keep the float64 sum of their pushes (tests)
+
+    def validate(self):
+        if self.dedicated and self.size < 2:
+            raise ValueError(f"center dedicated needs at least 2 ranks (rank 0 is the centre, "
+                             f"the others workers), got {self.size}; use center rank0 or more ranks")
+
+    @property
+    def dedicated(self) -> bool:
+        return self.opts["center"] == "dedicated"
+
+    @property
+    def is_worker(self) -> bool:
+        return not (self.dedicated and self.rank == 0)
+
+    @property
+    def workers(self) -> int:
+        return self.size - 1 if self.dedicated else self.size
+
+    @property
+    def worker_index(self) -> int:
+        return self.rank - 1 if self.dedicated else self.rank
+
+    def __init__(self, model, optimizer, comm=None, **options):
+        super().__init__(model, optimizer, comm, **options)
+        self.server = None
+        if self.rank == 0:
+            center = self.flat.data if self.dedicated else self.flat.data.clone()
+            first = 1 if self.dedicated else 0
+            self.server = CenterServer(self.comm, center, list(range(1, self.size)),
+                                       {r: r - first for r in range(first, self.size)})
+            self.center = LocalCenter(self.server, self.audit)
+        else:
+            self.center = CenterClient(self.comm, 0, self.flat.data, self.audit)
+        self._diff = torch.empty_like(self.flat.data)
+        self._meeting = False       # inside a rendezvous: collectives are safe
+
+    def step(self) -> None:
+        """One local step; in every tau-th an exchange with the centre."""
+        if not self.is_worker:
+            raise RuntimeError("rank 0 is the dedicated centre: call serve(), not step()")
+        if self.finished:
+            raise RuntimeError("finish() has ended this worker's exchanges with the centre")
+        self._meeting = False
+        self.steps += 1
+        self.center.progress()
+        exchange = self.steps % self.opts["tau"] == 0
+        self.local_step(exchange)
+        self.rounds += exchange
+
+    def local_step(self, exchange: bool) -> None:
+        raise NotImplementedError
+
+    def rendezvous(self) -> None:
+        """Drain this worker's messages and meet the centre (and every worker) there."""
+        if self.is_worker and not self.finished:
+            self.center.sync()
+        self._meeting = True
+
+    def serve(self, on_rendezvous=None) -> None:
+        """The dedicated centre: serve until every worker is done (see the base class)."""
+        if self.is_worker:
+            raise RuntimeError("only the dedicated centre (rank 0 with center dedicated) serves; "
+                               "this rank is a worker: call step()")
+        server = self.server
+        while True:
+            server.serve_until(lambda: server.all_done() or (server.synced and server.gathered()))
+            if server.all_done() and not server.synced:
+                break
+            server.synced.clear()
+            self._meeting = True
+            if on_rendezvous is not None:
+                on_rendezvous()
+            self._meeting = False
+        self.finished = True
+
+    def finish(self) -> None:
+        """Send the last message (DONE); rank 0 serves until every worker is done."""
+        if self.is_worker and not self.finished:
+            self.center.done()
+        super().finish()
+
+    def consensus(self) -> torch.Tensor:
+        """The centre variable c on every rank (collective: at a rendezvous or after finish)."""
+        if not (self.finished or self._meeting):
+            raise RuntimeError(f"{self.name}: consensus() needs every rank at rendezvous() or "
+                               "after finish() (serve() on the centre): the centre is still serving")
+        out = self.server.center.clone() if self.rank == 0 else torch.empty_like(self.flat.data)
+        return self._telemetry.bcast(out, 0) if self.size > 1 else out
+
+    def series(self) -> dict:
+        return self.server.series() if self.server is not None else {}
+
+
+class AsyncEASGD(CenterAlgorithm):
+    """Asynchronous EASGD (Algorithm 1): elastic exchange, then the optimizer's step."""
+
+    name = "async-easgd"
+    options = elastic_options("local steps between exchanges with the centre") + (CENTER,)
+
+    def __init__(self, model, optimizer, comm=None, **options):
+        super().__init__(model, optimizer, comm, **options)
+        self.alpha = moving_rate(self.opts, self.workers)
+        warning = stability_warning(optimizer.param_groups[0]["lr"], self.alpha, self.workers, False)
+        if warning:
+            self.warn(warning)
+
+    def local_step(self, exchange: bool) -> None:
+        if exchange:
+            self.center.elastic(self.flat.data, self._diff, self.alpha)
+        self.optimizer.step()
+
+
+class EAMSGD(AsyncEASGD):
+    """EAMSGD (Algorithm 2): async EASGD with local Nesterov momentum ``delta``."""
+
+    name = "eamsgd"
+    owns_momentum = True
+    options = AsyncEASGD.options + (
+        Option("delta", 0.99, "EAMSGD's local Nesterov momentum (eamsgd)", float,
+               check=lambda v: 0 <= v < 1, must="in [0, 1)"),)
+
+    def validate(self):
+        super().validate()
+        groups = self.optimizer.param_groups
+        if any(g.get("momentum", 0) for g in groups):
+            raise ValueError("eamsgd applies its own Nesterov momentum (delta): give the optimizer "
+                             "momentum=0 (the CLI does)")
+        if len({(g["lr"], g.get("weight_decay", 0)) for g in groups}) > 1:
+            raise ValueError("eamsgd needs one learning rate and weight decay for all parameters")
+
+    def __init__(self, model, optimizer, comm=None, **options):
+        super().__init__(model, optimizer, comm, **options)
+        self.velocity = torch.zeros_like(self.flat.data)
+
+    def local_step(self, exchange: bool) -> None:
+        """v <- delta v - eta g(y); x <- x + v; then, when due, the elastic step of the
+        next iteration (the paper's order) in the same pass; y = x + delta v."""
+        group = self.optimizer.param_groups[0]
+        y, g = self.flat.data, self.flat.flat_grad()
+        if group.get("weight_decay", 0):
+            g = g.add(y, alpha=group["weight_decay"])
+        args = (y, self.velocity, g, group["lr"], self.opts["delta"])
+        if not exchange:
+            ops.eamsgd_step(*args)
+            return
+        c = self.center.pull()
+        ops.eamsgd_step(*args, c, self._diff, self.alpha)
+        self.center.push(self._diff)
+
+
+class Downpour(CenterAlgorithm):
+    """DOWNPOUR: push the accumulated local steps, pull the centre (tau = 1: async SGD)."""
+
+    name = "downpour"
+
+    def __init__(self, model, optimizer, comm=None, **options):
+        super().__init__(model, optimizer, comm, **options)
+        self.anchor = self.flat.data.clone()     # x_i at the last pull
+
+    def local_step(self, exchange: bool) -> None:
+        self.optimizer.step()
+        if exchange:
+            torch.sub(self.flat.data, self.anchor, out=self._diff)
+            c = self.center.push_pull(self._diff)
+            self.flat.data.copy_(c)
+            self.anchor.copy_(c)

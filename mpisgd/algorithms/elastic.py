@@ -1,0 +1,139 @@
+"""Synchronous Elastic Averaging SGD (Zhang, Choromanska, LeCun, NIPS 2015).
+
+Every worker i keeps its own x_i, tied to a centre variable c by an elastic
+force. In every round (every ``tau`` local steps), with the x_i at which the
+gradients of this step were taken, the elastic and gradient steps are
+simultaneous, as the paper writes them:
+
+    e_i  = alpha (x_i - c)
+    x_i <- x_i - e_i - eta g_i(x_i)          (the optimizer's step)
+    c   <- c + sum_i e_i
+
+alpha = eta rho is the moving rate; beta = p alpha (paper default 0.9, so
+alpha = 0.9 / p). Between rounds workers take plain local steps. In matrix
+form the round is X <- X W_alpha - eta G with X = [x_1 .. x_p, c] and
+W_alpha = [[(1-alpha) I, alpha 1], [alpha 1^T, 1 - p alpha]] (v = 1): the
+"simultaneous" ordering of :func:`mpisgd.reference.cooperative`, where
+Cooperative SGD's A(tau, W_alpha, 1) takes the gradient step first.
+
+Where the centre lives (``center``):
+
+* ``"replicated"`` (default): every rank holds c; a round is the fused
+  elastic kernel (:func:`mpisgd.ops.elastic`), one ``Iallreduce`` of the
+  e_i overlapped with the optimizer step, and c += sum e_i. Communication:
+  one Allreduce of the model per round.
+* ``"rank0"``: rank 0 holds c (and trains); a round broadcasts c, each rank
+  computes its e_i, and an ``Ireduce`` sums them into rank 0's c.
+
+Rounds happen in step calls tau, 2 tau, ...; the paper's round at t = 0 is
+a no-op (every x_i starts at c). Example::
+
+    algo = mpisgd.build("easgd", model, opt, tau=4)     # alpha = 0.9 / workers
+    for x, y in loader:
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        algo.step()
+    algo.finish()
+    theta = algo.consensus()                            # the centre variable
+"""
+from __future__ import annotations
+
+import torch
+
+from .. import ops
+from ..options import Option, positive_int
+from .base import Algorithm
+
+
+def elastic_options(tau_help: str) -> tuple[Option, ...]:
+    """tau, alpha, beta: the options every elastic algorithm shares."""
+    return (
+        positive_int("tau", 1, tau_help),
+        Option("alpha", None, "moving rate alpha = eta rho (default beta / workers) (EASGD)", float,
+               check=lambda v: 0 < v < 1, must="in (0, 1)"),
+        Option("beta", 0.9, "beta = workers * alpha, used when --alpha is not given (EASGD)", float,
+               check=lambda v: v > 0, must="positive"),
+    )
+
+
+def center_option(default: str, choices: tuple[str, ...]) -> Option:
+    """Where the centre variable lives (one help text for the whole family)."""
+    return Option("center", default, "where the centre lives: replicated or rank0 (easgd); "
+                  "dedicated or rank0 (async-easgd, eamsgd, downpour)", str, choices=choices)
+
+
+def moving_rate(opts: dict, workers: int) -> float:
+    """alpha: the ``alpha`` option, else ``beta / workers`` (the paper's parametrisation)."""
+    return opts["alpha"] if opts["alpha"] is not None else opts["beta"] / workers
+
+
+def stability_warning(eta: float, alpha: float, workers: int, centre_in_round: bool) -> str | None:
+    """Why (eta, alpha) may diverge, or ``None``.
+
+    The paper's region for round-robin EASGD on f(x) = x^2/2 (any p):
+    0 <= eta <= 2 and 0 <= alpha <= (4 - 2 eta)/(4 - eta). With all p
+    workers in one round (synchronous EASGD) the mixing matrix W_alpha has
+    the eigenvalue 1 - (p+1) alpha, which must stay above -1: alpha < 2/(p+1).
+    """
+    bound = (4 - 2 * eta) / (4 - eta) if eta < 4 else float("-inf")
+    if not (0 <= eta <= 2 and 0 <= alpha <= bound):
+        return (f"EASGD: (eta, alpha) = ({eta:g}, {alpha:g}) is outside the stability region "
+                f"0 <= eta <= 2, 0 <= alpha <= (4 - 2 eta)/(4 - eta) of Zhang et al. (2015)")
+    if centre_in_round and alpha >= 2 / (workers + 1):
+        return (f"EASGD: alpha = {alpha:g} >= 2/(workers+1) = {2 / (workers + 1):g}: the centre "
+                f"overshoots (W_alpha has the eigenvalue 1 - (p+1) alpha = "
+                f"{1 - (workers + 1) * alpha:g}); lower --alpha or --beta")
+    return None
+
+
+class EASGD(Algorithm):
+    """Synchronous EASGD; the centre replicated (Allreduce) or on rank 0.
+
+    Options:
+        tau: local steps per round (default 1: the paper's rule).
+        alpha: moving rate (default beta / workers); beta: 0.9.
+        center: ``"replicated"`` or ``"rank0"``.
+    """
+
+    name = "easgd"
+    options = elastic_options("local steps between elastic rounds (EASGD family)") + (
+        center_option("replicated", ("replicated", "rank0")),)
+
+    def __init__(self, model, optimizer, comm=None, **options):
+        super().__init__(model, optimizer, comm, **options)
+        self.alpha = moving_rate(self.opts, self.workers)
+        warning = stability_warning(optimizer.param_groups[0]["lr"], self.alpha, self.workers, True)
+        if warning:
+            self.warn(warning)
+        self.replicated = self.opts["center"] == "replicated"
+        holds = self.replicated or self.comm.rank == 0
+        self.center = self.flat.data.clone() if holds else torch.empty_like(self.flat.data)
+        self._diff = torch.empty_like(self.flat.data)
+
+    def step(self) -> None:
+        """One local step; in every tau-th, the elastic round overlapped with it."""
+        self.finished = False
+        self.steps += 1
+        if self.steps % self.opts["tau"]:
+            self.optimizer.step()
+            return
+        x, c, e = self.flat.data, self.center, self._diff
+        if self.replicated:
+            ops.elastic(x, c, e, self.alpha)          # e_i, and x_i -= e_i
+            pending = self.comm.iallreduce(e)         # sum_i e_i ...
+        else:
+            self.comm.bcast(c, 0)
+            ops.elastic(x, c, e, self.alpha)
+            pending = self.comm.ireduce(e, 0)         # ... into rank 0's e
+        self.optimizer.step()                         # ... while x_i -= eta g_i(old x_i)
+        pending.wait()
+        if self.replicated or self.comm.rank == 0:
+            c.add_(e)
+        self.rounds += 1
+
+    def consensus(self) -> torch.Tensor:
+        """The centre variable c, the same on every rank."""
+        out = self.center.clone()
+        if not self.replicated and self.comm.size > 1:
+            self._telemetry.bcast(out, 0)
+        return out

@@ -1,0 +1,242 @@
+"""async-easgd, eamsgd, downpour: the centre protocol and the update rules.
+
+* Counter and sum invariants with uneven worker speeds and workers that
+  finish at different times: every push applied exactly once.
+* One worker (a centre plus one worker, or rank 0 alone holding the centre)
+  equals the sequential rule written out here.
+* Convergence on a quadratic; EASGD stable where DOWNPOUR diverges.
+"""
+import time
+
+import pytest
+import torch
+from mpi4py import MPI
+
+import mpisgd
+from mpisgd.algorithms.centered import CenterAlgorithm
+from helpers import D, regression_batch, regression_loss, regression_model
+
+ETA = 0.05
+ALGOS = ["async-easgd", "eamsgd", "downpour"]
+
+
+def x0():
+    return torch.linspace(-1.0, 1.0, D, dtype=torch.float64)
+
+
+def build(name, comm, lr=ETA, **options):
+    model = regression_model(x0())
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    return mpisgd.build(name, model, opt, comm=comm, **options), model, opt
+
+
+@pytest.fixture
+def audited(monkeypatch):
+    monkeypatch.setattr(CenterAlgorithm, "audit", True)
+
+
+@pytest.mark.mpi(min_size=3)
+@pytest.mark.parametrize("center", ["dedicated", "rank0"])
+@pytest.mark.parametrize("name", ALGOS)
+def test_every_push_applied_exactly_once(audited, name, center):
+    """Uneven speeds (worker w sleeps w ms a step), uneven lengths (10 + 3w steps),
+    a rendezvous mid-way; the centre's counts and its change equal the workers' pushes."""
+    comm = MPI.COMM_WORLD
+    algo, model, opt = build(name, comm, tau=2, center=center)
+    meetings = []
+    if not algo.is_worker:
+        algo.serve(on_rendezvous=lambda: meetings.append(algo.consensus()))
+    else:
+        w = algo.worker_index
+        for step in range(10 + 3 * w):
+            opt.zero_grad()
+            regression_loss(model, w, step).backward()
+            time.sleep(0.001 * w)
+            algo.step()
+            if step == 4:
+                algo.rendezvous()
+                meetings.append(algo.consensus())
+        algo.finish()
+    final = algo.consensus()
+    assert torch.equal(final, comm.bcast(final, root=0))
+    assert len(meetings) == 1 and torch.equal(meetings[0], comm.bcast(meetings[0], root=0))
+    mine = (algo.worker_index, algo.center.audit.pushes, algo.center.audit.total) \
+        if algo.is_worker else None
+    reports = [r for r in comm.gather(mine, root=0) or [] if r is not None]
+    if comm.rank == 0:
+        counts = algo.server.counts
+        assert len(reports) == algo.workers
+        for w, pushes, _ in reports:
+            assert pushes == (10 + 3 * w) // 2
+            assert counts["push"][w] + counts["push_pull"][w] == pushes, w
+        total = sum(t for _, _, t in reports)
+        assert torch.allclose(final - x0(), total, rtol=1e-12, atol=1e-12)
+        if center == "dedicated":
+            assert sum(counts["done"]) == algo.workers and sum(counts["sync"]) == algo.workers
+        series = algo.series()
+        assert series["center/exchanges_per_s"] > 0
+
+
+def sequential(name, steps, tau, alpha, delta=0.99):
+    """The paper's rules for one worker and its centre, written out element-wise."""
+    x, c, v = x0(), x0(), torch.zeros(D, dtype=torch.float64)
+    anchor = x.clone()
+
+    def grad(at, k):
+        A, b = regression_batch(0, k)
+        return A.T @ (A @ at - b) / A.shape[0]
+
+    ys = []
+    for k in range(1, steps + 1):
+        if name == "async-easgd":              # Algorithm 1: gradient at the pre-elastic x
+            g = grad(x, k - 1)
+            if k % tau == 0:
+                e = alpha * (x - c)
+                x, c = x - e, c + e
+            x = x - ETA * g
+            ys.append(x.clone())
+        elif name == "eamsgd":                 # Algorithm 2: elastic, then look-ahead momentum
+            v = delta * v - ETA * grad(x + delta * v, k - 1)
+            x = x + v
+            if k % tau == 0:                   # the elastic step of iteration k
+                e = alpha * (x - c)
+                x, c = x - e, c + e
+            ys.append(x + delta * v)
+        else:                                  # DOWNPOUR: push the accumulated steps, pull
+            x = x - ETA * grad(x, k - 1)
+            if k % tau == 0:
+                c = c + (x - anchor)
+                x, anchor = c.clone(), c.clone()
+            ys.append(x.clone())
+    return ys, c
+
+
+def pair_or_self(center):
+    """A centre rank plus one worker (pairs of COMM_WORLD), or rank 0 alone with the centre."""
+    world = MPI.COMM_WORLD
+    if center == "rank0":
+        return MPI.COMM_SELF.Dup()
+    return world.Split(world.rank // 2 if world.rank < world.size - world.size % 2 else MPI.UNDEFINED)
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("center", ["dedicated", "rank0"])
+@pytest.mark.parametrize("name, tau", [("async-easgd", 1), ("async-easgd", 3), ("eamsgd", 1),
+                                       ("eamsgd", 2), ("downpour", 3)])
+def test_one_worker_equals_the_sequential_rule(name, tau, center):
+    comm = pair_or_self(center)
+    if comm == MPI.COMM_NULL:
+        return
+    steps, alpha = 7, 0.3
+    options = {"alpha": alpha} if name != "downpour" else {}
+    algo, model, opt = build(name, comm, tau=tau, center=center, **options)
+    ys = []
+    if not algo.is_worker:
+        algo.serve()
+    else:
+        for step in range(steps):
+            opt.zero_grad()
+            regression_loss(model, 0, step).backward()
+            algo.step()
+            ys.append(algo.flat.data.clone())
+        algo.finish()
+    final = algo.consensus()
+    comm.Free()
+    want, centre = sequential(name, steps, tau, alpha)
+    assert torch.allclose(final, centre, rtol=1e-12, atol=1e-14)
+    for k, y in enumerate(ys):
+        assert torch.allclose(y, want[k], rtol=1e-12, atol=1e-14), k
+
+
+@pytest.mark.mpi(min_size=3)
+@pytest.mark.parametrize("name", ["async-easgd", "eamsgd"])
+def test_converges_on_a_quadratic_inside_the_stability_region(name):
+    """f(x) = 0.5 ||x - 1||^2 with each worker's own gradient noise: the centre reaches 1.
+
+    (With different optima per worker the centre would lean towards whichever
+    worker pushed last: asynchrony on 2 cores makes that timing, not math.)"""
+    comm = MPI.COMM_WORLD
+    lr = 0.05 if name == "async-easgd" else 0.02      # eamsgd, delta 0.9: eta / (1 - delta) = 0.2
+    algo, model, opt = build(name, comm, lr=lr, tau=4, **({"delta": 0.9} if name == "eamsgd" else {}))
+    target = torch.ones(D, dtype=torch.float64)
+    if not algo.is_worker:
+        algo.serve()
+    else:
+        w = algo.worker_index
+        g = torch.Generator().manual_seed(w)
+        for step in range(600):
+            opt.zero_grad()
+            x = model.weight[0]
+            noise = 0.1 * torch.randn(D, generator=g, dtype=torch.float64)
+            (0.5 * ((x - 1) ** 2).sum() + (noise * x).sum()).backward()
+            algo.step()
+        algo.finish()
+    start = (x0() - target).norm()
+    assert (algo.consensus() - target).norm() < 0.05 * start
+
+
+@pytest.mark.mpi(min_size=4)
+@pytest.mark.parametrize("tau", [16, 64])
+def test_easgd_stable_where_downpour_diverges(tau):
+    """The paper's claim on f(x) = 0.5 ||x - 1||^2 with 3 workers and eta = 0.2.
+
+    After tau local steps a worker has moved kappa = 1 - 0.8^tau (about all)
+    of the way from its last pull to the optimum, and DOWNPOUR adds that
+    whole move to the centre, which the other workers have moved meanwhile.
+    Exchanges take turns (a token passed among the workers, so the order is
+    the round robin of equal-speed workers rather than whatever a 2-core
+    scheduler makes of 4 ranks), and the centre's error follows
+    e_{n+1} = e_n - kappa e_{n-2}, whose characteristic roots have modulus
+    1.14: it grows ~1.14 times per push. EASGD's elastic pull (alpha = 0.3,
+    inside the stability region) contracts.
+    """
+    comm = MPI.COMM_WORLD.Split(0 if MPI.COMM_WORLD.rank < 4 else MPI.UNDEFINED)
+    if comm == MPI.COMM_NULL:
+        return
+    rounds = 30
+    target = torch.ones(D, dtype=torch.float64)
+    errors = {}
+    for name in ("async-easgd", "downpour"):
+        algo, model, opt = build(name, comm, lr=0.2, tau=tau)
+        workers = comm.Split(1 if algo.is_worker else MPI.UNDEFINED)
+        if not algo.is_worker:
+            algo.serve()
+        else:
+            w, p = workers.rank, workers.size
+            for step in range(1, rounds * tau + 1):
+                opt.zero_grad()
+                (0.5 * ((model.weight[0] - 1) ** 2).sum()).backward()
+                turn = step % tau == 0
+                if turn and not (w == 0 and step == tau):
+                    workers.recv(source=(w - 1) % p)
+                algo.step()
+                if turn and not (w == p - 1 and step == rounds * tau):
+                    workers.send(None, dest=(w + 1) % p)
+            algo.finish()
+            workers.Free()
+        errors[name] = ((algo.consensus() - target).norm() / (x0() - target).norm()).item()
+    comm.Free()
+    assert errors["async-easgd"] < 1e-3, errors           # converged
+    assert not errors["downpour"] < 1e3, errors           # diverged (or overflowed to inf/nan)
+
+
+@pytest.mark.mpi(min_size=2)
+def test_bad_use_is_refused_before_any_message():
+    with pytest.raises(ValueError, match="center dedicated needs at least 2 ranks"):
+        build("async-easgd", MPI.COMM_SELF)
+    model = regression_model(x0())
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    with pytest.raises(ValueError, match="own Nesterov momentum"):
+        mpisgd.build("eamsgd", model, opt, comm=MPI.COMM_WORLD)
+    algo, model, opt = build("async-easgd", MPI.COMM_WORLD)
+    with pytest.raises(RuntimeError, match="rendezvous"):
+        algo.consensus()                  # mid-run, no rendezvous: would hang; refused
+    if algo.is_worker:
+        with pytest.raises(RuntimeError, match="only the dedicated centre"):
+            algo.serve()
+        algo.finish()
+    else:
+        with pytest.raises(RuntimeError, match="call serve"):
+            algo.step()
+        algo.serve()
+    algo.consensus()

@@ -1,0 +1,86 @@
+"""Synchronous EASGD against the dense oracle of the paper's simultaneous rule.
+
+X <- X W_alpha - eta G (reference.cooperative with simultaneous=True), float64
+throughout: the tolerance covers summation order only.
+"""
+import pytest
+import torch
+from mpi4py import MPI
+
+import mpisgd
+from mpisgd import reference
+from helpers import D, regression_grad, regression_loss, regression_model
+
+ETA = 0.05
+
+
+def x0():
+    return torch.linspace(-1.0, 1.0, D, dtype=torch.float64)
+
+
+def run_easgd(steps, comm, **options):
+    model = regression_model(x0())
+    opt = torch.optim.SGD(model.parameters(), lr=ETA)
+    algo = mpisgd.build("easgd", model, opt, comm=comm, **options)
+    trace, centres = [], []
+    for step in range(steps):
+        opt.zero_grad()
+        regression_loss(model, comm.rank, step).backward()
+        algo.step()
+        trace.append(algo.flat.data.clone())
+        centres.append(algo.consensus())
+    return algo, trace, centres
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("center", ["replicated", "rank0"])
+@pytest.mark.parametrize("tau", [1, 3])
+def test_easgd_equals_the_simultaneous_oracle(comm, center, tau):
+    size, rank = comm.size, comm.rank
+    steps = 3 * tau + 2
+    algo, trace, centres = run_easgd(steps, comm, tau=tau, center=center)
+    alpha = 0.9 / size                     # the paper's default: beta = 0.9
+    assert algo.alpha == pytest.approx(alpha)
+    _, oracle = reference.cooperative(x0(), regression_grad, ETA,
+                                      reference.elastic_matrix(size, alpha), steps, tau=tau, v=1,
+                                      trace=True, simultaneous=True)
+    for k in range(steps):
+        assert torch.allclose(trace[k], oracle[k][:, rank], rtol=1e-12, atol=1e-14), k
+        assert torch.allclose(centres[k], oracle[k][:, size], rtol=1e-12, atol=1e-14), k
+    assert algo.rounds == steps // tau
+
+
+def test_simultaneous_oracle_is_the_papers_rule():
+    """The matrix form written out element-wise: x_i - eta g_i - alpha (x_i - c); c + alpha sum (x_i - c)."""
+    m, alpha, steps = 3, 0.2, 4
+    X = x0()[:, None].repeat(1, m + 1)
+    for k in range(steps):
+        G = regression_grad(k, X[:, :m])
+        e = alpha * (X[:, :m] - X[:, m:])
+        X = torch.cat([X[:, :m] - ETA * G - e, X[:, m:] + e.sum(1, keepdim=True)], 1)
+    oracle = reference.cooperative(x0(), regression_grad, ETA, reference.elastic_matrix(m, alpha),
+                                   steps, v=1, simultaneous=True)
+    assert torch.allclose(oracle, X, rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.mpi(min_size=2)
+def test_easgd_warns_outside_the_stability_region():
+    comm = MPI.COMM_WORLD
+    model = regression_model(x0())
+    with pytest.warns(UserWarning, match="stability region"):
+        mpisgd.build("easgd", model, torch.optim.SGD(model.parameters(), lr=2.5), comm=comm)
+    with pytest.warns(UserWarning, match="overshoots"):
+        mpisgd.build("easgd", model, torch.optim.SGD(model.parameters(), lr=0.1), comm=comm,
+                     alpha=2.0 / (comm.size + 1))
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"alpha": 1.5}, "alpha must be in"),
+    ({"center": "dedicated"}, "center must be one of replicated, rank0"),
+    ({"tau": 0}, "tau must be a positive integer"),
+])
+def test_easgd_bad_options(options, message):
+    model = regression_model(x0())
+    with pytest.raises(ValueError, match=message):
+        mpisgd.build("easgd", model, torch.optim.SGD(model.parameters(), lr=0.1),
+                     comm=MPI.COMM_WORLD, **options)
