@@ -83,14 +83,14 @@ class TrainConfig:
         try:
             self.options = algorithms.validate(self.algo, self.options)
         except ValueError as err:
-            raise ConfigError(_flagged(str(err))) from None
+            raise ConfigError(flagged(str(err))) from None
 
     def resolved(self) -> dict:
         """The configuration as the run record stores it (JSON-able)."""
         return dataclasses.asdict(self)
 
 
-def _flagged(message: str) -> str:
+def flagged(message: str) -> str:
     """Spell an algorithm option as its flag in a CLI message: tau -> --tau."""
     first, _, rest = message.partition(" ")
     if first in algorithms.all_options() and not first.startswith("--"):

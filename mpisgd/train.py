@@ -36,7 +36,7 @@ from mpi4py import MPI
 
 from . import __version__, algorithms, data as datasets, models, ops
 from .comm import check_environment, mpi_library
-from .config import TrainConfig
+from .config import TrainConfig, flagged
 from .errors import ConfigError, agree, digest
 from .record import RANK_FIELDS, RunRecord
 
@@ -159,7 +159,10 @@ def run(cfg: TrainConfig, comm, quiet: bool = False) -> dict:
     own = algorithms.lookup(cfg.algo).owns_momentum     # eamsgd: momentum is its --delta
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.0 if own else cfg.momentum,
                           nesterov=cfg.nesterov and not own, weight_decay=cfg.weight_decay)
-    algo = algorithms.build(cfg.algo, model, opt, comm, **cfg.options)
+    try:
+        algo = algorithms.build(cfg.algo, model, opt, comm, **cfg.options)
+    except ValueError as err:    # raised on every rank alike, before any message
+        raise ConfigError(flagged(str(err))) from None
     record = None
     if rank == 0:
         record = RunRecord(cfg.out, cfg.resolved(), size, algo.workers, mpi_library(), __version__)

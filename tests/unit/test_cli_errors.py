@@ -27,20 +27,22 @@ def launch(args, np=NP, timeout=90, script=None, quiet=True):
     return proc, time.monotonic() - t0
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--algo", "nope"], "unknown algorithm 'nope'"),
-    (["--algo", "local", "--tau", "0"], "--tau must be a positive integer, got 0"),
-    (["--lr", "-0.1"], "--lr must be positive, got -0.1"),
-    (["--data", "hdf5:/no/such/file.h5"], "no such file: /no/such/file.h5"),
-    (["--data", "synthetic:3"], "4 workers but only 3 training samples"),
-    (["--out", "/"], "--out / is a directory"),
-    (["--bucket-mb", "inf"], "--bucket-mb must be a finite number, got 'inf'"),
+@pytest.mark.parametrize("args, needle, np", [
+    (["--algo", "nope"], "unknown algorithm 'nope'", NP),
+    (["--algo", "local", "--tau", "0"], "--tau must be a positive integer, got 0", NP),
+    (["--lr", "-0.1"], "--lr must be positive, got -0.1", NP),
+    (["--data", "hdf5:/no/such/file.h5"], "no such file: /no/such/file.h5", NP),
+    (["--data", "synthetic:3"], "4 workers but only 3 training samples", NP),
+    (["--out", "/"], "--out / is a directory", NP),
+    (["--bucket-mb", "inf"], "--bucket-mb must be a finite number, got 'inf'", NP),
+    (["--algo", "easgd", "--center", "dedicated"], "--center must be one of replicated, rank0", NP),
+    (["--algo", "async-easgd", "--steps", "5"], "--center dedicated needs at least 2 ranks", 1),
 ])
-def test_bad_input_one_line_on_every_rank(args, needle):
-    proc, elapsed = launch(args)
+def test_bad_input_one_line_on_every_rank(args, needle, np):
+    proc, elapsed = launch(args, np)
     assert proc.returncode != 0
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("mpisgd: error:")]
-    assert len(lines) == NP, proc.stderr
+    assert len(lines) == np, proc.stderr
     assert all(needle in ln for ln in lines), lines
     assert "Traceback" not in proc.stderr
     assert elapsed < 60
