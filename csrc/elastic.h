@@ -51,9 +51,10 @@ struct Elastic {
   }
 };
 
-// EAMSGD's Nesterov step in lookahead storage y = x + delta v, then (Centre)
-// the elastic step:  v' = delta v - lr g;  x = y - delta v + v';
-// [e = alpha (x - c); x -= e; out = e;]  y = x + delta v';  v = v'.
+// One EAMSGD iteration (Zhang et al. 2015, Algorithm 2) in lookahead storage
+// y = x + delta v, g taken at y: with x = y - delta v (the iteration's copy),
+// [(Centre) e = alpha (x - c); out = e;]  v' = delta v - lr g;
+// y = x - e + v' + delta v';  v = v'   (the elastic and momentum steps both from x).
 template <class T, bool Centre>
 struct EamsgdStep {
   using N = Num<T>;
@@ -68,13 +69,13 @@ struct EamsgdStep {
   MPISGD_INLINE void operator()(int64_t i) const {
     const A vi = N::load(v[i]);
     const A vn = delta * vi - lr * N::load(g[i]);
-    A x = N::load(y[i]) - delta * vi + vn;
+    A x = N::load(y[i]) - delta * vi;
     if constexpr (Centre) {
       const A e = alpha * (x - N::load(c[i]));
       x -= e;
       out[i] = N::store(e);
     }
-    y[i] = N::store(x + delta * vn);
+    y[i] = N::store(x + vn + delta * vn);
     v[i] = N::store(vn);
   }
 };

@@ -65,8 +65,6 @@ class CenterServer:
         self.counts = {name: [0] * n for name in KINDS.values()}
         self.service_time = 0.0      # seconds spent serving messages
         self.idle_time = 0.0         # seconds blocked waiting for one
-        self.started = time.perf_counter()
-        self.stopped = None          # when the last worker said DONE
         self._recv = None
         self._post()
 
@@ -90,8 +88,6 @@ class CenterServer:
             self.synced.add(source)
         elif kind == DONE:
             self.done.add(source)
-            if self.done == self.remote:
-                self.stopped = time.perf_counter()
         self._post()
         self.service_time += time.perf_counter() - t0
 
@@ -124,16 +120,14 @@ class CenterServer:
         """Updates applied to the centre (PUSH and PUSH_PULL), the centre's own included."""
         return sum(self.counts["push"]) + sum(self.counts["push_pull"])
 
-    def series(self) -> dict:
+    def series(self, train_time: float) -> dict:
         """Counters for the run record: per-worker message counts and the centre's timing.
 
-        ``exchanges_per_s``: updates applied per second of the centre's life
-        (from its construction to the last worker's DONE).
+        ``exchanges_per_s``: updates applied to the centre per second of training.
         """
-        elapsed = (self.stopped or time.perf_counter()) - self.started
         return {**{f"center/{name}": counts for name, counts in self.counts.items()},
                 "center/service_time": self.service_time, "center/idle_time": self.idle_time,
-                "center/exchanges_per_s": self.updates() / elapsed if elapsed > 0 else 0.0}
+                "center/exchanges_per_s": self.updates() / train_time if train_time > 0 else 0.0}
 
 
 class CenterClient:
@@ -163,6 +157,8 @@ class CenterClient:
         recv = self.comm.irecv(self.reply, self.center_rank, REPLY)
         self._send(t, kind)
         recv.wait()
+        self._pending.wait()       # the reply means the centre has it: completes at once
+        self._pending = None
         return self.reply
 
     def pull(self) -> torch.Tensor:
@@ -216,6 +212,7 @@ class Audit:
         self.total = torch.zeros_like(like, dtype=torch.float64) if enabled else None
 
     def add(self, delta: torch.Tensor) -> None:
+        """Count a push of ``delta`` (summed only when enabled)."""
         self.pushes += 1
         if self.total is not None:
             self.total += delta
@@ -243,15 +240,12 @@ class LocalCenter:
         return self.center.add_(delta)
 
     def elastic(self, x: torch.Tensor, e: torch.Tensor, alpha: float) -> None:
-        """One elastic round on the local centre, fused (c += e in the same pass) unless audited."""
+        """One elastic round on the local centre, fused: c += e in the same pass."""
         self.server.counts["pull"][0] += 1
-        if self.audit.total is None:
-            self.server.counts["push"][0] += 1
-            self.audit.pushes += 1
-            ops.elastic(x, self.center, self.center, alpha, accumulate=True)
-        else:
-            ops.elastic(x, self.center, e, alpha)
-            self.push(e)
+        self.server.counts["push"][0] += 1
+        before = self.center.clone() if self.audit.total is not None else None
+        ops.elastic(x, self.center, self.center, alpha, accumulate=True)
+        self.audit.add(self.center - before if before is not None else self.center)
 
     def progress(self) -> None:
         """Serve the remote workers' messages that have arrived (between own steps)."""
@@ -259,9 +253,11 @@ class LocalCenter:
 
     def sync(self) -> None:
         """Serve until every remote worker waits at the rendezvous (or is done)."""
+        self.server.counts["sync"][0] += 1
         self.server.serve_until(self.server.gathered)
         self.server.synced.clear()
 
     def done(self) -> None:
         """Serve until every remote worker is done."""
+        self.server.counts["done"][0] += 1
         self.server.serve_until(self.server.all_done)

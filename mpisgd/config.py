@@ -132,6 +132,13 @@ def from_sources(yaml_path: str | None, flags: dict) -> TrainConfig:
     kinds = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
     general = {k: _coerce(k, kinds[k], v) for k, v in values.items() if k in GENERAL}
     options = {k: v for k, v in values.items() if k in known_algo}
+    cls = algorithms.ALGORITHMS.get(general.get("algo", TrainConfig.algo))
+    if cls is not None and cls.owns_momentum:      # eamsgd: the momentum is its --delta
+        given = sorted({"momentum", "nesterov"} & set(general))
+        if given:
+            raise ConfigError(f"--{given[0]} does not apply to --algo {cls.name}: "
+                              "its momentum is --delta")
+        general.update(momentum=0.0, nesterov=False)
     return TrainConfig(**general, options=options)
 
 

@@ -195,10 +195,13 @@ def _elastic_torch(x, c, out, alpha, accumulate):
 def eamsgd_step(y: torch.Tensor, v: torch.Tensor, g: torch.Tensor, lr: float, delta: float,
                 c: torch.Tensor | None = None, out: torch.Tensor | None = None,
                 alpha: float = 0.0) -> None:
-    """EAMSGD's Nesterov step in lookahead storage, then the elastic step when ``c`` is given.
+    """One EAMSGD iteration (Algorithm 2) in lookahead storage, fused into one pass.
 
-    ``v' = delta v - lr g;  x = y - delta v + v';  [e = alpha (x - c); x -= e; out = e];
-    y = x + delta v';  v = v'`` in one pass.
+    The model holds ``y = x + delta v`` (where ``g`` was taken). From the
+    iteration's copy ``x = y - delta v``, the elastic step (when ``c`` is
+    given) and the momentum step are both taken, as the paper writes them:
+    ``[e = alpha (x - c); out = e];  v' = delta v - lr g;
+    y = x - e + v' + delta v';  v = v'``.
 
     Args:
         y: the model's parameters, ``x + delta * v``, where ``g`` was taken; updated in place.
@@ -235,10 +238,10 @@ def _check_eamsgd(y, v, g, c, out):
 
 def _eamsgd_torch(y, v, g, lr, delta, c, out, alpha):
     x = torch.add(y, v, alpha=-delta)                   # x = y - delta v
-    v.mul_(delta).add_(g, alpha=-lr)                    # v' = delta v - lr g
-    x.add_(v)                                           # x += v'
     if c is not None:
         x.sub_(torch.sub(x, c, out=out).mul_(alpha))    # out = e = alpha (x - c); x -= e
+    v.mul_(delta).add_(g, alpha=-lr)                    # v' = delta v - lr g
+    x.add_(v)                                           # x += v'
     torch.add(x, v, alpha=delta, out=y)                 # y = x + delta v'
 
 

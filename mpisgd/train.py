@@ -85,7 +85,10 @@ def prepare(cfg: TrainConfig, comm):
         check_environment()
         cfg.validate()
         data = datasets.load(cfg.data)
-        workers = comm.Get_size()
+        try:
+            workers = algorithms.lookup(cfg.algo).worker_count(comm.Get_size(), cfg.options)
+        except ValueError as err:
+            raise ConfigError(flagged(str(err))) from None
         shards = datasets.shard(data.y_train, workers, cfg.seed, cfg.shard, cfg.skew_alpha)
         torch.manual_seed(cfg.seed)
         model = models.build(cfg.model, data.input_shape, data.classes)
@@ -156,9 +159,8 @@ def run(cfg: TrainConfig, comm, quiet: bool = False) -> dict:
     data, shards, model = prepare(cfg, comm)
     torch.set_num_threads(_threads(comm, cfg.threads))
     signal.signal(signal.SIGTERM, _on_sigterm)
-    own = algorithms.lookup(cfg.algo).owns_momentum     # eamsgd: momentum is its --delta
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.0 if own else cfg.momentum,
-                          nesterov=cfg.nesterov and not own, weight_decay=cfg.weight_decay)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                          nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
     try:
         algo = algorithms.build(cfg.algo, model, opt, comm, **cfg.options)
     except ValueError as err:    # raised on every rank alike, before any message
@@ -242,7 +244,7 @@ def _train(cfg, comm, algo, model, opt, data, shards, record, quiet) -> dict:
         return {}
     record.complete({name: [r[i] for r in ranks] for i, name in enumerate(RANK_FIELDS)},
                     params.detach().cpu().float().numpy())
-    for key, values in algo.series().items():
+    for key, values in algo.series(train_time).items():
         group, name = key.split("/")
         record.series(group, name, values)
     summary = {**row, "path": cfg.out, "workers": algo.workers, "algo": cfg.algo,

@@ -35,6 +35,12 @@ class Algorithm:
     options: tuple[Option, ...] = ()
     is_worker = True
     owns_momentum = False    # True: the algorithm applies its own momentum (the optimizer's is 0)
+    private_comm = False     # True: communicate on a Dup of comm (point-to-point with ANY_SOURCE)
+
+    @classmethod
+    def worker_count(cls, size: int, opts: dict) -> int:
+        """Workers among ``size`` ranks with resolved options ``opts``; ``ValueError`` if none."""
+        return size
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                  comm=None, **options):
@@ -46,18 +52,18 @@ class Algorithm:
         self.model = model
         self.flat = ParamBuffer(model, self.bucket_bytes())
         check_reducible(self.flat.dtype)
-        self.comm = Comm(comm)
+        self.comm = Comm(comm.Dup() if self.private_comm else comm)
         self._telemetry = Comm(self.comm.comm, self.comm.staging)   # uncounted traffic
-        if self.flat.device.type == "cuda":   # a device buffer goes to MPI directly only if it works
-            self._telemetry.cuda_aware = self.comm.verify_cuda_aware(self.flat.device)
         agree(self.comm.comm, None, digest({
             "algorithm": self.name, "options": self.opts,
             "shapes": [list(p.shape) for p in self.flat.params],
             "trainable": self.flat.trainable,
-            "dtype": str(self.flat.dtype),
+            "dtype": str(self.flat.dtype), "device": self.flat.device.type,
             "optimizer": [type(optimizer).__name__] + [
                 {k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups],
         }))
+        if self.flat.device.type == "cuda":   # a device buffer goes to MPI directly only if it works
+            self._telemetry.cuda_aware = self.comm.verify_cuda_aware(self.flat.device)
         self.comm.bcast(self.flat.data, 0)
         if self.flat.buffers.numel():
             self.comm.bcast(self.flat.buffers, 0)
@@ -84,7 +90,7 @@ class Algorithm:
     @property
     def workers(self) -> int:
         """Number of worker replicas."""
-        return self.comm.size
+        return self.worker_count(self.size, self.opts)
 
     @property
     def worker_index(self) -> int:
@@ -150,6 +156,7 @@ class Algorithm:
         """This rank's counters: steps, rounds, bytes sent, seconds in/blocked on communication."""
         return {"steps": self.steps, "rounds": self.rounds, **self.comm.counters()}
 
-    def series(self) -> dict:
-        """What this rank adds to the run record, ``{"group/name": array}`` (default none)."""
+    def series(self, train_time: float) -> dict:
+        """What this rank adds to the run record, ``{"group/name": array}`` (default none);
+        ``train_time``: seconds of training (log points excluded)."""
         return {}

@@ -10,11 +10,13 @@ exchanges with a centre variable c held by rank 0 (the protocol of
 * ``eamsgd`` (Algorithm 2): the same elastic round with local Nesterov
   momentum delta instead of the optimizer's step,
   v_i <- delta v_i - eta g_i(x_i + delta v_i);  x_i <- x_i + v_i.
-  The model holds the look-ahead point y_i = x_i + delta v_i (where the
-  gradient is taken, as torch's Nesterov SGD does), and the momentum step
-  and the next iteration's elastic step run as one fused pass
-  (:func:`mpisgd.ops.eamsgd_step`). The optimizer provides only the
-  learning rate (and weight decay): its momentum must be 0.
+  Both steps start from the iteration's copy x_i (the gradient at the
+  pre-elastic x_i + delta v_i). The model holds the look-ahead point
+  y_i = x_i + delta v_i (where the gradient is taken, as torch's Nesterov
+  SGD does), and the elastic and momentum steps run as one fused pass
+  (:func:`mpisgd.ops.eamsgd_step`); with delta = 0 it is async-easgd.
+  The optimizer (``torch.optim.SGD``, momentum 0) provides only the
+  learning rate and weight decay.
 * ``downpour`` (the paper's comparator; async SGD when tau = 1): the worker
   pushes the sum of its last tau local steps, c += x_i - x_i(last pull),
   and pulls x_i <- c, in one message pair.
@@ -55,11 +57,19 @@ class CenterAlgorithm(Algorithm):
 
     options = (positive_int("tau", 1, "local steps between exchanges with the centre"), CENTER)
     audit = False            # workers keep the float64 sum of their pushes (tests)
+    private_comm = True      # the centre's receive takes any source and tag: keep user traffic out
+
+    @classmethod
+    def worker_count(cls, size: int, opts: dict) -> int:
+        if opts["center"] != "dedicated":
+            return size
+        if size < 2:
+            raise ValueError(f"center dedicated needs at least 2 ranks (rank 0 is the centre, "
+                             f"the others workers), got {size}; use center rank0 or more ranks")
+        return size - 1
 
     def validate(self):
-        if self.dedicated and self.size < 2:
-            raise ValueError(f"center dedicated needs at least 2 ranks (rank 0 is the centre, "
-                             f"the others workers), got {self.size}; use center rank0 or more ranks")
+        self.worker_count(self.size, self.opts)
 
     @property
     def dedicated(self) -> bool:
@@ -68,10 +78,6 @@ class CenterAlgorithm(Algorithm):
     @property
     def is_worker(self) -> bool:
         return not (self.dedicated and self.rank == 0)
-
-    @property
-    def workers(self) -> int:
-        return self.size - 1 if self.dedicated else self.size
 
     @property
     def worker_index(self) -> int:
@@ -144,8 +150,8 @@ class CenterAlgorithm(Algorithm):
         out = self.server.center.clone() if self.rank == 0 else torch.empty_like(self.flat.data)
         return self._telemetry.bcast(out, 0) if self.size > 1 else out
 
-    def series(self) -> dict:
-        return self.server.series() if self.server is not None else {}
+    def series(self, train_time: float) -> dict:
+        return self.server.series(train_time) if self.server is not None else {}
 
 
 class AsyncEASGD(CenterAlgorithm):
@@ -178,24 +184,32 @@ class EAMSGD(AsyncEASGD):
 
     def validate(self):
         super().validate()
+        if not isinstance(self.optimizer, torch.optim.SGD):
+            raise ValueError(f"eamsgd steps the parameters itself with the optimizer's learning rate: "
+                             f"give it torch.optim.SGD, not {type(self.optimizer).__name__}")
         groups = self.optimizer.param_groups
-        if any(g.get("momentum", 0) for g in groups):
+        if any(g.get("momentum", 0) or g.get("nesterov") for g in groups):
             raise ValueError("eamsgd applies its own Nesterov momentum (delta): give the optimizer "
                              "momentum=0 (the CLI does)")
+        if any(g.get("dampening", 0) or g.get("maximize") for g in groups):
+            raise ValueError("eamsgd does not apply the optimizer's dampening or maximize")
         if len({(g["lr"], g.get("weight_decay", 0)) for g in groups}) > 1:
             raise ValueError("eamsgd needs one learning rate and weight decay for all parameters")
 
     def __init__(self, model, optimizer, comm=None, **options):
         super().__init__(model, optimizer, comm, **options)
         self.velocity = torch.zeros_like(self.flat.data)
+        self._trainable = torch.cat([torch.full((p.numel(),), float(t), dtype=self.flat.dtype,
+                                                device=self.flat.device)
+                                     for p, t in zip(self.flat.params, self.flat.trainable)])
 
     def local_step(self, exchange: bool) -> None:
-        """v <- delta v - eta g(y); x <- x + v; then, when due, the elastic step of the
-        next iteration (the paper's order) in the same pass; y = x + delta v."""
+        """From the copy x = y - delta v: when due, e = alpha (x - c); and
+        v <- delta v - eta g(y); y <- x - e + v + delta v, in one pass."""
         group = self.optimizer.param_groups[0]
         y, g = self.flat.data, self.flat.flat_grad()
-        if group.get("weight_decay", 0):
-            g = g.add(y, alpha=group["weight_decay"])
+        if group.get("weight_decay", 0):       # frozen parameters decay no more than in SGD
+            g = g.addcmul(y, self._trainable, value=group["weight_decay"])
         args = (y, self.velocity, g, group["lr"], self.opts["delta"])
         if not exchange:
             ops.eamsgd_step(*args)

@@ -66,7 +66,9 @@ def test_dedicated_centre_run_records_the_centre(shared_dir, algo):
     """Rank 0 only serves; the record counts workers, and the centre's counters."""
     comm = MPI.COMM_WORLD
     out = os.path.join(shared_dir, f"{algo}.h5")
-    cfg = from_sources(None, dict(algo=algo, steps=40, log_every=10, out=out, threads=1, tau=2))
+    plain = {} if algo == "eamsgd" else {"momentum": 0.0}   # eamsgd's momentum is --delta
+    cfg = from_sources(None, dict(algo=algo, steps=40, log_every=10, out=out, threads=1, tau=2,
+                                  **plain))
     summary = train.run(cfg, comm, quiet=True)
     comm.Barrier()
     if comm.rank != 0:
@@ -84,3 +86,12 @@ def test_dedicated_centre_run_records_the_centre(shared_dir, algo):
         assert list(centre["sync"]) == [3] * (comm.size - 1)      # the 3 log points before the last
         assert list(centre["done"]) == [1] * (comm.size - 1)
         assert centre["exchanges_per_s"] > 0
+
+
+@pytest.mark.mpi(min_size=3)
+def test_dedicated_centre_shards_the_data_over_the_workers():
+    comm = MPI.COMM_WORLD
+    cfg = from_sources(None, dict(algo="async-easgd", steps=5, threads=1, out="/tmp/unused.h5"))
+    data, shards, _ = train.prepare(cfg, comm)
+    assert len(shards) == comm.size - 1                   # every sample has a worker
+    assert sum(len(s) for s in shards) == len(data.y_train)

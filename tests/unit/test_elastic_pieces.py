@@ -53,3 +53,14 @@ def test_stability_warning(eta, alpha, workers, sync, warns):
         assert message is None
     else:
         assert warns in message
+
+
+def test_eamsgd_refuses_a_momentum_flag_and_records_zero():
+    from mpisgd.config import from_sources
+    from mpisgd.errors import ConfigError
+    with pytest.raises(ConfigError, match="--momentum does not apply to --algo eamsgd"):
+        from_sources(None, {"algo": "eamsgd", "momentum": 0.5})
+    with pytest.raises(ConfigError, match="--nesterov does not apply"):
+        from_sources(None, {"algo": "eamsgd", "nesterov": True})
+    cfg = from_sources(None, {"algo": "eamsgd"})
+    assert cfg.momentum == 0.0 and cfg.nesterov is False
