@@ -41,13 +41,26 @@ def _train_parser(sub) -> None:
                            metavar=f.name.upper())
     group = p.add_argument_group("algorithm options (each applies to the algorithms named)")
     for opt in algorithms.all_options().values():
-        choices = f" {{{','.join(opt.choices)}}}" if opt.choices else ""
         group.add_argument(opt.flag, dest=opt.name, default=None, metavar=opt.name.upper(),
-                           help=f"{opt.help}{choices} (default {opt.default:.4g})"
-                           if isinstance(opt.default, float) else
-                           f"{opt.help}{choices} (default {opt.default})")
+                           help=opt.help + (f" ({_defaults(algorithms.ALGORITHMS, opt.name)})"
+                                            if opt.default is not None else ""))
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=_train)
+
+
+def _defaults(classes: dict, name: str) -> str:
+    """``default 8``, or per algorithm where they differ: ``default 1 (easgd), 8 (local)``."""
+    def show(opt):
+        text = f"{opt.default:.4g}" if isinstance(opt.default, float) else str(opt.default)
+        return text + (f" {{{','.join(opt.choices)}}}" if opt.choices else "")
+    seen: dict[str, list[str]] = {}
+    for algo, cls in classes.items():
+        for opt in cls.options:
+            if opt.name == name:
+                seen.setdefault(show(opt), []).append(algo)
+    if len(seen) == 1:
+        return f"default {next(iter(seen))}"
+    return "default " + ", ".join(f"{d} ({', '.join(a)})" for d, a in seen.items())
 
 
 def _report_parser(sub) -> None:
