@@ -47,7 +47,7 @@ from .. import ops
 from ..center import CenterClient, CenterServer, LocalCenter
 from ..options import Option, positive_int
 from .base import Algorithm
-from .elastic import center_option, elastic_options, moving_rate, stability_warning
+from .elastic import center_option, checked_moving_rate, elastic_options
 
 CENTER = center_option("dedicated", ("dedicated", "rank0"))
 
@@ -162,10 +162,7 @@ class AsyncEASGD(CenterAlgorithm):
 
     def __init__(self, model, optimizer, comm=None, **options):
         super().__init__(model, optimizer, comm, **options)
-        self.alpha = moving_rate(self.opts, self.workers)
-        warning = stability_warning(optimizer.param_groups[0]["lr"], self.alpha, self.workers, False)
-        if warning:
-            self.warn(warning)
+        self.alpha = checked_moving_rate(self, centre_in_round=False)
 
     def local_step(self, exchange: bool) -> None:
         if exchange:

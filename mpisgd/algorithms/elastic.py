@@ -67,6 +67,17 @@ def moving_rate(opts: dict, workers: int) -> float:
     return opts["alpha"] if opts["alpha"] is not None else opts["beta"] / workers
 
 
+def checked_moving_rate(algo: Algorithm, centre_in_round: bool) -> float:
+    """``algo``'s alpha (:func:`moving_rate`), warning when :func:`stability_warning` says why
+    it may diverge at the optimizer's learning rate."""
+    alpha = moving_rate(algo.opts, algo.workers)
+    warning = stability_warning(algo.optimizer.param_groups[0]["lr"], alpha, algo.workers,
+                                centre_in_round)
+    if warning:
+        algo.warn(warning)
+    return alpha
+
+
 def stability_warning(eta: float, alpha: float, workers: int, centre_in_round: bool) -> str | None:
     """Why (eta, alpha) may diverge, or ``None``.
 
@@ -101,10 +112,7 @@ class EASGD(Algorithm):
 
     def __init__(self, model, optimizer, comm=None, **options):
         super().__init__(model, optimizer, comm, **options)
-        self.alpha = moving_rate(self.opts, self.workers)
-        warning = stability_warning(optimizer.param_groups[0]["lr"], self.alpha, self.workers, True)
-        if warning:
-            self.warn(warning)
+        self.alpha = checked_moving_rate(self, centre_in_round=True)
         self.replicated = self.opts["center"] == "replicated"
         holds = self.replicated or self.comm.rank == 0
         self.center = self.flat.data.clone() if holds else torch.empty_like(self.flat.data)
