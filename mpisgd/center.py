@@ -91,13 +91,10 @@ class CenterServer:
         self._post()
         self.service_time += time.perf_counter() - t0
 
-    def poll(self) -> int:
-        """Serve every message that has arrived, without blocking; how many were served."""
-        served = 0
+    def poll(self) -> None:
+        """Serve every message that has arrived, without blocking."""
         while self._recv is not None and self._recv.test():
             self._serve()
-            served += 1
-        return served
 
     def serve_until(self, condition) -> None:
         """Serve messages as they arrive until ``condition()`` holds."""
@@ -188,16 +185,19 @@ class CenterClient:
         if self._pending is not None and self._pending.test():
             self._pending = None
 
+    def _signal(self, kind: int) -> None:
+        """An empty message, sent and completed (nothing stays in flight)."""
+        self._send(self._none, kind)
+        self._pending.wait()
+        self._pending = None
+
     def sync(self) -> None:
         """Tell the centre this worker waits at a rendezvous."""
-        self._send(self._none, SYNC)
-        self._pending.wait()
+        self._signal(SYNC)
 
     def done(self) -> None:
         """Tell the centre this worker has finished (its last message)."""
-        self._send(self._none, DONE)
-        self._pending.wait()
-        self._pending = None
+        self._signal(DONE)
 
 
 class Audit:

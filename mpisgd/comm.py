@@ -32,6 +32,7 @@ from __future__ import annotations
 import ctypes
 import os
 import time
+import warnings
 
 import torch
 from mpi4py import MPI
@@ -241,7 +242,6 @@ class Comm:
         except Exception:           # noqa: BLE001 - any failure means: do not trust it
             ok = 0
         if not self.comm.allreduce(ok, op=MPI.MIN):
-            import warnings
             warnings.warn("the MPI library claims CUDA support but failed a device-buffer "
                           "Allreduce; staging through host memory instead "
                           "(set MPISGD_CUDA_AWARE=0 to skip the test)", RuntimeWarning)

@@ -114,8 +114,8 @@ class EASGD(Algorithm):
         super().__init__(model, optimizer, comm, **options)
         self.alpha = checked_moving_rate(self, centre_in_round=True)
         self.replicated = self.opts["center"] == "replicated"
-        holds = self.replicated or self.comm.rank == 0
-        self.center = self.flat.data.clone() if holds else torch.empty_like(self.flat.data)
+        self._holds = self.replicated or self.comm.rank == 0     # c itself, not a scratch copy
+        self.center = self.flat.data.clone() if self._holds else torch.empty_like(self.flat.data)
         self._diff = torch.empty_like(self.flat.data)
 
     def step(self) -> None:
@@ -135,7 +135,7 @@ class EASGD(Algorithm):
             pending = self.comm.ireduce(e, 0)         # ... into rank 0's e
         self.optimizer.step()                         # ... while x_i -= eta g_i(old x_i)
         pending.wait()
-        if self.replicated or self.comm.rank == 0:
+        if self._holds:
             c.add_(e)
         self.rounds += 1
 
