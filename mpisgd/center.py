@@ -1,28 +1,36 @@
-"""A centre variable held by one rank, and the protocol workers use to reach it.
+"""Variables held by server ranks, and the protocol workers use to reach them.
 
-Asynchronous EASGD, EAMSGD and DOWNPOUR keep one centre variable ``c`` (a
-flat parameter vector) on a centre rank; each worker talks to it on its own
-clock with nonblocking point-to-point messages. Worker to centre, with the
-message kind as the tag:
+Asynchronous EASGD, EAMSGD and DOWNPOUR keep a centre variable ``c``, and the
+parameter-server family (:mod:`mpisgd.paramserver`) the parameters ``w``, on
+``S`` server ranks: server ``s`` owns the contiguous slice ``s`` of the flat
+vector (:class:`Shards`), and a worker exchanges its slices with all servers
+at once, with nonblocking point-to-point messages. One message loop
+(:class:`Server`) serves both; the kind of a message is its tag:
 
 ========== ========= =====================================================
-kind       payload   the centre
+kind       payload   the server
 ========== ========= =====================================================
-PULL       none      replies ``c`` (tag REPLY)
-PUSH       n values  ``c += payload`` (an elastic difference)
-PUSH_PULL  n values  ``c += payload``, then replies ``c`` (DOWNPOUR)
+PULL       none      replies its slice of ``c`` (tag REPLY)
+PUSH       slice     ``c += payload`` (an elastic difference)
+PUSH_PULL  slice     ``c += payload``, then replies ``c`` (DOWNPOUR)
+GRAD       slice     a gradient computed at version v (parameter server)
 SYNC       none      the worker waits at a rendezvous (a log point)
 DONE       none      the worker has finished: nothing more comes from it
 ========== ========= =====================================================
 
-The centre keeps exactly one receive posted, from any source with any tag,
+A tag is ``kind + SPAN * (v mod window)``: a gradient carries the version of
+the parameters it was computed at, and a server's reply the version it
+sends, with no extra message (``window = (MPI_TAG_UB + 1) / SPAN``, at least
+2047 versions; the receiver knows the version to within less than that).
+
+Each server keeps exactly one receive posted, from any source with any tag,
 and serves each message completely before it posts the next: messages are
 served in arrival order, never in lock-step, and those of one worker in the
 order it sent them (MPI's non-overtaking rule), so a worker's PUSH is
 applied before its next PULL is answered. Every PUSH is applied exactly
 once: :class:`CenterServer` counts them per worker, :class:`CenterClient`
 counts what it sent, and the two agree at the end. A worker sends DONE last
-and the centre posts no receive once every worker is done, so shutdown
+and a server posts no receive once every worker is done, so shutdown
 leaves no message unmatched.
 
 A worker posts its REPLY receive before it sends PULL, so the centre's send
@@ -39,30 +47,70 @@ from mpi4py import MPI
 from . import ops
 from .comm import Comm
 
-PULL, PUSH, PUSH_PULL, SYNC, DONE, REPLY = 11, 12, 13, 14, 15, 16
-KINDS = {PULL: "pull", PUSH: "push", PUSH_PULL: "push_pull", SYNC: "sync", DONE: "done"}
+PULL, PUSH, PUSH_PULL, GRAD, SYNC, DONE = 1, 2, 3, 4, 5, 6      # worker -> server
+REPLY, PARAMS, RESUME, BYE = 8, 9, 10, 11                        # server -> worker
+SPAN = 16                 # kinds live in the tag's low bits, versions above
+NAMES = {PULL: "pull", PUSH: "push", PUSH_PULL: "push_pull", GRAD: "grad", SYNC: "sync",
+         DONE: "done"}
 
 
-class CenterServer:
-    """The centre side: ``center`` (a flat tensor) served to ``workers`` (their ranks).
+def window(comm: Comm) -> int:
+    """Versions a tag tells apart: ``(MPI_TAG_UB + 1) // SPAN`` (MPI guarantees 32767)."""
+    return (int(comm.comm.Get_attr(MPI.TAG_UB)) + 1) // SPAN
+
+
+def tag(kind: int, version: int, span: int) -> int:
+    """The tag of a message of ``kind`` about ``version`` (``span``: :func:`window`)."""
+    return kind + SPAN * (version % span)
+
+
+class Shards:
+    """A flat vector of ``n`` elements in ``S`` contiguous slices, slice ``s`` on server rank ``s``.
+
+    Slice ``s`` is ``[floor(s n / S), floor((s+1) n / S))``: sizes differ by one at most.
+    """
+
+    def __init__(self, n: int, servers: int):
+        if not 1 <= servers:
+            raise ValueError(f"servers must be a positive integer, got {servers}")
+        self.n, self.servers = n, servers
+        self.bounds = [(s * n // servers, (s + 1) * n // servers) for s in range(servers)]
+
+    def slice(self, t: torch.Tensor, s: int) -> torch.Tensor:
+        """Server ``s``'s slice of the flat tensor ``t`` (a view)."""
+        lo, hi = self.bounds[s]
+        return t[lo:hi]
+
+    def slices(self, t: torch.Tensor) -> list[torch.Tensor]:
+        return [self.slice(t, s) for s in range(self.servers)]
+
+
+class Server:
+    """One server rank's message loop: one receive posted, messages served in arrival order.
+
+    Subclasses define :meth:`handle` (PULL, PUSH, PUSH_PULL, GRAD) and may
+    react to a worker's SYNC or DONE (:meth:`on_sync`, :meth:`on_done`), and
+    to the rendezvous (:meth:`resume`) and the end (:meth:`close`).
 
     Args:
         comm: the :class:`~mpisgd.comm.Comm` carrying the protocol.
-        center: the centre variable, updated in place.
-        workers: ranks of the remote workers (the centre's own worker, if
-            it trains too, updates ``center`` directly).
+        like: the slice this server holds (messages are at most this long).
+        workers: ranks of the remote workers.
         index: worker rank -> worker index, for the per-worker counters.
     """
 
-    def __init__(self, comm: Comm, center: torch.Tensor, workers: list[int], index: dict[int, int]):
-        self.comm, self.center = comm, center
+    kinds = (SYNC, DONE)
+
+    def __init__(self, comm: Comm, like: torch.Tensor, workers: list[int], index: dict[int, int]):
+        self.comm = comm
+        self.span = window(comm)
         self.remote = set(workers)
         self.index = index
-        self.buffer = torch.empty_like(center)
+        self.buffer = torch.empty_like(like)
         self.done: set[int] = set()
         self.synced: set[int] = set()
         n = max(index.values(), default=-1) + 1
-        self.counts = {name: [0] * n for name in KINDS.values()}
+        self.counts = {NAMES[k]: [0] * n for k in self.kinds}
         self.service_time = 0.0      # seconds spent serving messages
         self.idle_time = 0.0         # seconds blocked waiting for one
         self._recv = None
@@ -76,20 +124,38 @@ class CenterServer:
         """Serve the message the posted receive holds, then post the next receive."""
         t0 = time.perf_counter()
         status, self._recv = self._recv.status, None
-        source, kind = status.Get_source(), status.Get_tag()
-        if kind not in KINDS or source not in self.remote:
-            raise RuntimeError(f"centre: unexpected message (tag {kind}) from rank {source}")
-        self.counts[KINDS[kind]][self.index[source]] += 1
-        if kind in (PUSH, PUSH_PULL):
-            self.center.add_(self.buffer)
-        if kind in (PULL, PUSH_PULL):
-            self.comm.isend(self.center, source, REPLY).wait()
-        elif kind == SYNC:
+        source, kind, mod = status.Get_source(), status.Get_tag() % SPAN, status.Get_tag() // SPAN
+        if kind not in self.kinds or source not in self.remote or source in self.done:
+            raise RuntimeError(f"server: unexpected message (tag {status.Get_tag()}) "
+                               f"from rank {source}")
+        self.counts[NAMES[kind]][self.index[source]] += 1
+        if kind == SYNC:
             self.synced.add(source)
+            self.on_sync(source)
         elif kind == DONE:
             self.done.add(source)
+            self.on_done(source)
+        else:
+            self.handle(source, kind, mod)
         self._post()
         self.service_time += time.perf_counter() - t0
+
+    def handle(self, source: int, kind: int, mod: int) -> None:
+        """Serve a message of ``kind`` from ``source``; its payload is in :attr:`buffer`,
+        ``mod`` the version it carries modulo :attr:`span`."""
+        raise NotImplementedError
+
+    def on_sync(self, source: int) -> None:
+        """``source`` now waits at the rendezvous."""
+
+    def on_done(self, source: int) -> None:
+        """``source`` has finished."""
+
+    def resume(self) -> None:
+        """Every worker has gathered at the rendezvous (before the collectives there)."""
+
+    def close(self) -> None:
+        """Every worker is done: complete whatever is left."""
 
     def poll(self) -> None:
         """Serve every message that has arrived, without blocking."""
@@ -100,7 +166,7 @@ class CenterServer:
         """Serve messages as they arrive until ``condition()`` holds."""
         while not condition():
             if self._recv is None:
-                raise RuntimeError("centre: every worker is done but the condition never held")
+                raise RuntimeError("server: every worker is done but the condition never held")
             t0 = time.perf_counter()
             self._recv.wait()
             self.idle_time += time.perf_counter() - t0
@@ -113,62 +179,120 @@ class CenterServer:
     def all_done(self) -> bool:
         return self.done == self.remote
 
+    def active(self) -> int:
+        """Workers still training: neither done nor at the rendezvous."""
+        return len(self.remote - self.done - self.synced)
+
+    def series(self, train_time: float) -> dict:
+        """Per-worker message counts and this server's timing, for the run record."""
+        return {**self.counts, "service_time": self.service_time, "idle_time": self.idle_time}
+
+
+class Client:
+    """A worker's side of the protocol: ``S`` servers (ranks ``0..S-1``), sends in flight.
+
+    Sends of one message kind go to every server at once and complete in
+    the background; :meth:`settle` waits for them, :meth:`progress` lets
+    them along.
+    """
+
+    def __init__(self, comm: Comm, shards: Shards):
+        self.comm, self.shards = comm, shards
+        self.span = window(comm)
+        self.servers = range(shards.servers)
+        self._sends: list = []
+        self._none = torch.empty(0)
+
+    def send(self, kind: int, slices=None, versions=None) -> None:
+        """Send ``kind`` to every server: slice ``s`` (or nothing) tagged with ``versions[s]``."""
+        self.settle()
+        for s in self.servers:
+            payload = self._none if slices is None else slices[s]
+            v = 0 if versions is None else versions[s]
+            self._sends.append(self.comm.isend(payload, s, tag(kind, v, self.span)))
+
+    def settle(self) -> None:
+        """Complete the sends in flight (their buffers are free afterwards)."""
+        for h in self._sends:
+            h.wait()
+        self._sends.clear()
+
+    def progress(self) -> None:
+        """Let the sends in flight progress (cheap; call between steps)."""
+        if self._sends and all(h.test() for h in self._sends):
+            self._sends.clear()
+
+    def signal(self, kind: int) -> None:
+        """An empty message to every server, sent and completed (nothing stays in flight)."""
+        self.send(kind)
+        self.settle()
+
+
+class CenterServer(Server):
+    """The centre side: slice ``center`` of ``c`` (a flat tensor) served to ``workers``.
+
+    The centre's own worker, if it trains too (``--center rank0``), updates
+    ``center`` directly (:class:`LocalCenter`).
+    """
+
+    kinds = (PULL, PUSH, PUSH_PULL, SYNC, DONE)
+
+    def __init__(self, comm: Comm, center: torch.Tensor, workers: list[int], index: dict[int, int]):
+        self.center = center
+        super().__init__(comm, center, workers, index)
+
+    def handle(self, source: int, kind: int, mod: int) -> None:
+        if kind in (PUSH, PUSH_PULL):
+            self.center.add_(self.buffer)
+        if kind in (PULL, PUSH_PULL):
+            self.comm.isend(self.center, source, REPLY).wait()
+
     def updates(self) -> int:
         """Updates applied to the centre (PUSH and PUSH_PULL), the centre's own included."""
         return sum(self.counts["push"]) + sum(self.counts["push_pull"])
 
     def series(self, train_time: float) -> dict:
-        """Counters for the run record: per-worker message counts and the centre's timing.
-
-        ``exchanges_per_s``: updates applied to the centre per second of training.
-        """
-        return {**{f"center/{name}": counts for name, counts in self.counts.items()},
-                "center/service_time": self.service_time, "center/idle_time": self.idle_time,
-                "center/exchanges_per_s": self.updates() / train_time if train_time > 0 else 0.0}
+        """Counters and timing; ``exchanges_per_s``: updates applied per second of training."""
+        return {**super().series(train_time),
+                "exchanges_per_s": self.updates() / train_time if train_time > 0 else 0.0}
 
 
-class CenterClient:
+class CenterClient(Client):
     """The worker side: one outstanding PUSH at most, replies into one buffer.
 
-    ``pull()`` and ``push_pull()`` block until the centre's reply arrives
+    ``pull()`` and ``push_pull()`` block until every server's reply arrived
     (the reply is what the worker needs next); ``push()`` returns at once
-    and the send completes while the worker computes (``progress()`` helps
-    it along; the next message waits for it).
+    and the sends complete while the worker computes (``progress()`` helps
+    them along; the next message waits for them).
     """
 
-    def __init__(self, comm: Comm, center_rank: int, like: torch.Tensor, audit: bool = False):
-        self.comm, self.center_rank = comm, center_rank
+    def __init__(self, comm: Comm, shards: Shards, like: torch.Tensor, audit: bool = False):
+        super().__init__(comm, shards)
         self.reply = torch.empty_like(like)
         self.audit = Audit(like, audit)
-        self._none = like.new_empty(0)
-        self._pending = None
 
-    def _send(self, t: torch.Tensor, kind: int):
-        if self._pending is not None:
-            self._pending.wait()
-        self._pending = self.comm.isend(t, self.center_rank, kind)
-        if kind in (PUSH, PUSH_PULL):
-            self.audit.add(t)
-
-    def _exchange(self, t: torch.Tensor, kind: int) -> torch.Tensor:
-        recv = self.comm.irecv(self.reply, self.center_rank, REPLY)
-        self._send(t, kind)
-        recv.wait()
-        self._pending.wait()       # the reply means the centre has it: completes at once
-        self._pending = None
+    def _exchange(self, kind: int, delta: torch.Tensor | None = None) -> torch.Tensor:
+        slices = self.shards.slices(self.reply)
+        recvs = [self.comm.irecv(slices[s], s, REPLY) for s in self.servers]
+        self.send(kind, None if delta is None else self.shards.slices(delta))
+        for r in recvs:
+            r.wait()
+        self.settle()              # the replies mean the servers have it: completes at once
         return self.reply
 
     def pull(self) -> torch.Tensor:
         """The centre's current value (in :attr:`reply`)."""
-        return self._exchange(self._none, PULL)
+        return self._exchange(PULL)
 
     def push(self, delta: torch.Tensor) -> None:
         """``c += delta`` at the centre; ``delta`` must not change until the next message."""
-        self._send(delta, PUSH)
+        self.send(PUSH, self.shards.slices(delta))
+        self.audit.add(delta)
 
     def push_pull(self, delta: torch.Tensor) -> torch.Tensor:
         """``c += delta`` at the centre, then its new value (in :attr:`reply`)."""
-        return self._exchange(delta, PUSH_PULL)
+        self.audit.add(delta)
+        return self._exchange(PUSH_PULL, delta)
 
     def elastic(self, x: torch.Tensor, e: torch.Tensor, alpha: float) -> None:
         """One elastic round: read c; e = alpha (x - c); x -= e; c += e at the centre.
@@ -180,24 +304,13 @@ class CenterClient:
         ops.elastic(x, c, e, alpha)
         self.push(e)
 
-    def progress(self) -> None:
-        """Let an outstanding send progress (cheap; call between steps)."""
-        if self._pending is not None and self._pending.test():
-            self._pending = None
-
-    def _signal(self, kind: int) -> None:
-        """An empty message, sent and completed (nothing stays in flight)."""
-        self._send(self._none, kind)
-        self._pending.wait()
-        self._pending = None
-
     def sync(self) -> None:
         """Tell the centre this worker waits at a rendezvous."""
-        self._signal(SYNC)
+        self.signal(SYNC)
 
     def done(self) -> None:
         """Tell the centre this worker has finished (its last message)."""
-        self._signal(DONE)
+        self.signal(DONE)
 
 
 class Audit:

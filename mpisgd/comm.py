@@ -219,7 +219,11 @@ class Comm:
         self.bytes_sent = 0.0
         self.comm_time = 0.0   # seconds inside MPI calls made through this object
         self.wait_time = 0.0   # of which blocked in wait()
-        self._pending: dict[int, list[tuple[int, int]]] = {}   # id(handle) -> address spans
+        # id(handle) -> the address spans it owns: writes (receives, in-place
+        # collectives) exclude everything; reads (sends) exclude only writes,
+        # so one buffer may go to many ranks at once.
+        self._writes: dict[int, list[tuple[int, int]]] = {}
+        self._reads: dict[int, list[tuple[int, int]]] = {}
         self._staging_buffers: dict[tuple, torch.Tensor] = {}
 
     def verify_cuda_aware(self, device) -> bool:
@@ -278,13 +282,15 @@ class Comm:
             return [mem, nbytes, MPI.BYTE]
         return [mem, t.numel(), dtype]
 
-    def _claim(self, t: torch.Tensor) -> tuple[int, int]:
-        """The address span of ``t``; refuses non-contiguous tensors and pending memory."""
+    def _claim(self, t: torch.Tensor, read_only: bool = False) -> tuple[int, int]:
+        """The address span of ``t``; refuses non-contiguous tensors and pending memory
+        (a read, ``read_only``, may share memory with other pending reads)."""
         if not t.is_contiguous():
             raise ValueError("MPI buffers must be contiguous tensors; call .contiguous() first")
         start = t.data_ptr()
         span = (start, start + t.numel() * t.element_size())
-        for s, e in (sp for spans in self._pending.values() for sp in spans):
+        owners = (self._writes,) if read_only else (self._writes, self._reads)
+        for s, e in (sp for owner in owners for spans in owner.values() for sp in spans):
             if span[0] < e and s < span[1]:
                 raise RuntimeError(
                     "this tensor's memory is still owned by a pending nonblocking MPI "
@@ -292,16 +298,19 @@ class Comm:
         return span
 
     def _release(self, handle: Handle) -> None:
-        self._pending.pop(id(handle), None)
+        self._writes.pop(id(handle), None)
+        self._reads.pop(id(handle), None)
 
-    def _start(self, tensors, post, counted_bytes, blocking=False, status=False) -> Handle:
+    def _start(self, tensors, post, counted_bytes, blocking=False, status=False,
+               read_only=False) -> Handle:
         """Run ``post(*specs) -> requests`` on MPI views of ``tensors`` (staging if needed).
 
         ``blocking``: return only once the operation is complete — ``post``
         either is a blocking MPI call (it returns no requests, and its time
-        counts as wait time) or its requests are waited here.
+        counts as wait time) or its requests are waited here. ``read_only``:
+        the operation only reads ``tensors`` (a send).
         """
-        spans = [self._claim(t) for t in tensors]
+        spans = [self._claim(t, read_only) for t in tensors]
         views, copy_back = [], []
         for t in tensors:
             if t.is_cuda:
@@ -326,7 +335,7 @@ class Comm:
                 t.reshape(-1).copy_(host)
 
         handle = Handle(self, requests, views, done if copy_back else None, status)
-        self._pending[id(handle)] = spans
+        (self._reads if read_only else self._writes)[id(handle)] = spans
         if blocking:
             handle.wait()
         return handle
@@ -373,7 +382,7 @@ class Comm:
     def isend(self, t: torch.Tensor, dest: int, tag: int = 0) -> Handle:
         """Nonblocking send of ``t``; the tensor must not change until the handle completes."""
         nbytes = t.numel() * t.element_size()
-        return self._start([t], lambda s: [self.comm.Isend(s, dest, tag)], nbytes)
+        return self._start([t], lambda s: [self.comm.Isend(s, dest, tag)], nbytes, read_only=True)
 
     def irecv(self, t: torch.Tensor, source: int = MPI.ANY_SOURCE, tag: int = MPI.ANY_TAG) -> Handle:
         """Nonblocking receive into ``t`` (a message may be shorter than ``t``).

@@ -84,6 +84,8 @@ class TrainConfig:
             self.options = algorithms.validate(self.algo, self.options)
         except ValueError as err:
             raise ConfigError(flagged(str(err))) from None
+        if self.options["straggler_seed"] is None:       # injected delays follow --seed
+            self.options["straggler_seed"] = self.seed
 
     def resolved(self) -> dict:
         """The configuration as the run record stores it (JSON-able)."""

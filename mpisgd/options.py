@@ -36,6 +36,8 @@ class Option:
         """Convert and validate ``value``; raises ``ValueError`` naming the option."""
         if value is None:
             return self.default
+        if self.kind is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)       # a spec such as comm-delay: 0.05 in a YAML file
         try:
             value = coerce(self.kind, value)
         except ValueError as err:

@@ -240,11 +240,12 @@ def _train(cfg, comm, algo, model, opt, data, shards, record, quiet) -> dict:
             stats["wait_time"], stats["steps"], stats["bytes_sent"]]
     ranks = comm.gather(mine, root=0)
     params = algo.consensus()
+    series = algo.series(train_time)     # collective: rank 0 gets every rank's figures
     if rank != 0:
         return {}
     record.complete({name: [r[i] for r in ranks] for i, name in enumerate(RANK_FIELDS)},
                     params.detach().cpu().float().numpy())
-    for key, values in algo.series(train_time).items():
+    for key, values in series.items():
         group, name = key.split("/")
         record.series(group, name, values)
     summary = {**row, "path": cfg.out, "workers": algo.workers, "algo": cfg.algo,

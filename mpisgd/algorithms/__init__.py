@@ -6,10 +6,11 @@ from .base import Algorithm
 from .centered import EAMSGD, AsyncEASGD, Downpour
 from .elastic import EASGD
 from .local import LocalSGD
+from .ps import FAMILY
 from .sync import SyncSGD
 
 ALGORITHMS: dict[str, type[Algorithm]] = {
-    cls.name: cls for cls in (SyncSGD, LocalSGD, EASGD, AsyncEASGD, EAMSGD, Downpour)}
+    cls.name: cls for cls in (SyncSGD, LocalSGD, EASGD, AsyncEASGD, EAMSGD, Downpour, *FAMILY)}
 
 
 def lookup(name: str) -> type[Algorithm]:
@@ -23,14 +24,14 @@ def lookup(name: str) -> type[Algorithm]:
 def validate(name: str, options: dict) -> dict:
     """Resolve ``options`` for algorithm ``name`` without building anything."""
     cls = lookup(name)
-    return resolve(name, cls.options, options)
+    return resolve(name, cls.declared(), options)
 
 
 def all_options() -> dict[str, Option]:
     """Every algorithm option by name (one spec per name across algorithms)."""
     out: dict[str, Option] = {}
     for cls in ALGORITHMS.values():
-        for opt in cls.options:
+        for opt in cls.declared():
             out.setdefault(opt.name, opt)
     return out
 

@@ -13,6 +13,7 @@ rank, in this order:
 """
 from __future__ import annotations
 
+import time
 import warnings
 
 import torch
@@ -23,6 +24,18 @@ from ..comm import Comm, check_reducible
 from ..errors import agree, digest
 from ..flat import ParamBuffer
 from ..options import Option, resolve
+from ..stragglers import Stragglers, parse_comm, parse_compute, wait
+
+#: Options every algorithm accepts: injected delays (:mod:`mpisgd.stragglers`).
+COMMON = (
+    Option("straggler", None, "injected compute delay per step: exp:MEAN, shifted-exp:SHIFT,MEAN, "
+           "pareto:SHAPE,SCALE, slow:W=FACTOR,... (joined by +)", str,
+           check=lambda v: parse_compute(v) is not None or True),
+    Option("comm_delay", None, "injected delay per communication round: SECONDS or exp:MEAN", str,
+           check=lambda v: parse_comm(v) is not None or True),
+    Option("straggler_seed", None, "seed of the injected delays (the CLI: --seed)", int,
+           check=lambda v: v >= 0, must="a non-negative integer"),
+)
 
 
 class Algorithm:
@@ -36,6 +49,12 @@ class Algorithm:
     is_worker = True
     owns_momentum = False    # True: the algorithm applies its own momentum (the optimizer's is 0)
     private_comm = False     # True: communicate on a Dup of comm (point-to-point with ANY_SOURCE)
+    collective_rounds = True  # rounds are collectives: every rank draws the same comm delay
+
+    @classmethod
+    def declared(cls) -> tuple[Option, ...]:
+        """Every option the algorithm accepts: its own, then :data:`COMMON`."""
+        return cls.options + COMMON
 
     @classmethod
     def worker_count(cls, size: int, opts: dict) -> int:
@@ -44,11 +63,18 @@ class Algorithm:
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                  comm=None, **options):
-        self.opts = resolve(self.name, self.options, options)
+        self.opts = resolve(self.name, self.declared(), options)
         comm = MPI.COMM_WORLD if comm is None else comm
         self.size, self.rank = comm.Get_size(), comm.Get_rank()   # local queries: no traffic
         self.optimizer = optimizer
         self.validate()
+        self.stragglers = None
+        if self.opts["straggler"] or self.opts["comm_delay"]:
+            delays = Stragglers(self.opts["straggler"], self.opts["comm_delay"],
+                                self.opts["straggler_seed"] or 0, max(self.worker_index, 0),
+                                shared_comm=self.collective_rounds)
+            delays.check_workers(self.workers)
+            self.stragglers = delays if self.is_worker else None
         self.model = model
         self.flat = ParamBuffer(model, self.bucket_bytes())
         check_reducible(self.flat.dtype)
@@ -70,6 +96,7 @@ class Algorithm:
         self.steps = 0       # local optimizer steps taken
         self.rounds = 0      # communication rounds taken
         self.finished = False
+        self._stepped = None  # when the last step() returned (the next step's compute starts)
 
     # ---- hooks for subclasses -----------------------------------------
 
@@ -95,11 +122,34 @@ class Algorithm:
     @property
     def worker_index(self) -> int:
         """This rank's worker index (0 .. workers-1); data streams key on it."""
-        return self.comm.rank
+        return self.rank
 
     def step(self) -> None:
-        """The local optimizer step plus whatever communication the schedule says."""
+        """The local optimizer step plus whatever communication the schedule says.
+
+        With an injected compute delay (``straggler``) the step first spends
+        it, as if the gradient had taken that much longer (see
+        :meth:`_cancellation`); subclasses implement :meth:`_step`.
+        """
+        if self.stragglers is not None:
+            now = time.perf_counter()
+            compute = now - self._stepped if self._stepped is not None else 0.0
+            wait(self.stragglers.compute(compute), self._cancellation())
+        self._step()
+        self._stepped = time.perf_counter()
+
+    def _step(self) -> None:
         raise NotImplementedError
+
+    def _cancellation(self):
+        """A cheap ``() -> bool`` that ends an injected compute delay early (the work is
+        abandoned: the parameter server's cancellation), or ``None``."""
+        return None
+
+    def _round_delay(self) -> None:
+        """Spend the injected delay of one communication round (``comm_delay``), if any."""
+        if self.stragglers is not None:
+            wait(self.stragglers.comm())
 
     def rendezvous(self) -> None:
         """Bring every rank to a point where collectives are safe, mid-training.
@@ -156,7 +206,23 @@ class Algorithm:
         """This rank's counters: steps, rounds, bytes sent, seconds in/blocked on communication."""
         return {"steps": self.steps, "rounds": self.rounds, **self.comm.counters()}
 
+    def worker_series(self) -> dict:
+        """This worker's figures for the run record, ``{"group/name": number}``."""
+        if self.stragglers is None:
+            return {}
+        return {f"stragglers/{k}": v for k, v in self.stragglers.summary().items()}
+
     def series(self, train_time: float) -> dict:
-        """What this rank adds to the run record, ``{"group/name": array}`` (default none);
-        ``train_time``: seconds of training (log points excluded)."""
-        return {}
+        """What the algorithm adds to the run record, ``{"group/name": array}``, on rank 0.
+
+        Collective (every rank calls it, after :meth:`finish`): rank 0 gets
+        each worker's :meth:`worker_series` as arrays indexed by worker;
+        ``train_time``: seconds of training (log points excluded).
+        """
+        mine = (self.worker_index, self.worker_series()) if self.is_worker else None
+        gathered = self._telemetry.comm.gather(mine, root=0)
+        if gathered is None:
+            return {}
+        rows = sorted(g for g in gathered if g is not None)
+        keys = sorted({k for _, row in rows for k in row})
+        return {k: [row.get(k, 0) for _, row in rows] for k in keys}

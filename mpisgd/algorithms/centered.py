@@ -21,10 +21,12 @@ exchanges with a centre variable c held by rank 0 (the protocol of
   pushes the sum of its last tau local steps, c += x_i - x_i(last pull),
   and pulls x_i <- c, in one message pair.
 
-``center="dedicated"`` (default): rank 0 only serves (call :meth:`serve`),
-ranks 1.. are workers 0... ``center="rank0"``: rank 0 trains too and serves
-the messages that have arrived between its own steps, never blocking on
-them; its own exchanges touch c directly. Either way :meth:`consensus` is c.
+``center="dedicated"`` (default): ranks ``0..S-1`` only serve (call
+:meth:`serve`; ``servers=S``, default 1, each holding a contiguous 1/S slice
+of c, exchanged with every worker concurrently), the others are workers
+0... ``center="rank0"``: rank 0 holds all of c, trains too and serves the
+messages that have arrived between its own steps, never blocking on them;
+its own exchanges touch c directly. Either way :meth:`consensus` is c.
 
 Example (every rank runs it)::
 
@@ -46,119 +48,77 @@ import torch
 from .. import ops
 from ..center import CenterClient, CenterServer, LocalCenter
 from ..options import Option, positive_int
-from .base import Algorithm
 from .elastic import center_option, checked_moving_rate, elastic_options
+from .served import SERVERS, Served
 
 CENTER = center_option("dedicated", ("dedicated", "rank0"))
 
 
-class CenterAlgorithm(Algorithm):
-    """Roles, the centre, rendezvous and shutdown; subclasses define :meth:`local_step`."""
+class CenterAlgorithm(Served):
+    """The centre on server ranks (or rank 0, training too); subclasses define :meth:`local_step`."""
 
-    options = (positive_int("tau", 1, "local steps between exchanges with the centre"), CENTER)
+    options = (positive_int("tau", 1, "local steps between exchanges with the centre"), CENTER,
+               SERVERS)
     audit = False            # workers keep the float64 sum of their pushes (tests)
-    private_comm = True      # the centre's receive takes any source and tag: keep user traffic out
+    group = "center"
 
     @classmethod
-    def worker_count(cls, size: int, opts: dict) -> int:
-        if opts["center"] != "dedicated":
-            return size
-        if size < 2:
-            raise ValueError(f"center dedicated needs at least 2 ranks (rank 0 is the centre, "
-                             f"the others workers), got {size}; use center rank0 or more ranks")
-        return size - 1
+    def server_ranks(cls, opts: dict) -> int:
+        return opts["servers"] if opts["center"] == "dedicated" else 0
+
+    @classmethod
+    def needs(cls, opts: dict) -> str:
+        servers = opts["servers"]
+        return "center dedicated" + (f" with servers {servers}" if servers > 1 else "")
 
     def validate(self):
-        self.worker_count(self.size, self.opts)
+        if self.opts["center"] != "dedicated" and self.opts["servers"] != 1:
+            raise ValueError(f"servers {self.opts['servers']} needs center dedicated (with "
+                             "center rank0 rank 0 holds the whole centre and trains too)")
+        super().validate()
 
     @property
     def dedicated(self) -> bool:
         return self.opts["center"] == "dedicated"
 
-    @property
-    def is_worker(self) -> bool:
-        return not (self.dedicated and self.rank == 0)
-
-    @property
-    def worker_index(self) -> int:
-        return self.rank - 1 if self.dedicated else self.rank
-
     def __init__(self, model, optimizer, comm=None, **options):
         super().__init__(model, optimizer, comm, **options)
-        self.server = None
-        if self.rank == 0:
-            center = self.flat.data if self.dedicated else self.flat.data.clone()
-            first = 1 if self.dedicated else 0
-            self.server = CenterServer(self.comm, center, list(range(1, self.size)),
-                                       {r: r - first for r in range(first, self.size)})
+        if self.rank < self.shards.servers:
+            mine = self.shards.slice(self.flat.data, self.rank)
+            center = mine if self.dedicated else mine.clone()
+            self.server = CenterServer(self.comm, center, self.remote, self.index)
+        if not self.is_worker:
+            self.center = None
+        elif self.server is not None:
             self.center = LocalCenter(self.server, self.audit)
         else:
-            self.center = CenterClient(self.comm, 0, self.flat.data, self.audit)
+            self.center = CenterClient(self.comm, self.shards, self.flat.data, self.audit)
+        self.client = self.center
         self._diff = torch.empty_like(self.flat.data)
-        self._meeting = False       # inside a rendezvous: collectives are safe
 
-    def step(self) -> None:
+    def shared(self) -> torch.Tensor:
+        return self.server.center
+
+    def _step(self) -> None:
         """One local step; in every tau-th an exchange with the centre."""
-        if not self.is_worker:
-            raise RuntimeError("rank 0 is the dedicated centre: call serve(), not step()")
-        if self.finished:
-            raise RuntimeError("finish() has ended this worker's exchanges with the centre")
-        self._meeting = False
+        self._check_stepping()
         self.steps += 1
         self.center.progress()
         exchange = self.steps % self.opts["tau"] == 0
+        if exchange:
+            self._round_delay()
         self.local_step(exchange)
         self.rounds += exchange
 
     def local_step(self, exchange: bool) -> None:
         raise NotImplementedError
 
-    def rendezvous(self) -> None:
-        """Drain this worker's messages and meet the centre (and every worker) there."""
-        if self.is_worker and not self.finished:
-            self.center.sync()
-        self._meeting = True
-
-    def serve(self, on_rendezvous=None) -> None:
-        """The dedicated centre: serve until every worker is done (see the base class)."""
-        if self.is_worker:
-            raise RuntimeError("only the dedicated centre (rank 0 with center dedicated) serves; "
-                               "this rank is a worker: call step()")
-        server = self.server
-        while True:
-            server.serve_until(lambda: server.all_done() or (server.synced and server.gathered()))
-            if server.all_done() and not server.synced:
-                break
-            server.synced.clear()
-            self._meeting = True
-            if on_rendezvous is not None:
-                on_rendezvous()
-            self._meeting = False
-        self.finished = True
-
-    def finish(self) -> None:
-        """Send the last message (DONE); rank 0 serves until every worker is done."""
-        if self.is_worker and not self.finished:
-            self.center.done()
-        super().finish()
-
-    def consensus(self) -> torch.Tensor:
-        """The centre variable c on every rank (collective: at a rendezvous or after finish)."""
-        if not (self.finished or self._meeting):
-            raise RuntimeError(f"{self.name}: consensus() needs every rank at rendezvous() or "
-                               "after finish() (serve() on the centre): the centre is still serving")
-        out = self.server.center.clone() if self.rank == 0 else torch.empty_like(self.flat.data)
-        return self._telemetry.bcast(out, 0) if self.size > 1 else out
-
-    def series(self, train_time: float) -> dict:
-        return self.server.series(train_time) if self.server is not None else {}
-
 
 class AsyncEASGD(CenterAlgorithm):
     """Asynchronous EASGD (Algorithm 1): elastic exchange, then the optimizer's step."""
 
     name = "async-easgd"
-    options = elastic_options("local steps between exchanges with the centre") + (CENTER,)
+    options = elastic_options("local steps between exchanges with the centre") + (CENTER, SERVERS)
 
     def __init__(self, model, optimizer, comm=None, **options):
         super().__init__(model, optimizer, comm, **options)

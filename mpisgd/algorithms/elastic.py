@@ -118,7 +118,7 @@ class EASGD(Algorithm):
         self.center = self.flat.data.clone() if self._holds else torch.empty_like(self.flat.data)
         self._diff = torch.empty_like(self.flat.data)
 
-    def step(self) -> None:
+    def _step(self) -> None:
         """One local step; in every tau-th, the elastic round overlapped with it."""
         self.finished = False
         self.steps += 1
@@ -126,6 +126,7 @@ class EASGD(Algorithm):
             self.optimizer.step()
             return
         x, c, e = self.flat.data, self.center, self._diff
+        self._round_delay()
         if self.replicated:
             ops.elastic(x, c, e, self.alpha)          # e_i, and x_i -= e_i
             pending = self.comm.iallreduce(e)         # sum_i e_i ...

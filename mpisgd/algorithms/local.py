@@ -72,7 +72,7 @@ class LocalSGD(Algorithm):
             self.warn("local SGD with tau = 1 averages parameters every step: with plain SGD "
                       "it is sync SGD with more traffic per step; use --algo sync")
 
-    def step(self) -> None:
+    def _step(self) -> None:
         """One local optimizer step; average the models when the schedule says so."""
         self.finished = False
         self.optimizer.step()
@@ -101,6 +101,7 @@ class LocalSGD(Algorithm):
 
     def average(self) -> None:
         """One round: x_i <- mean_j x_j (and buffers), then the optimizer-state policy."""
+        self._round_delay()
         self.comm.allreduce(self.flat.data, average=True)
         if self.flat.buffers.numel():
             self.comm.allreduce(self.flat.buffers, average=True)

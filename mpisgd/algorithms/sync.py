@@ -129,6 +129,7 @@ class SyncSGD(Algorithm):
         """
         if self._synchronized:
             return
+        self._round_delay()
         for i, fired in enumerate(self._fired):
             if not fired:     # unused parameter, or no_sync accumulation
                 self.flat.adopt_grad(i)
@@ -146,7 +147,7 @@ class SyncSGD(Algorithm):
             h.wait()
         self._synchronized = True
 
-    def step(self) -> None:
+    def _step(self) -> None:
         """Average the gradients (if :meth:`synchronize` has not), then the optimizer step."""
         self.synchronize()
         self.optimizer.step()

@@ -1,0 +1,181 @@
+"""Parameter-server SGD: ``ps-sync``, ``async``, ``k-sync``, ``k-async``, ``k-batch-sync``,
+``k-batch-async`` (Dutta, Joshi et al., AISTATS 2018).
+
+Ranks ``0..S-1`` are the servers (``servers=S``, default 1; each holds a
+contiguous 1/S slice of the parameters), the others are workers. A worker's
+step: its gradient (taken by the caller's backward) goes to every server,
+tagged with the version of the parameters it was computed at; the servers
+update as :mod:`mpisgd.paramserver` describes and send parameters back. The
+worker's optimizer is not stepped on the workers: the servers run a copy of
+it (class and settings) on their slices.
+
+In ``k-sync`` and ``k-batch-sync`` a worker's work is cancelled when a newer
+version arrives: an injected compute delay (``straggler``) ends at once, and
+a gradient not yet sent is dropped — the worker moves on to the new version
+(counted in ``/workers/abandoned``). A gradient already on the wire arrives
+stale and the server drops it by version. (The forward and backward pass
+themselves are not interrupted: torch offers no way to.)
+
+Example (every rank runs it)::
+
+    algo = mpisgd.build("k-sync", model, opt, k=3)
+    if not algo.is_worker:
+        algo.serve()
+    else:
+        for x, y in loader:
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            algo.step()
+        algo.finish()
+    theta = algo.consensus()      # the servers' parameters, on every rank
+"""
+from __future__ import annotations
+
+import torch
+
+from ..options import Option, positive_int
+from ..paramserver import SYNC_PROTOCOLS, ParameterClient, ParameterServer
+from .served import SERVERS, Served
+
+
+def _staleness_lr(value: str):
+    """``"C,ETA_MAX"`` -> ``(C, eta_max)``; ``ValueError`` naming the option."""
+    try:
+        c, eta = (float(v) for v in str(value).split(","))
+    except ValueError:
+        raise ValueError(f"staleness_lr must be C,ETA_MAX (two positive numbers), "
+                         f"got {value!r}") from None
+    if not (c > 0 and eta > 0):
+        raise ValueError(f"staleness_lr must be C,ETA_MAX with C > 0 and ETA_MAX > 0, "
+                         f"got {value!r}")
+    return c, eta
+
+
+K = Option("k", None, "K: gradients (k-batch-*) or distinct workers (k-sync, k-async) per "
+                      "server update (default: all workers for k-sync, k-async; 1 otherwise)",
+           int, check=lambda v: v >= 1, must="a positive integer")
+STALENESS_LR = Option("staleness_lr", None, "staleness-adaptive rate C,ETA_MAX: gradient i's "
+                                            "rate min(C/||w - w_tau(i)||^2, ETA_MAX)", str,
+                      check=lambda v: _staleness_lr(v) is not None)
+
+
+class ParameterServerSGD(Served):
+    """The family's common worker step; subclasses set :attr:`protocol`."""
+
+    protocol = ""
+    default_k = "all"        # K when not given: "all" (the workers) or 1
+    options = (K, STALENESS_LR, SERVERS)
+    group = "server"
+
+    def k_for(self, workers: int) -> int:
+        """K: the option, else all workers or 1 (:attr:`default_k`)."""
+        k = self.opts.get("k")
+        return k if k is not None else (workers if self.default_k == "all" else 1)
+
+    def validate(self):
+        super().validate()
+        workers = self.worker_count(self.size, self.opts)
+        k = self.opts.get("k")
+        if self.protocol in ("k-sync", "k-async") and k is not None and k > workers:
+            raise ValueError(f"k must be at most the number of workers ({workers}) for "
+                             f"{self.name}: the server waits for K distinct workers, got {k}")
+        if self.opts.get("staleness_lr") is not None:
+            if self.protocol in SYNC_PROTOCOLS:
+                raise ValueError(f"staleness_lr does not apply to {self.name}: it drops stale "
+                                 "gradients (use async, k-async or k-batch-async)")
+            if self.opts["servers"] > 1:
+                raise ValueError("staleness_lr needs the whole ||w - w_tau||^2 on one server: "
+                                 "use it with servers 1")
+        groups = [{key: v for key, v in g.items() if key != "params"}
+                  for g in self.optimizer.param_groups]
+        if any(g != groups[0] for g in groups):
+            raise ValueError(f"{self.name}: the servers run one copy of the optimizer; give "
+                             "every parameter group the same settings")
+        if isinstance(self.optimizer, torch.optim.LBFGS):
+            raise ValueError(f"{self.name}: the servers step element-wise optimizers "
+                             "(SGD, Adam, ...), not LBFGS")
+
+    def __init__(self, model, optimizer, comm=None, **options):
+        super().__init__(model, optimizer, comm, **options)
+        self.k = self.k_for(self.workers)
+        if self.server is None and self.rank < self.shards.servers:
+            rate = self.opts.get("staleness_lr")
+            self.server = ParameterServer(
+                self.comm, self.shards.slice(self.flat.data, self.rank), optimizer,
+                self.protocol, self.k, self.remote, self.index,
+                _staleness_lr(rate) if rate is not None else None)
+        if self.is_worker:
+            self.client = ParameterClient(self.comm, self.shards, self.flat.data)
+        self.abandoned = 0       # computations cancelled by a newer version
+
+    def shared(self) -> torch.Tensor:
+        return self.server.w
+
+    def _cancellation(self):
+        return self.client.arrived if self.protocol in SYNC_PROTOCOLS else None
+
+    def _step(self) -> None:
+        """Push this step's gradient (unless a newer version cancelled it) and adopt
+        the parameters the protocol sends back."""
+        self._check_stepping()
+        self.steps += 1
+        client = self.client
+        if self.protocol in SYNC_PROTOCOLS and client.adopt(wait=False):
+            self.abandoned += 1         # computed at a version that is gone: drop it
+            return
+        self._round_delay()
+        client.push(self.flat.flat_grad())
+        self.rounds += 1
+        if self.protocol == "k-sync":
+            client.adopt(wait=True)     # the next version (it cancels the slower workers)
+        elif self.protocol == "k-batch-sync":
+            client.adopt(wait=False)    # go on at this version until the next arrives
+        else:
+            client.reply()
+        client.settle()                 # the gradient buffer is the next backward's
+
+    def worker_series(self) -> dict:
+        return {**super().worker_series(), "workers/abandoned": self.abandoned}
+
+
+class PSSync(ParameterServerSGD):
+    """Fully synchronous parameter server: every worker's gradient at w_j (k-sync, K = P)."""
+
+    name, protocol = "ps-sync", "k-sync"
+    options = (SERVERS,)
+
+
+class Async(ParameterServerSGD):
+    """Asynchronous SGD: every gradient updates w at once, stale ones too (K = 1)."""
+
+    name, protocol, default_k = "async", "k-batch-async", "one"
+    options = (STALENESS_LR, SERVERS)
+
+
+class KSync(ParameterServerSGD):
+    """The first K workers' gradients at w_j; the others are cancelled."""
+
+    name, protocol = "k-sync", "k-sync"
+    options = (K, SERVERS)
+
+
+class KAsync(ParameterServerSGD):
+    """The first K distinct workers' gradients, stale ones too; no cancelling."""
+
+    name, protocol = "k-async", "k-async"
+
+
+class KBatchSync(ParameterServerSGD):
+    """Any K gradients at w_j (a fast worker may give several); the rest cancelled."""
+
+    name, protocol, default_k = "k-batch-sync", "k-batch-sync", "one"
+    options = (K, SERVERS)
+
+
+class KBatchAsync(ParameterServerSGD):
+    """Any K gradients, stale ones too; each push is answered at once with the current w."""
+
+    name, protocol, default_k = "k-batch-async", "k-batch-async", "one"
+
+
+FAMILY = (PSSync, Async, KSync, KAsync, KBatchSync, KBatchAsync)

@@ -1,0 +1,143 @@
+"""Algorithms whose shared variable lives on server ranks: roles, rendezvous, shutdown.
+
+Ranks ``0..S-1`` are servers (``servers=S``), each holding the contiguous
+slice ``s`` of the shared flat vector (:class:`~mpisgd.center.Shards`); the
+other ranks are workers ``0..P-1`` (worker ``i`` is rank ``S + i``). Servers
+call :meth:`serve`, workers :meth:`step` and :meth:`finish`. The shared
+vector — the centre of asynchronous EASGD, the parameters of a parameter
+server — is what :meth:`consensus` returns, assembled from the slices.
+
+Subclasses build :attr:`server` (a :class:`~mpisgd.center.Server`, on server
+ranks) and :attr:`client` (on workers, with ``sync()`` and ``done()``).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..center import Shards
+from ..options import positive_int
+from .base import Algorithm
+
+SERVERS = positive_int("servers", 1, "dedicated server ranks, each holding a 1/S slice "
+                                     "of the shared vector")
+
+
+class Served(Algorithm):
+    """Roles, rendezvous, shutdown and consensus around ``S`` server ranks."""
+
+    private_comm = True      # servers receive from any source with any tag: keep user traffic out
+    collective_rounds = False
+
+    @classmethod
+    def server_ranks(cls, opts: dict) -> int:
+        """Ranks that only serve (``0..S-1``)."""
+        return opts["servers"]
+
+    @classmethod
+    def worker_count(cls, size: int, opts: dict) -> int:
+        servers = cls.server_ranks(opts)
+        if size <= servers:
+            serving = "rank 0 serves" if servers == 1 else f"ranks 0..{servers - 1} serve"
+            raise ValueError(f"{cls.needs(opts)} needs at least {servers + 1} ranks ({serving}, "
+                             f"the others are workers), got {size}")
+        return size - servers
+
+    @classmethod
+    def needs(cls, opts: dict) -> str:
+        """What asks for the server ranks, in an error message."""
+        return f"algorithm {cls.name}" + (f" with servers {opts['servers']}"
+                                          if opts["servers"] > 1 else "")
+
+    def validate(self):
+        self.worker_count(self.size, self.opts)
+
+    @property
+    def is_worker(self) -> bool:
+        return self.rank >= self.server_ranks(self.opts)
+
+    @property
+    def worker_index(self) -> int:
+        return self.rank - self.server_ranks(self.opts)
+
+    def __init__(self, model, optimizer, comm=None, **options):
+        super().__init__(model, optimizer, comm, **options)
+        self.shards = Shards(self.flat.data.numel(), max(1, self.server_ranks(self.opts)))
+        self.server = None       # this rank's Server, if it holds a slice
+        self.client = None       # this worker's side of the protocol
+        self._meeting = False    # inside a rendezvous: collectives are safe
+        first = self.server_ranks(self.opts)
+        self.remote = list(range(max(first, 1), self.size))            # workers that message
+        self.index = {r: r - first for r in range(first, self.size)}   # rank -> worker index
+
+    def _check_stepping(self) -> None:
+        if not self.is_worker:
+            raise RuntimeError(f"rank {self.rank} is a dedicated server: call serve(), not step()")
+        if self.finished:
+            raise RuntimeError("finish() has ended this worker's exchanges with the servers")
+        self._meeting = False
+
+    def rendezvous(self) -> None:
+        """Drain this worker's messages and meet the servers (and every worker) there."""
+        if self.is_worker and not self.finished:
+            self.client.sync()
+        self._meeting = True
+
+    def serve(self, on_rendezvous=None) -> None:
+        """A dedicated server: serve until every worker is done (see the base class)."""
+        if self.is_worker:
+            raise RuntimeError(f"rank {self.rank} is a worker, not a dedicated server "
+                               "(ranks 0..servers-1 serve): call step()")
+        server = self.server
+        while True:
+            server.serve_until(lambda: server.all_done() or (server.synced and server.gathered()))
+            if server.all_done() and not server.synced:
+                break
+            server.resume()
+            server.synced.clear()
+            self._meeting = True
+            if on_rendezvous is not None:
+                on_rendezvous()
+            self._meeting = False
+        server.close()
+        self.finished = True
+
+    def finish(self) -> None:
+        """Send the last message (DONE) and drain what the servers still send."""
+        if self.is_worker and not self.finished:
+            self.client.done()
+        super().finish()
+
+    def shared(self) -> torch.Tensor | None:
+        """This server's slice of the shared vector (``None`` on other ranks)."""
+        raise NotImplementedError
+
+    def consensus(self) -> torch.Tensor:
+        """The shared vector on every rank, from its slices (collective: at a rendezvous
+        or after finish)."""
+        if not (self.finished or self._meeting):
+            raise RuntimeError(f"{self.name}: consensus() needs every rank at rendezvous() or "
+                               "after finish() (serve() on servers): the servers are still serving")
+        out = torch.zeros_like(self.flat.data)
+        if self.server is not None:
+            self.shards.slice(out, self.rank).copy_(self.shared())
+        return self._telemetry.allreduce(out) if self.size > 1 else out
+
+    def server_series(self, train_time: float) -> dict:
+        """This server's figures (:meth:`Server.series` and the like)."""
+        return self.server.series(train_time)
+
+    def series(self, train_time: float) -> dict:
+        """Workers' figures (base class), server 0's per-worker counts, and every
+        server's scalar figures as arrays over servers, under ``/{group}``."""
+        out = super().series(train_time)
+        mine = self.server_series(train_time) if self.server is not None else None
+        gathered = self._telemetry.comm.gather(mine, root=0)
+        if gathered is None:
+            return out
+        servers = [g for g in gathered if g is not None]
+        for key, value in servers[0].items():
+            scalar = not isinstance(value, list)
+            out[f"{self.group}/{key}"] = [s[key] for s in servers] if scalar else value
+        return out
+
+    group = "server"
