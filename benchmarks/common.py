@@ -32,6 +32,17 @@ def interleaved(contenders: dict, trials: int, comm=MPI.COMM_WORLD, warmup: int 
     return {name: statistics.median(v) for name, v in times.items()}
 
 
+def idle_barrier(comm=MPI.COMM_WORLD, poll: float = 1e-3) -> None:
+    """A barrier that sleeps while it waits (``Ibarrier``, tested every ``poll`` seconds).
+
+    For ranks that sit out a measurement: MPI's own Barrier spins, taking a
+    core from the ranks being measured on an oversubscribed machine.
+    """
+    request = comm.Ibarrier()
+    while not request.Test():
+        time.sleep(poll)
+
+
 def init_gloo(comm=MPI.COMM_WORLD) -> None:
     """torch.distributed on gloo over loopback, ranks taken from MPI."""
     import torch.distributed as dist

@@ -44,6 +44,8 @@ server updates ``w`` while earlier versions are still on the wire.
 """
 from __future__ import annotations
 
+import time
+
 import torch
 
 from .center import BYE, DONE, GRAD, PARAMS, RESUME, SPAN, SYNC, Client, Server, Shards, tag
@@ -148,6 +150,9 @@ class ParameterServer(Server):
         self.rates: list[float] = []        # staleness_lr: each applied gradient's eta_i
         self.updates = 0
         self.sent = {r: w.clone() for r in workers} if staleness_lr else None
+        self.started = time.perf_counter()
+        self.update_times: list[float] = []      # when each update was applied
+        self.first_done = None                   # when the first worker finished
         self.bye: set[int] = set()
 
     # ---- messages -----------------------------------------------------
@@ -209,6 +214,7 @@ class ParameterServer(Server):
         batch, self.batch = self.batch, []
         self.version += 1
         self.updates += 1
+        self.update_times.append(time.perf_counter() - self.started)
         return batch
 
     def _send(self, dest: int, kind: int) -> None:
@@ -220,6 +226,8 @@ class ParameterServer(Server):
         self._maybe_update()
 
     def on_done(self, source: int) -> None:
+        if self.first_done is None:
+            self.first_done = time.perf_counter() - self.started
         self.outbox.signal(source, BYE)
         if self.all_done():
             return
@@ -239,6 +247,7 @@ class ParameterServer(Server):
     def series(self, train_time: float) -> dict:
         out = {**super().series(train_time), "applied": self.applied, "dropped": self.dropped,
                "staleness": self.staleness or [0], "updates": self.updates,
+               "update_time": self.update_times,
                "updates_per_s": self.updates / train_time if train_time > 0 else 0.0}
         if self.rates:
             out["staleness_lr"] = self.rates

@@ -35,14 +35,19 @@ def audited(monkeypatch):
     monkeypatch.setattr(CenterAlgorithm, "audit", True)
 
 
-@pytest.mark.mpi(min_size=3)
-@pytest.mark.parametrize("center", ["dedicated", "rank0"])
+PLACES = {"dedicated": {"center": "dedicated"}, "rank0": {"center": "rank0"},
+          "sharded": {"center": "dedicated", "servers": 2}}
+
+
+@pytest.mark.mpi(min_size=4)
+@pytest.mark.parametrize("place", PLACES)
 @pytest.mark.parametrize("name", ALGOS)
-def test_every_push_applied_exactly_once(audited, name, center):
+def test_every_push_applied_exactly_once(audited, name, place):
     """Uneven speeds (worker w sleeps w ms a step), uneven lengths (10 + 3w steps),
-    a rendezvous mid-way; the centre's counts and its change equal the workers' pushes."""
+    a rendezvous mid-way; the centre's counts and its change equal the workers' pushes
+    (the centre on rank 0, on rank 0 training too, or in 2 slices on ranks 0 and 1)."""
     comm = MPI.COMM_WORLD
-    algo, model, opt = build(name, comm, tau=2, center=center)
+    algo, model, opt = build(name, comm, tau=2, **PLACES[place])
     meetings = []
     if not algo.is_worker:
         algo.serve(on_rendezvous=lambda: meetings.append(algo.consensus()))
@@ -75,8 +80,9 @@ def test_every_push_applied_exactly_once(audited, name, center):
         assert counts["done"] == [1] * algo.workers and counts["sync"] == [1] * algo.workers
         assert counts["pull"] == [(10 + 3 * w) // 2 for w in range(algo.workers)] \
             or name == "downpour"
+        servers = PLACES[place].get("servers", 1)
         assert series["center/exchanges_per_s"] == \
-            pytest.approx([sum(r[1] for r in reports) / 2.0])
+            pytest.approx([sum(r[1] for r in reports) / 2.0] * servers)
 
 
 def sequential(name, steps, tau, alpha, delta=0.99):
@@ -114,25 +120,27 @@ def sequential(name, steps, tau, alpha, delta=0.99):
     return ys, c
 
 
-def pair_or_self(center):
-    """A centre rank plus one worker (pairs of COMM_WORLD), or rank 0 alone with the centre."""
-    world = MPI.COMM_WORLD
+def pair_or_self(center, servers=1):
+    """``servers`` centre ranks plus one worker (groups of COMM_WORLD), or rank 0 alone
+    with the centre."""
+    world, group = MPI.COMM_WORLD, servers + 1
     if center == "rank0":
         return MPI.COMM_SELF.Dup()
-    return world.Split(world.rank // 2 if world.rank < world.size - world.size % 2 else MPI.UNDEFINED)
+    full = world.size - world.size % group
+    return world.Split(world.rank // group if world.rank < full else MPI.UNDEFINED)
 
 
-@pytest.mark.mpi(min_size=2)
-@pytest.mark.parametrize("center", ["dedicated", "rank0"])
+@pytest.mark.mpi(min_size=3)
+@pytest.mark.parametrize("place", PLACES)
 @pytest.mark.parametrize("name, tau", [("async-easgd", 1), ("async-easgd", 3), ("eamsgd", 1),
                                        ("eamsgd", 2), ("downpour", 3)])
-def test_one_worker_equals_the_sequential_rule(name, tau, center):
-    comm = pair_or_self(center)
+def test_one_worker_equals_the_sequential_rule(name, tau, place):
+    comm = pair_or_self(**PLACES[place])
     if comm == MPI.COMM_NULL:
         return
     steps, alpha = 7, 0.3
     options = {"alpha": alpha} if name != "downpour" else {}
-    algo, model, opt = build(name, comm, tau=tau, center=center, **options)
+    algo, model, opt = build(name, comm, tau=tau, **PLACES[place], **options)
     ys = []
     if not algo.is_worker:
         algo.serve()
