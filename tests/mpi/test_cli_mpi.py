@@ -95,3 +95,57 @@ def test_dedicated_centre_shards_the_data_over_the_workers():
     data, shards, _ = train.prepare(cfg, comm)
     assert len(shards) == comm.size - 1                   # every sample has a worker
     assert sum(len(s) for s in shards) == len(data.y_train)
+
+
+@pytest.mark.mpi(min_size=4)
+@pytest.mark.parametrize("algo, servers", [("k-sync", 1), ("async", 2), ("k-batch-async", 1)])
+def test_parameter_server_run_records_server_and_stragglers(shared_dir, algo, servers):
+    """Ranks 0..S-1 serve; /server/* has the counters and the staleness histogram,
+    /stragglers/* the injected delays per worker, /workers/abandoned the cancellations."""
+    comm = MPI.COMM_WORLD
+    out = os.path.join(shared_dir, f"{algo}-{servers}.h5")
+    cfg = from_sources(None, dict(algo=algo, steps=30, log_every=10, out=out, threads=1,
+                                  momentum=0.0, servers=servers, straggler="exp:0.002",
+                                  comm_delay="0.0005", **({"k": 2} if "k-" in algo else {})))
+    summary = train.run(cfg, comm, quiet=True)
+    comm.Barrier()
+    if comm.rank != 0:
+        return
+    workers = comm.size - servers
+    assert summary["workers"] == workers
+    with h5py.File(out, "r") as f:
+        assert f.attrs["status"] == "completed" and f.attrs["workers"] == workers
+        assert json.loads(f.attrs["config"])["options"]["straggler"] == "exp:0.002"
+        m = {k: f["metrics"][k][()] for k in METRICS}
+        assert m["train_loss"][-1] < m["train_loss"][0]
+        assert list(f["ranks"]["steps"][()]) == [0] * servers + [30] * workers
+        s = {k: f["server"][k][()] for k in f["server"]}
+        assert list(s["grad"]) == list(s["applied"] + s["dropped"])
+        assert s["staleness"].sum() == s["grad"].sum()
+        assert s["updates"].shape == (servers,) and s["update_time"].shape == (s["updates"][0],)
+        abandoned = f["workers"]["abandoned"][()]
+        assert list(s["grad"] + abandoned) == [30] * workers
+        d = {k: f["stragglers"][k][()] for k in f["stragglers"]}
+        assert list(d["compute_count"]) == [30] * workers
+        assert np.all(d["compute_delay"] > 0) and np.all(d["compute_max"] <= d["compute_delay"])
+        assert list(d["comm_count"]) == list(s["grad"])        # one round per push
+        assert d["comm_delay"] == pytest.approx(0.0005 * d["comm_count"])
+
+
+@pytest.mark.mpi(min_size=2)
+def test_stragglers_apply_to_every_algorithm(shared_dir):
+    """A slow worker under sync SGD: the others wait for it; the delays are recorded."""
+    comm = MPI.COMM_WORLD
+    out = os.path.join(shared_dir, "slow-sync.h5")
+    cfg = from_sources(None, dict(algo="sync", steps=12, log_every=12, out=out, threads=1,
+                                  straggler="shifted-exp:0.002,0.001+slow:1=3"))
+    train.run(cfg, comm, quiet=True)
+    comm.Barrier()
+    if comm.rank == 0:
+        with h5py.File(out, "r") as f:
+            d = {k: f["stragglers"][k][()] for k in f["stragglers"]}
+            wait = f["ranks"]["wait_time"][()]
+        assert list(d["compute_count"]) == [12] * comm.size
+        assert np.all(d["compute_delay"] >= 12 * 0.002)
+        assert d["compute_delay"][1] > 2 * d["compute_delay"][0]       # worker 1 is 3x slower
+        assert wait[0] > wait[1]                   # worker 0 waits for worker 1 in the Allreduce

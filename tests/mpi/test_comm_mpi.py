@@ -35,6 +35,26 @@ def test_pending_buffer_is_refused_until_waited(comm):
 
 
 @pytest.mark.mpi(min_size=2)
+def test_one_buffer_sent_to_many_but_not_received_into(comm):
+    """Sends only read: one snapshot may go to every rank at once (a server's broadcast);
+    a receive into memory a pending send reads is refused."""
+    if comm.size == 1:
+        pytest.skip("needs a second rank")
+    c = Comm(comm)
+    if c.rank == 0:
+        x = torch.arange(1000, dtype=torch.float64)
+        sends = [c.isend(x, dest, 5) for dest in range(1, c.size)]
+        with pytest.raises(RuntimeError, match="pending nonblocking"):
+            c.irecv(x[10:20], 1, 6)
+        for h in sends:
+            h.wait()
+    else:
+        got = torch.zeros(1000, dtype=torch.float64)
+        c.irecv(got, 0, 5).wait()
+        assert torch.equal(got, torch.arange(1000, dtype=torch.float64))
+
+
+@pytest.mark.mpi(min_size=2)
 @pytest.mark.parametrize("staging", ["never", "always"])
 def test_ring_isend_irecv(comm, staging):
     c = Comm(comm, staging=staging)

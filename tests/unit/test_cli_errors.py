@@ -37,6 +37,16 @@ def launch(args, np=NP, timeout=90, script=None, quiet=True):
     (["--bucket-mb", "inf"], "--bucket-mb must be a finite number, got 'inf'", NP),
     (["--algo", "easgd", "--center", "dedicated"], "--center must be one of replicated, rank0", NP),
     (["--algo", "async-easgd", "--steps", "5"], "--center dedicated needs at least 2 ranks", 1),
+    (["--algo", "ps-sync", "--steps", "5"], "algorithm ps-sync needs at least 2 ranks", 1),
+    (["--algo", "async", "--servers", "4"], "with servers 4 needs at least 5 ranks", NP),
+    (["--algo", "k-sync", "--k", "7"], "--k must be at most the number of workers (3)", NP),
+    (["--algo", "k-sync", "--staleness-lr", "1,0.1"], "--staleness-lr does not apply to k-sync", NP),
+    (["--algo", "async", "--staleness-lr", "1"], "--staleness-lr must be C,ETA_MAX", NP),
+    (["--algo", "sync", "--straggler", "exp:-1"], "--straggler exp:MEAN needs MEAN > 0", NP),
+    (["--algo", "local", "--straggler", "slow:4=2"], "names worker 4, but there are 4 workers", NP),
+    (["--algo", "ps-sync", "--comm-delay", "soon"], "--comm-delay must be SECONDS >= 0", NP),
+    (["--algo", "async-easgd", "--center", "rank0", "--servers", "2"],
+     "--servers 2 needs center dedicated", NP),
 ])
 def test_bad_input_one_line_on_every_rank(args, needle, np):
     proc, elapsed = launch(args, np)
