@@ -5,7 +5,7 @@
 
 Every worker does nothing but push gradients (zeros, set once; no backward)
 and take back the parameters: the servers' throughput limit. PARAMS
-(default 1M float32) is the model's size, UPDATES (default 150) the pushes
+(default 1M float32) is the model's size, UPDATES (default 120) the pushes
 per worker. On N ranks each configuration runs on the first S + P ranks of
 COMM_WORLD (a ``Split``), ranks ``0..S-1`` serving, the other P working; the
 ranks left out sleep at a barrier. Contenders, every worker count
@@ -59,7 +59,7 @@ from common import idle_barrier, machine, wide_model
 world = MPI.COMM_WORLD
 torch.set_num_threads(1)
 params = int(float(sys.argv[1])) if len(sys.argv) > 1 else 1_000_000
-updates = int(sys.argv[2]) if len(sys.argv) > 2 else 150
+updates = int(sys.argv[2]) if len(sys.argv) > 2 else 120
 TRIALS, LR, MAX_SERVERS = 4, 0.01, 3
 GRAD, PARAMS = 1, 2
 n = sum(p.numel() for p in wide_model(params).parameters())

@@ -79,13 +79,9 @@ class ParameterServerSGD(Served):
         if self.protocol in ("k-sync", "k-async") and k is not None and k > workers:
             raise ValueError(f"k must be at most the number of workers ({workers}) for "
                              f"{self.name}: the server waits for K distinct workers, got {k}")
-        if self.opts.get("staleness_lr") is not None:
-            if self.protocol in SYNC_PROTOCOLS:
-                raise ValueError(f"staleness_lr does not apply to {self.name}: it drops stale "
-                                 "gradients (use async, k-async or k-batch-async)")
-            if self.opts["servers"] > 1:
-                raise ValueError("staleness_lr needs the whole ||w - w_tau||^2 on one server: "
-                                 "use it with servers 1")
+        if self.opts.get("staleness_lr") is not None and self.opts["servers"] > 1:
+            raise ValueError("staleness_lr needs the whole ||w - w_tau||^2 on one server: "
+                             "use it with servers 1")
         groups = [{key: v for key, v in g.items() if key != "params"}
                   for g in self.optimizer.param_groups]
         if any(g != groups[0] for g in groups):

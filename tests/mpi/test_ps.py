@@ -254,3 +254,25 @@ def test_error_runtime_trade_off(trajectory):
     stale = curve("async", 400)
     adaptive = curve("async", 400, staleness_lr="0.002,0.2")
     assert floor(adaptive) < 0.8 * floor(stale), (floor(adaptive), floor(stale))
+
+
+@pytest.mark.mpi(min_size=4)
+def test_bad_use_is_refused_before_any_message():
+    comm = MPI.COMM_WORLD
+    model = regression_model(x0())
+    sgd = torch.optim.SGD(model.parameters(), lr=ETA)
+    cases = [("k-sync", sgd, {"k": 9}, "k must be at most the number of workers"),
+             ("async", sgd, {"servers": 2, "staleness_lr": "1,0.1"}, "use it with servers 1"),
+             ("async", sgd, {"staleness_lr": "1"}, "staleness_lr must be C,ETA_MAX"),
+             ("ps-sync", torch.optim.LBFGS(model.parameters()), {}, "not LBFGS"),
+             ("ps-sync", sgd, {"servers": 4}, "with servers 4 needs at least 5 ranks")]
+    for name, opt, options, needle in cases:
+        with pytest.raises(ValueError, match=needle):
+            mpisgd.build(name, model, opt, comm=comm, **options)
+    two = torch.optim.SGD([{"params": [model.weight], "lr": 0.1}, {"params": [], "lr": 0.2}])
+    with pytest.raises(ValueError, match="same settings"):
+        mpisgd.build("ps-sync", model, two, comm=comm)
+    algo = train("async", comm, 0)
+    with pytest.raises(RuntimeError, match="call step|call serve"):
+        algo.serve() if algo.is_worker else algo.step()
+    algo.consensus()

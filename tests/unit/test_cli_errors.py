@@ -40,7 +40,7 @@ def launch(args, np=NP, timeout=90, script=None, quiet=True):
     (["--algo", "ps-sync", "--steps", "5"], "algorithm ps-sync needs at least 2 ranks", 1),
     (["--algo", "async", "--servers", "4"], "with servers 4 needs at least 5 ranks", NP),
     (["--algo", "k-sync", "--k", "7"], "--k must be at most the number of workers (3)", NP),
-    (["--algo", "k-sync", "--staleness-lr", "1,0.1"], "--staleness-lr does not apply to k-sync", NP),
+    (["--algo", "k-sync", "--staleness-lr", "1,0.1"], "--staleness-lr does not apply to algorithm 'k-sync'", NP),
     (["--algo", "async", "--staleness-lr", "1"], "--staleness-lr must be C,ETA_MAX", NP),
     (["--algo", "sync", "--straggler", "exp:-1"], "--straggler exp:MEAN needs MEAN > 0", NP),
     (["--algo", "local", "--straggler", "slow:4=2"], "names worker 4, but there are 4 workers", NP),
