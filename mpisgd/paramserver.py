@@ -167,7 +167,13 @@ class ParameterServer(Server):
             self.dropped[i] += 1
             return
         self.applied[i] += 1
-        self.acc.add_(self.buffer, alpha=self._rate(source))
+        rate = self._rate(source)
+        if self.batch:
+            self.acc.add_(self.buffer, alpha=rate)
+        elif rate != 1.0:                       # the first of a batch: no zeroing pass
+            torch.mul(self.buffer, rate, out=self.acc)
+        else:
+            self.acc.copy_(self.buffer)
         self.batch.append(source)
         if self.protocol == "k-batch-async":
             if len(self.batch) >= self.k:
@@ -208,9 +214,9 @@ class ParameterServer(Server):
     def _update(self) -> list[int]:
         """w_{j+1} = w_j - eta/|batch| sum g (one step of the server's optimizer);
         returns the batch's workers."""
-        self.acc.div_(len(self.batch))
+        if len(self.batch) > 1:
+            self.acc.div_(len(self.batch))
         self.optimizer.step()
-        self.acc.zero_()
         batch, self.batch = self.batch, []
         self.version += 1
         self.updates += 1

@@ -87,6 +87,9 @@ class ParameterServerSGD(Served):
         if any(g != groups[0] for g in groups):
             raise ValueError(f"{self.name}: the servers run one copy of the optimizer; give "
                              "every parameter group the same settings")
+        if not isinstance(self.optimizer, torch.optim.Optimizer):
+            raise ValueError(f"{self.name}: the servers run a copy of the optimizer: give a "
+                             f"torch.optim optimizer, not {type(self.optimizer).__name__}")
         if isinstance(self.optimizer, torch.optim.LBFGS):
             raise ValueError(f"{self.name}: the servers step element-wise optimizers "
                              "(SGD, Adam, ...), not LBFGS")
