@@ -50,6 +50,7 @@ test: unit mpi
 bench: install
 	$(MPIEXEC) $(MPIFLAGS) -n 2 $(PY) benchmarks/bench_allreduce.py
 	$(MPIEXEC) $(MPIFLAGS) -n 4 $(PY) benchmarks/bench_allreduce.py
+	$(MPIEXEC) $(MPIFLAGS) -n 4 $(PY) benchmarks/bench_ps.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info runs
