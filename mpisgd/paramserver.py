@@ -148,18 +148,15 @@ class ParameterServer(Server):
         self.applied, self.dropped = [0] * n, [0] * n
         self.staleness: list[int] = []      # histogram: staleness -> gradients
         self.rates: list[float] = []        # staleness_lr: each applied gradient's eta_i
-        self.updates = 0
         self.sent = {r: w.clone() for r in workers} if staleness_lr else None
         self.started = time.perf_counter()
         self.update_times: list[float] = []      # when each update was applied
         self.first_done = None                   # when the first worker finished
-        self.bye: set[int] = set()
 
     # ---- messages -----------------------------------------------------
 
     def handle(self, source: int, kind: int, mod: int) -> None:
-        v = self.version - (self.version - mod) % self.span
-        stale = self.version - v
+        stale = (self.version - mod) % self.span     # the version it was computed at: j - stale
         self.staleness.extend([0] * (stale + 1 - len(self.staleness)))
         self.staleness[stale] += 1
         i = self.index[source]
@@ -181,6 +178,11 @@ class ParameterServer(Server):
             self._send(source, PARAMS)
         else:
             self._maybe_update()
+
+    @property
+    def updates(self) -> int:
+        """Updates applied so far (the version of ``w``)."""
+        return self.version
 
     def _rate(self, source: int) -> float:
         """``eta_i / eta_max`` (1 without a staleness-adaptive rate)."""
@@ -219,7 +221,6 @@ class ParameterServer(Server):
         self.optimizer.step()
         batch, self.batch = self.batch, []
         self.version += 1
-        self.updates += 1
         self.update_times.append(time.perf_counter() - self.started)
         return batch
 
