@@ -65,7 +65,6 @@ class ParameterServerSGD(Served):
     protocol = ""
     default_k = "all"        # K when not given: "all" (the workers) or 1
     options = (K, STALENESS_LR, SERVERS)
-    group = "server"
 
     def k_for(self, workers: int) -> int:
         """K: the option, else all workers or 1 (:attr:`default_k`)."""

@@ -27,6 +27,7 @@ class Served(Algorithm):
 
     private_comm = True      # servers receive from any source with any tag: keep user traffic out
     collective_rounds = False
+    group = "server"         # the run record's group for the servers' figures
 
     @classmethod
     def server_ranks(cls, opts: dict) -> int:
@@ -139,5 +140,3 @@ class Served(Algorithm):
             scalar = not isinstance(value, list)
             out[f"{self.group}/{key}"] = [s[key] for s in servers] if scalar else value
         return out
-
-    group = "server"
