@@ -74,12 +74,24 @@ def _report_parser(sub) -> None:
 
 
 def _topology_parser(sub) -> None:
-    p = sub.add_parser("topology", help="a mixing matrix's spectrum and zeta",
-                       description="python -m mpisgd topology easgd -m 8 [--alpha A]")
-    p.add_argument("name", choices=["easgd"], help="easgd: W_alpha, m workers and one centre")
-    p.add_argument("-m", "--workers", type=int, required=True, help="number of workers m")
-    p.add_argument("--alpha", type=float, help="moving rate (default beta / m)")
-    p.add_argument("--beta", type=float, default=0.9, help="beta = m alpha (default 0.9)")
+    from .topology import TOPOLOGIES, WEIGHTS
+    p = sub.add_parser("topology", help="a mixing matrix's degrees, weights, spectrum and zeta",
+                       description="python -m mpisgd topology ring -n 8 [--weights uniform]; "
+                                   "topology torus -n 16 --matcha 0.5; topology W.csv -n 4; "
+                                   "topology easgd -m 8 [--alpha A]")
+    p.add_argument("name", metavar="NAME",
+                   help=f"{', '.join(TOPOLOGIES)}; easgd (W_alpha: m workers and one centre); "
+                        "or a file: .npy or .csv matrix, or an edge list 'i j [w]' per line")
+    p.add_argument("-n", "-m", "--nodes", "--workers", dest="n", type=int, required=True,
+                   help="number of nodes (workers/ranks); for easgd the number of workers m")
+    p.add_argument("--weights", choices=WEIGHTS, default="metropolis",
+                   help="mixing weights on a graph (default metropolis)")
+    p.add_argument("--p", type=float, help="erdos-renyi edge probability (default 2 ln(n)/n)")
+    p.add_argument("--matcha", type=float, metavar="P",
+                   help="MATCHA on the graph: each matching active with probability P per round")
+    p.add_argument("--seed", type=int, default=0, help="erdos-renyi and MATCHA seed (default 0)")
+    p.add_argument("--alpha", type=float, help="easgd moving rate (default beta / m)")
+    p.add_argument("--beta", type=float, default=0.9, help="easgd beta = m alpha (default 0.9)")
     p.set_defaults(func=_topology)
 
 
@@ -123,7 +135,13 @@ def _report(args) -> int:
 def _topology(args) -> int:
     from . import topology
     try:
-        print(topology.describe_easgd(args.workers, args.alpha, args.beta))
+        if args.name == "easgd":
+            if args.p is not None or args.matcha is not None:
+                raise ValueError("--p and --matcha do not apply to easgd")
+            print(topology.describe_easgd(args.n, args.alpha, args.beta))
+        else:
+            print(topology.describe(topology.build(
+                args.name, args.n, args.weights, args.p, args.matcha, args.seed, args.alpha)))
     except ValueError as err:
         raise ConfigError(str(err)) from None
     return 0

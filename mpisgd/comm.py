@@ -132,6 +132,11 @@ def check_environment() -> None:
     staging_mode(name="MPISGD_STAGING")
 
 
+def _block(recv, send):
+    """A gather's receive spec: mpi4py reads an explicit count as the count per block."""
+    return [recv[0], send[1], recv[2]]
+
+
 class Handle:
     """A pending nonblocking operation: its MPI requests and the buffers they use.
 
@@ -297,6 +302,13 @@ class Comm:
                     "operation; call wait() on its Handle before reusing the buffer")
         return span
 
+    def _own(self, handle: Handle, reads, writes) -> None:
+        """Record the spans a pending ``handle`` reads and writes."""
+        if reads:
+            self._reads[id(handle)] = reads
+        if writes:
+            self._writes[id(handle)] = writes
+
     def _release(self, handle: Handle) -> None:
         self._writes.pop(id(handle), None)
         self._reads.pop(id(handle), None)
@@ -308,9 +320,10 @@ class Comm:
         ``blocking``: return only once the operation is complete — ``post``
         either is a blocking MPI call (it returns no requests, and its time
         counts as wait time) or its requests are waited here. ``read_only``:
-        the operation only reads ``tensors`` (a send).
+        the operation only reads ``tensors`` (a send), or one flag per tensor.
         """
-        spans = [self._claim(t, read_only) for t in tensors]
+        reads = list(read_only) if isinstance(read_only, (list, tuple)) else [read_only] * len(tensors)
+        spans = [self._claim(t, r) for t, r in zip(tensors, reads)]
         views, copy_back = [], []
         for t in tensors:
             if t.is_cuda:
@@ -319,7 +332,8 @@ class Comm:
                 host = self._host_copy(t)
                 host.copy_(t.reshape(-1))
                 views.append(host)
-                copy_back.append((t, host))
+                if not reads[len(views) - 1]:
+                    copy_back.append((t, host))
             else:
                 views.append(t)
         t0 = time.perf_counter()
@@ -335,7 +349,8 @@ class Comm:
                 t.reshape(-1).copy_(host)
 
         handle = Handle(self, requests, views, done if copy_back else None, status)
-        (self._reads if read_only else self._writes)[id(handle)] = spans
+        self._own(handle, [sp for sp, r in zip(spans, reads) if r],
+                  [sp for sp, r in zip(spans, reads) if not r])
         if blocking:
             handle.wait()
         return handle
@@ -406,7 +421,91 @@ class Comm:
                                             op=MPI.SUM, root=root)]
         return self._start([t], post, (self.size - 1) / self.size * nbytes)
 
+    def iallgather(self, send: torch.Tensor, recv: torch.Tensor) -> Handle:
+        """Nonblocking Allgather: row r of ``recv`` (size x len(send)) gets rank r's ``send``."""
+        nbytes = send.numel() * send.element_size()
+        return self._start([send, recv], lambda s, r: [self.comm.Iallgather(s, _block(r, s))],
+                           (self.size - 1) * nbytes, read_only=(True, False))
+
+    def ineighbor_allgather(self, graph, send: torch.Tensor, recv: torch.Tensor) -> Handle:
+        """Nonblocking neighbour Allgather on the dist-graph communicator ``graph``.
+
+        ``send`` goes to every destination of this rank; row j of ``recv``
+        (indegree x len(send)) gets the j-th source's ``send``. ``graph`` is
+        built from this communicator's group; its bytes count here
+        (outdegree x the size of ``send``).
+        """
+        outdegree = graph.Get_dist_neighbors_count()[1]
+        nbytes = send.numel() * send.element_size()
+        return self._start([send, recv], lambda s, r: [graph.Ineighbor_allgather(s, _block(r, s))],
+                           outdegree * nbytes, read_only=(True, False))
+
+    def exchange(self, graph, send: torch.Tensor, recv: torch.Tensor, dests, sources,
+                 tag: int = 0) -> "Exchange":
+        """Persistent requests on ``graph``: ``send`` to each of ``dests``, row j of ``recv``
+        from ``sources[j]`` (see :class:`Exchange`)."""
+        return Exchange(self, graph, send, recv, dests, sources, tag)
+
     def counters(self) -> dict:
         """Bytes sent and seconds spent in and blocked on communication."""
         return {"bytes_sent": self.bytes_sent, "comm_time": self.comm_time,
                 "wait_time": self.wait_time}
+
+
+class Exchange:
+    """Persistent point-to-point requests for repeated exchanges between fixed peers.
+
+    Built once (``MPI_Send_init`` of ``send`` to every destination,
+    ``MPI_Recv_init`` of row j of ``recv`` from source j); each
+    :meth:`start` starts the requests of the peers active in that round
+    (``MPI_Startall``), so a time-varying graph that uses a subset of its
+    neighbours each round pays for no set-up. With staging the requests are
+    bound to pinned host buffers of their own: ``send`` is copied in at each
+    start and the received rows are copied out on completion.
+    """
+
+    def __init__(self, owner: Comm, graph, send: torch.Tensor, recv: torch.Tensor,
+                 dests, sources, tag: int = 0):
+        if recv.shape[0] != len(sources):
+            raise ValueError(f"recv has {recv.shape[0]} rows for {len(sources)} sources")
+        self.owner, self.send, self.recv = owner, send, recv
+        self.staged = owner._needs_staging(send)
+        pin = send.is_cuda
+        self._send_host = torch.empty_like(send, device="cpu", pin_memory=pin) if self.staged else send
+        self._recv_host = torch.zeros_like(recv, device="cpu", pin_memory=pin) if self.staged else recv
+        self.nbytes = send.numel() * send.element_size()
+        self._sends = [graph.Send_init(owner.spec(self._send_host), d, tag) for d in dests]
+        self._recvs = [graph.Recv_init(owner.spec(self._recv_host[j]), s, tag)
+                       for j, s in enumerate(sources)]
+
+    def start(self, send_to, recv_from) -> Handle:
+        """Start the sends to the destinations flagged in ``send_to`` and the receives from
+        the sources flagged in ``recv_from``; the handle completes them."""
+        owner = self.owner
+        rows = [j for j, on in enumerate(recv_from) if on]
+        reads = [owner._claim(self.send, read_only=True)]
+        writes = [owner._claim(self.recv[j]) for j in rows]
+        if self.send.is_cuda:
+            torch.cuda.current_stream(self.send.device).synchronize()
+        if self.staged:
+            self._send_host.copy_(self.send)
+        requests = [self._recvs[j] for j in rows] + [r for r, on in zip(self._sends, send_to) if on]
+        t0 = time.perf_counter()
+        if requests:
+            MPI.Prequest.Startall(requests)
+        owner.comm_time += time.perf_counter() - t0
+        owner.bytes_sent += self.nbytes * sum(bool(on) for on in send_to)
+
+        def done():
+            for j in rows:
+                self.recv[j].copy_(self._recv_host[j])
+
+        handle = Handle(owner, requests, [self], done if self.staged else None)
+        owner._own(handle, reads, writes)
+        return handle
+
+    def free(self) -> None:
+        """Free the persistent requests (none may be active)."""
+        for request in self._sends + self._recvs:
+            request.Free()
+        self._sends = self._recvs = []

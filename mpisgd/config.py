@@ -84,8 +84,9 @@ class TrainConfig:
             self.options = algorithms.validate(self.algo, self.options)
         except ValueError as err:
             raise ConfigError(flagged(str(err))) from None
-        if self.options["straggler_seed"] is None:       # injected delays follow --seed
-            self.options["straggler_seed"] = self.seed
+        for name in ("straggler_seed", "topology_seed"):  # delays and random graphs follow --seed
+            if name in self.options and self.options[name] is None:
+                self.options[name] = self.seed
 
     def resolved(self) -> dict:
         """The configuration as the run record stores it (JSON-able)."""

@@ -7,7 +7,8 @@ Layout:
   ``failed: <reason>``), ``started``, ``finished``;
 * ``/metrics/<name>``: 1-D datasets of equal length, one row per log point:
   ``step``, ``wall_time``, ``train_loss``, ``test_loss``, ``test_error``,
-  ``rounds``, ``bytes_sent``;
+  ``rounds``, ``bytes_sent``, ``consensus_distance`` (mean over workers of
+  ||x_i - xbar||^2);
 * ``/ranks/<name>``: one value per rank: ``compute_time``, ``comm_time``,
   ``wait_time``, ``steps``, ``bytes_sent``;
 * ``/final/params``: the consensus model, flat float32, in
@@ -26,7 +27,8 @@ from datetime import datetime, timezone
 import h5py
 import numpy as np
 
-METRICS = ("step", "wall_time", "train_loss", "test_loss", "test_error", "rounds", "bytes_sent")
+METRICS = ("step", "wall_time", "train_loss", "test_loss", "test_error", "rounds", "bytes_sent",
+           "consensus_distance")
 RANK_FIELDS = ("compute_time", "comm_time", "wait_time", "steps", "bytes_sent")
 INTERRUPTED = "failed: the job ended before the run completed (killed or timed out)"
 

@@ -1,8 +1,12 @@
 """When to communicate: the schedule axis of Cooperative SGD.
 
-A schedule answers, after a worker's ``step``-th local step (counted from 1),
-whether a communication round follows, and which learning-rate factor the
-next step uses.
+A schedule answers, after a worker's ``step``-th local step (counted from 1)
+at time ``now`` (seconds, the algorithm's clock), whether a communication
+round follows, and which learning-rate factor the next step uses. After
+each round the algorithm calls :meth:`round_done`, with what the workers
+reported about the round (:class:`RoundStats`) when the schedule
+``needs_stats``; every worker then holds the same figures, so every worker
+takes the same decision.
 
 * :class:`Periodic` (tau): communicate after steps tau, 2 tau, ...; W_k = W
   when (k+1) mod tau == 0 in REFERENCES.md's 0-based k.
@@ -10,11 +14,62 @@ next step uses.
   s = 1, 2, ... has K_s = ceil(K_1 s^p) local steps at rate gamma_s =
   gamma s^q and starts from the average of the previous epoch; the theory's
   exponents are p = 1/3 and q = -2/3.
+* :class:`AdaComm` (Wang & Joshi 2019): wall-clock intervals of T0 seconds;
+  at the first round after l T0 the period becomes
+  tau_l = min(tau_{l-1}, ceil(sqrt(F_l / F_0) (eta_l / eta_0)^c tau_0)).
+* :class:`Budget`: PR-SGD Algorithm 3 (heterogeneous workers): a round
+  lasts a fixed budget of seconds and each worker takes as many local steps
+  as fit, so fast workers take more instead of waiting.
 """
 from __future__ import annotations
 
 import bisect
 import math
+
+import numpy as np
+
+from .options import Option, positive_float, positive_int
+
+SCHEDULES = ("periodic", "time-varying", "adacomm", "budget")
+
+#: What each worker reports about a round: one row of :class:`RoundStats`.
+STAT_FIELDS = ("loss_sum", "loss_count", "first_loss", "steps", "seconds", "elapsed")
+
+
+class RoundStats:
+    """The workers' reports on one round, gathered on every worker (one row each).
+
+    Columns: the summed mini-batch losses, their count and the first of
+    them since the last round, the local steps and seconds the round took
+    on the worker, and the worker's seconds since its first step.
+    """
+
+    def __init__(self, rows: np.ndarray):
+        self.rows = np.asarray(rows, dtype=np.float64).reshape(-1, len(STAT_FIELDS))
+
+    def column(self, name: str) -> np.ndarray:
+        return self.rows[:, STAT_FIELDS.index(name)]
+
+    @property
+    def loss(self) -> float:
+        """The mean mini-batch loss over the round, all workers (NaN if none was given)."""
+        count = self.column("loss_count").sum()
+        return float(self.column("loss_sum").sum() / count) if count else math.nan
+
+    @property
+    def first_loss(self) -> float:
+        """The mean over workers of the round's first mini-batch loss."""
+        return float(self.column("first_loss").mean())
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds since the start, the latest worker's."""
+        return float(self.column("elapsed").max())
+
+    @property
+    def fastest_step(self) -> float:
+        """The smallest mean seconds per local step over the workers."""
+        return float((self.column("seconds") / np.maximum(self.column("steps"), 1)).min())
 
 
 class Periodic:
@@ -23,12 +78,14 @@ class Periodic:
     Example: ``Periodic(4).communicate(8) is True``.
     """
 
+    needs_stats = False
+
     def __init__(self, tau: int):
         if not isinstance(tau, int) or tau < 1:
             raise ValueError(f"tau must be a positive integer, got {tau!r}")
         self.tau = tau
 
-    def communicate(self, step: int) -> bool:
+    def communicate(self, step: int, now: float = 0.0) -> bool:
         return step % self.tau == 0
 
     def period(self, step: int) -> int:
@@ -39,8 +96,12 @@ class Periodic:
         """Learning-rate factor for local step ``step + 1``."""
         return 1.0
 
+    def round_done(self, step: int, now: float, stats: RoundStats | None = None,
+                   lr: float = 1.0) -> None:
+        """A round ended after local step ``step`` at ``now``; ``lr``: the rate in force."""
 
-class TimeVarying:
+
+class TimeVarying(Periodic):
     """PR-SGD Algorithm 2: epoch lengths K_s = ceil(k1 s^p), rates gamma s^q.
 
     Args:
@@ -52,8 +113,7 @@ class TimeVarying:
     """
 
     def __init__(self, k1: int, period_exp: float = 1 / 3, lr_exp: float = -2 / 3):
-        if not isinstance(k1, int) or k1 < 1:
-            raise ValueError(f"tau must be a positive integer, got {k1!r}")
+        super().__init__(k1)
         self.k1, self.period_exp, self.lr_exp = k1, period_exp, lr_exp
         self._ends = []      # _ends[s-1] = last local step of epoch s
 
@@ -68,7 +128,7 @@ class TimeVarying:
             self._ends.append((self._ends[-1] if self._ends else 0) + self.length(s))
         return bisect.bisect_left(self._ends, step) + 1
 
-    def communicate(self, step: int) -> bool:
+    def communicate(self, step: int, now: float = 0.0) -> bool:
         return self._ends[self.epoch(step) - 1] == step
 
     def period(self, step: int) -> int:
@@ -76,3 +136,129 @@ class TimeVarying:
 
     def lr_scale(self, step: int) -> float:
         return float(self.epoch(step + 1)) ** self.lr_exp
+
+
+class AdaComm(Periodic):
+    """AdaComm (Wang & Joshi, SysML 2019): a period that shrinks as the loss falls.
+
+    Wall-clock time is split into intervals of ``interval`` = T0 seconds.
+    At the first round after l T0 (l = 1, 2, ...) the period becomes
+
+        tau_l = min(tau_{l-1}, ceil(sqrt(F_l / F_0) (eta_l / eta_0)^c tau_0)),
+
+    F_0 the training loss at the start (the workers' first mini-batch
+    losses, all taken at x_0), F_l the mean training loss of the round just
+    completed (all workers), eta the learning rate then and at the start,
+    c = ``lr_exp`` (REFERENCES.md leaves the exponent open; 0.5 gives the
+    paper's sqrt(eta_l F_l / (eta_0 F_0))). tau never increases and stays
+    >= 1. Between decisions a round follows every tau local steps.
+    ``history`` lists each decision ``(elapsed, tau, loss)``, the first
+    one (l = 0) included.
+    """
+
+    needs_stats = True
+
+    def __init__(self, tau0: int, interval: float, lr_exp: float = 0.5):
+        super().__init__(tau0)
+        if not interval > 0:
+            raise ValueError(f"adacomm_interval must be a positive number of seconds, got {interval!r}")
+        self.tau0, self.interval, self.lr_exp = tau0, interval, lr_exp
+        self._last = 0              # local step of the last round
+        self._next = None           # the elapsed time of the next decision
+        self.loss0 = self.lr0 = None
+        self.history: list[tuple[float, int, float]] = []
+
+    def communicate(self, step: int, now: float = 0.0) -> bool:
+        return step - self._last >= self.tau
+
+    def rule(self, loss: float, lr: float) -> int:
+        """ceil(sqrt(F_l / F_0) (eta_l / eta_0)^c tau_0), before the never-increase clamp."""
+        ratio = max(loss, 0.0) / self.loss0 if self.loss0 > 0 else 1.0
+        return max(1, math.ceil(math.sqrt(ratio) * (lr / self.lr0) ** self.lr_exp * self.tau0 - 1e-9))
+
+    def round_done(self, step: int, now: float, stats: RoundStats | None = None,
+                   lr: float = 1.0) -> None:
+        self._last = step
+        if stats is None or math.isnan(stats.loss):
+            raise ValueError("the adacomm schedule needs the training loss: call "
+                             "algo.step(loss) with each mini-batch's loss")
+        if self.loss0 is None:
+            self.loss0, self.lr0 = stats.first_loss, lr
+            self._next = self.interval
+            self.history.append((0.0, self.tau, self.loss0))
+        elif stats.elapsed >= self._next:
+            self.tau = min(self.tau, self.rule(stats.loss, lr))
+            while self._next <= stats.elapsed:
+                self._next += self.interval
+            self.history.append((stats.elapsed, self.tau, stats.loss))
+
+
+class Budget(Periodic):
+    """PR-SGD Algorithm 3: rounds of a fixed wall-clock budget; fast workers step more.
+
+    A worker ends its round when one more local step would overshoot the
+    budget by more than half a step: after its k-th step of the round,
+    t (k + 1/2) / k >= B, t the seconds since the round began (its own
+    clock: the previous round ended at the same moment on every worker).
+    Each worker takes at least one step. ``seconds=None`` takes B from the
+    first round, which has ``tau`` steps everywhere: B = tau times the
+    fastest worker's mean step time, so the fastest worker keeps about
+    tau steps per round and a worker s times slower takes about tau / s.
+    """
+
+    def __init__(self, tau: int, seconds: float | None = None):
+        super().__init__(tau)
+        if seconds is not None and not seconds > 0:
+            raise ValueError(f"round_budget must be a positive number of seconds, got {seconds!r}")
+        self.seconds = seconds
+        self.needs_stats = seconds is None
+        self._last, self._start = 0, None
+
+    def communicate(self, step: int, now: float = 0.0) -> bool:
+        if self._start is None:
+            self._start = now
+        k = step - self._last
+        if self.seconds is None:
+            return k >= self.tau
+        return (now - self._start) * (k + 0.5) / k >= self.seconds
+
+    def round_done(self, step: int, now: float, stats: RoundStats | None = None,
+                   lr: float = 1.0) -> None:
+        self._last, self._start = step, now
+        if self.seconds is None and stats is not None:
+            self.seconds = self.tau * stats.fastest_step
+
+
+def options(tau: int | None, family: str) -> tuple[Option, ...]:
+    """The schedule options of an algorithm family; ``tau=None`` leaves ``tau`` out
+    (the family declares it)."""
+    head = () if tau is None else (
+        positive_int("tau", tau, f"local steps between communication rounds ({family})"),)
+    return head + (
+        Option("schedule", "periodic", "periodic, time-varying (PR-SGD Alg. 2), adacomm, or "
+               f"budget (PR-SGD Alg. 3) ({family})", str, choices=SCHEDULES),
+        Option("period_exp", 1 / 3, "time-varying: epoch length grows like s^period_exp", float,
+               check=lambda v: v >= 0, must="non-negative"),
+        Option("lr_exp", -2 / 3, "time-varying: learning rate scales like s^lr_exp", float,
+               check=lambda v: v <= 0, must="zero or negative"),
+        positive_float("adacomm_interval", None, "adacomm: seconds T0 between period decisions"),
+        Option("adacomm_lr_exp", 0.5, "adacomm: exponent c of the learning-rate ratio "
+               "(eta_l/eta_0)^c in the period rule", float),
+        positive_float("round_budget", None, "budget: seconds per round (default: tau times "
+                       "the fastest worker's step time in the first round)"),
+    )
+
+
+def make(opts: dict):
+    """The schedule the resolved options ``opts`` name; ``ValueError`` for a missing option."""
+    kind, tau = opts["schedule"], opts["tau"]
+    if kind == "time-varying":
+        return TimeVarying(tau, opts["period_exp"], opts["lr_exp"])
+    if kind == "adacomm":
+        if opts["adacomm_interval"] is None:
+            raise ValueError("adacomm_interval must be given with schedule adacomm: the "
+                             "seconds T0 between period decisions")
+        return AdaComm(tau, opts["adacomm_interval"], opts["adacomm_lr_exp"])
+    if kind == "budget":
+        return Budget(tau, opts["round_budget"])
+    return Periodic(tau)

@@ -187,6 +187,7 @@ def _train(cfg, comm, algo, model, opt, data, shards, record, quiet) -> dict:
     comm.Barrier()
     start = time.perf_counter()
     base = algo.stats()          # counters from the start barrier (set-up traffic excluded)
+    algo.clock = lambda: time.perf_counter() - start - paused     # schedules: training time
 
     def log_point(step: int) -> None:
         """Every rank: evaluate the consensus, rank 0 records; the clock stops meanwhile."""
@@ -205,22 +206,24 @@ def _train(cfg, comm, algo, model, opt, data, shards, record, quiet) -> dict:
     if algo.is_worker:
         w = algo.worker_index
         stream = datasets.WorkerStream(data, shards[w], w, cfg.seed, cfg.batch_size)
-        for step in range(cfg.steps):
+        pace = Pace(cfg, algo)
+        step = 0
+        while pace.running():
             x, y = stream.batch(step)
             opt.zero_grad(set_to_none=False)
             loss = F.cross_entropy(model(x), y)
             loss.backward()
-            algo.step()
+            algo.step(loss)
+            step += 1
             loss_acc += loss.detach()
             seen += 1
-            progress.update()
-            last = step + 1 == cfg.steps
+            point, last = pace.after_step(step, progress)
             if last:
                 algo.finish()        # draining in-flight messages is training time
-            if (step + 1) % cfg.log_every == 0 or last:
+            if point is not None:
                 if not last:
                     algo.rendezvous()    # async algorithms: the centre joins the collectives
-                log_point(step + 1)
+                log_point(point)
     else:                        # a dedicated centre: log points come as rendezvous
         meetings = 0
 
@@ -253,6 +256,44 @@ def _train(cfg, comm, algo, model, opt, data, shards, record, quiet) -> dict:
     if not quiet:
         print(summary_line(summary), flush=True)
     return summary
+
+
+class Pace:
+    """When a worker's loop ends and where its log points fall.
+
+    Every ``--log-every`` local steps, for ``--steps`` steps; but under a
+    wall-clock budget per round (``--schedule budget``, PR-SGD Algorithm 3)
+    workers take different numbers of steps per round, so there the run is
+    ``ceil(steps / tau)`` rounds, log points fall after every
+    ``log_every / tau`` rounds, and a log point's step is rounds x tau.
+    """
+
+    def __init__(self, cfg, algo):
+        from .schedule import Budget
+        self.cfg, self.algo = cfg, algo
+        self.by_rounds = isinstance(getattr(algo, "schedule", None), Budget)
+        self.tau = algo.opts.get("tau", 1)
+        self.rounds = math.ceil(cfg.steps / self.tau)
+        self.every = max(1, round(cfg.log_every / self.tau))
+        self._seen_rounds = self._step = 0
+
+    def running(self) -> bool:
+        return self.algo.rounds < self.rounds if self.by_rounds else self._step < self.cfg.steps
+
+    def after_step(self, step: int, progress) -> tuple[int | None, bool]:
+        """(the step of the log point that follows, or None; whether the loop ends)."""
+        self._step = step
+        if not self.by_rounds:
+            progress.update()
+            last = step == self.cfg.steps
+            return (step if step % self.cfg.log_every == 0 or last else None), last
+        rounds = self.algo.rounds
+        if rounds == self._seen_rounds:
+            return None, False
+        progress.update(self.tau * (rounds - self._seen_rounds))
+        self._seen_rounds = rounds
+        last = rounds >= self.rounds
+        return (rounds * self.tau if rounds % self.every == 0 or last else None), last
 
 
 class Progress:
@@ -299,7 +340,7 @@ def _log_point(algo, evaluate, comm, step, wall, loss_sum, seen, bytes_before) -
     test_loss, test_error = evaluate(params, algo.consensus_buffers())
     return {"step": step, "wall_time": wall, "train_loss": sums[0].item() / max(sums[1].item(), 1),
             "test_loss": test_loss, "test_error": test_error, "rounds": sums[3].item() / algo.workers,
-            "bytes_sent": sums[2].item()}
+            "bytes_sent": sums[2].item(), "consensus_distance": algo.consensus_distance()}
 
 
 def summary_line(s: dict) -> str:

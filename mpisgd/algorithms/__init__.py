@@ -5,12 +5,14 @@ from ..options import Option, resolve
 from .base import Algorithm
 from .centered import EAMSGD, AsyncEASGD, Downpour
 from .elastic import EASGD
+from .gossip import Cooperative, Gossip
 from .local import LocalSGD
 from .ps import FAMILY
 from .sync import SyncSGD
 
 ALGORITHMS: dict[str, type[Algorithm]] = {
-    cls.name: cls for cls in (SyncSGD, LocalSGD, EASGD, AsyncEASGD, EAMSGD, Downpour, *FAMILY)}
+    cls.name: cls for cls in (SyncSGD, LocalSGD, EASGD, AsyncEASGD, EAMSGD, Downpour, *FAMILY,
+                              Gossip, Cooperative)}
 
 
 def lookup(name: str) -> type[Algorithm]:

@@ -5,10 +5,12 @@ An :class:`Algorithm` wraps a model and its ``torch.optim`` optimizer
 rank, in this order:
 
 1. resolve and validate the options (``ValueError`` naming the option, on
-   every rank, before any communication);
+   every rank, before any communication; a rank that fails alone, say on a
+   file the others can read, ends every rank with its message);
 2. move parameters and gradients into one :class:`~mpisgd.flat.ParamBuffer`;
-3. agree: one ``allgather`` of a digest of the algorithm, options, parameter
-   shapes and optimizer settings; ranks that differ raise ``ValueError``;
+3. agree: one ``allgather`` of a digest of the algorithm, options,
+   :meth:`agreement` (W), parameter shapes and optimizer settings; ranks
+   that differ raise ``ValueError``;
 4. broadcast rank 0's parameters and buffers, so all workers start equal.
 """
 from __future__ import annotations
@@ -67,7 +69,10 @@ class Algorithm:
         comm = MPI.COMM_WORLD if comm is None else comm
         self.size, self.rank = comm.Get_size(), comm.Get_rank()   # local queries: no traffic
         self.optimizer = optimizer
-        self.validate()
+        try:                 # a rank whose files differ must not leave the others waiting
+            self.validate()
+        except ValueError as err:
+            agree(comm, str(err))
         self.stragglers = None
         if self.opts["straggler"] or self.opts["comm_delay"]:
             delays = Stragglers(self.opts["straggler"], self.opts["comm_delay"],
@@ -78,16 +83,16 @@ class Algorithm:
         self.model = model
         self.flat = ParamBuffer(model, self.bucket_bytes())
         check_reducible(self.flat.dtype)
-        self.comm = Comm(comm.Dup() if self.private_comm else comm)
-        self._telemetry = Comm(self.comm.comm, self.comm.staging)   # uncounted traffic
-        agree(self.comm.comm, None, digest({
-            "algorithm": self.name, "options": self.opts,
+        agree(comm, None, digest({
+            "algorithm": self.name, "options": self.opts, **self.agreement(),
             "shapes": [list(p.shape) for p in self.flat.params],
             "trainable": self.flat.trainable,
             "dtype": str(self.flat.dtype), "device": self.flat.device.type,
             "optimizer": [type(optimizer).__name__] + [
                 {k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups],
         }))
+        self.comm = Comm(comm.Dup() if self.private_comm else comm)
+        self._telemetry = Comm(self.comm.comm, self.comm.staging)   # uncounted traffic
         if self.flat.device.type == "cuda":   # a device buffer goes to MPI directly only if it works
             self._telemetry.cuda_aware = self.comm.verify_cuda_aware(self.flat.device)
         self.comm.bcast(self.flat.data, 0)
@@ -97,12 +102,24 @@ class Algorithm:
         self.rounds = 0      # communication rounds taken
         self.finished = False
         self._stepped = None  # when the last step() returned (the next step's compute starts)
+        #: The clock schedules read (seconds); the training driver sets its own,
+        #: which stops during log points.
+        self.clock = time.perf_counter
+        self._loss_sum, self._loss_count = None, 0
 
     # ---- hooks for subclasses -----------------------------------------
 
     def validate(self) -> None:
         """Check option combinations (``self.opts`` resolved, ``self.size``,
-        ``self.rank`` and ``self.optimizer`` set); raise ``ValueError``."""
+        ``self.rank`` and ``self.optimizer`` set); raise ``ValueError``.
+
+        It may read files: a rank that fails while others pass ends them
+        all with its message (one ``allgather``, before any other traffic)."""
+
+    def agreement(self) -> dict:
+        """What else must be identical on every rank (e.g. a digest of W), checked
+        with the options before any communication."""
+        return {}
 
     def bucket_bytes(self) -> float | None:
         """Bucket size for the flat buffer (``None``: one bucket)."""
@@ -124,13 +141,22 @@ class Algorithm:
         """This rank's worker index (0 .. workers-1); data streams key on it."""
         return self.rank
 
-    def step(self) -> None:
+    def step(self, loss=None) -> None:
         """The local optimizer step plus whatever communication the schedule says.
 
-        With an injected compute delay (``straggler``) the step first spends
-        it, as if the gradient had taken that much longer (see
-        :meth:`_cancellation`); subclasses implement :meth:`_step`.
+        ``loss``: this step's mini-batch loss (a number or a 0-d tensor, not
+        synchronised here); schedules that adapt to it (AdaComm) read it,
+        others ignore it. With an injected compute delay (``straggler``) the
+        step first spends it, as if the gradient had taken that much longer
+        (see :meth:`_cancellation`); subclasses implement :meth:`_step`.
         """
+        if loss is not None:
+            loss = loss.detach().double() if torch.is_tensor(loss) else float(loss)
+            if self._loss_sum is None:
+                self._loss_sum = self._loss_first = loss
+            else:
+                self._loss_sum = self._loss_sum + loss
+            self._loss_count += 1
         if self.stragglers is not None:
             now = time.perf_counter()
             compute = now - self._stepped if self._stepped is not None else 0.0
@@ -140,6 +166,14 @@ class Algorithm:
 
     def _step(self) -> None:
         raise NotImplementedError
+
+    def take_loss(self) -> tuple[float, int, float]:
+        """The sum, count and first of the losses given to :meth:`step` since the last call."""
+        if self._loss_sum is None:
+            return 0.0, 0, 0.0
+        out = float(self._loss_sum), self._loss_count, float(self._loss_first)
+        self._loss_sum, self._loss_count = None, 0
+        return out
 
     def _cancellation(self):
         """A cheap ``() -> bool`` that ends an injected compute delay early (the work is
@@ -181,6 +215,19 @@ class Algorithm:
         communication is telemetry and is not counted.
         """
         return self._average(self.flat.data)
+
+    def consensus_distance(self) -> float:
+        """Mean over workers of ||x_i - xbar||^2, xbar the workers' average; collective.
+
+        Zero without communication while :attr:`replicas_identical`; its
+        traffic is telemetry and is not counted.
+        """
+        if self.comm.size == 1 or self.replicas_identical:
+            return 0.0
+        mean = self._average(self.flat.data)
+        mine = (self.flat.data - mean).square().sum().double() if self.is_worker else 0.0
+        out = torch.tensor([float(mine)], dtype=torch.float64)
+        return self._telemetry.allreduce(out).item() / self.workers
 
     def consensus_buffers(self) -> torch.Tensor:
         """The floating buffers (BatchNorm statistics) of the consensus model: the worker average."""

@@ -40,9 +40,10 @@ from __future__ import annotations
 
 import torch
 
-from .. import ops
+from .. import ops, schedule
 from ..options import Option, positive_int
 from .base import Algorithm
+from .scheduled import Scheduled
 
 
 def elastic_options(tau_help: str) -> tuple[Option, ...]:
@@ -97,18 +98,19 @@ def stability_warning(eta: float, alpha: float, workers: int, centre_in_round: b
     return None
 
 
-class EASGD(Algorithm):
+class EASGD(Scheduled):
     """Synchronous EASGD; the centre replicated (Allreduce) or on rank 0.
 
     Options:
         tau: local steps per round (default 1: the paper's rule).
         alpha: moving rate (default beta / workers); beta: 0.9.
         center: ``"replicated"`` or ``"rank0"``.
+        schedule: when rounds happen (:func:`mpisgd.schedule.options`; default every tau steps).
     """
 
     name = "easgd"
     options = elastic_options("local steps between elastic rounds (EASGD family)") + (
-        center_option("replicated", ("replicated", "rank0")),)
+        center_option("replicated", ("replicated", "rank0")),) + schedule.options(None, "easgd")
 
     def __init__(self, model, optimizer, comm=None, **options):
         super().__init__(model, optimizer, comm, **options)
@@ -118,13 +120,8 @@ class EASGD(Algorithm):
         self.center = self.flat.data.clone() if self._holds else torch.empty_like(self.flat.data)
         self._diff = torch.empty_like(self.flat.data)
 
-    def _step(self) -> None:
-        """One local step; in every tau-th, the elastic round overlapped with it."""
-        self.finished = False
-        self.steps += 1
-        if self.steps % self.opts["tau"]:
-            self.optimizer.step()
-            return
+    def _round_step(self) -> None:
+        """The elastic round, overlapped with the local step of the same x_i."""
         x, c, e = self.flat.data, self.center, self._diff
         self._round_delay()
         if self.replicated:

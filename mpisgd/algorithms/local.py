@@ -7,9 +7,11 @@ Yang, Zhu 2019): each worker runs its own optimizer on its own data,
     x_i <- (1/m) sum_j x_j              (one in-place Allreduce of the flat buffer),
 
 with floating buffers (BatchNorm statistics) averaged in the same round.
-``schedule="time-varying"`` is PR-SGD Algorithm 2: epoch s has
-K_s = ceil(tau s^period_exp) steps at rate lr s^lr_exp (see
-:mod:`mpisgd.schedule`).
+The schedule (:mod:`mpisgd.schedule`) times the rounds: ``periodic``
+(every tau steps), ``time-varying`` (PR-SGD Algorithm 2: epoch s has
+K_s = ceil(tau s^period_exp) steps at rate lr s^lr_exp), ``adacomm``
+(tau shrinks with the training loss) or ``budget`` (PR-SGD Algorithm 3:
+rounds of a fixed number of seconds, faster workers taking more steps).
 
 Optimizer state (momentum buffers, Adam moments) is a policy:
 ``momentum_policy="local"`` (default, as PR-SGD and PyTorch's
@@ -31,58 +33,41 @@ from __future__ import annotations
 import torch
 from mpi4py import MPI
 
-from ..options import Option, positive_int
-from ..schedule import Periodic, TimeVarying
-from .base import Algorithm
+from .. import schedule
+from ..options import Option
+from .scheduled import Scheduled
 
 
-class LocalSGD(Algorithm):
-    """Periodic model averaging (PR-SGD Algorithms 1 and 2).
+class LocalSGD(Scheduled):
+    """Periodic model averaging (PR-SGD Algorithms 1, 2 and 3; AdaComm).
 
     Options:
-        tau: communication period, or first epoch length (default 8).
-        schedule: ``"periodic"`` or ``"time-varying"`` (PR-SGD Algorithm 2).
-        period_exp, lr_exp: the time-varying exponents (1/3, -2/3).
+        tau: communication period, first epoch length or AdaComm's tau_0 (default 8).
+        schedule: ``"periodic"``, ``"time-varying"``, ``"adacomm"`` or ``"budget"``
+            (with their options, :func:`mpisgd.schedule.options`).
         momentum_policy: ``"local"``, ``"average"`` or ``"reset"``.
     """
 
     name = "local"
-    options = (
-        positive_int("tau", 8, "local steps between averaging rounds (local)"),
-        Option("schedule", "periodic", "periodic or time-varying (PR-SGD Algorithm 2) (local)",
-               str, choices=("periodic", "time-varying")),
-        Option("period_exp", 1 / 3, "time-varying: epoch length grows like s^period_exp (local)", float,
-               check=lambda v: v >= 0, must="non-negative"),
-        Option("lr_exp", -2 / 3, "time-varying: learning rate scales like s^lr_exp (local)", float,
-               check=lambda v: v <= 0, must="zero or negative"),
+    options = schedule.options(8, "local, gossip, cooperative") + (
         Option("momentum_policy", "local", "optimizer state at a round (local)",
                str, choices=("local", "average", "reset")),
     )
 
     def __init__(self, model, optimizer, comm=None, **options):
         super().__init__(model, optimizer, comm, **options)
-        o = self.opts
-        self.schedule = (Periodic(o["tau"]) if o["schedule"] == "periodic"
-                         else TimeVarying(o["tau"], o["period_exp"], o["lr_exp"]))
-        self._base_lr = [g["lr"] for g in optimizer.param_groups]
         self._state_flat = None
 
     def validate(self):
+        super().validate()
         if self.opts["tau"] == 1 and self.opts["schedule"] == "periodic":
             self.warn("local SGD with tau = 1 averages parameters every step: with plain SGD "
                       "it is sync SGD with more traffic per step; use --algo sync")
 
-    def _step(self) -> None:
-        """One local optimizer step; average the models when the schedule says so."""
-        self.finished = False
+    def _round_step(self) -> None:
+        """The local step that ends a round, then the average."""
         self.optimizer.step()
-        self.steps += 1
-        if self.schedule.communicate(self.steps):
-            self.average()
-        scale = self.schedule.lr_scale(self.steps)
-        if scale != 1.0 or self.opts["schedule"] != "periodic":
-            for group, lr in zip(self.optimizer.param_groups, self._base_lr):
-                group["lr"] = lr * scale
+        self.average()
 
     def finish(self) -> None:
         """Final synchronisation: average once more unless the last step ended a round.
@@ -90,7 +75,7 @@ class LocalSGD(Algorithm):
         Afterwards every worker holds the consensus model, so saving
         ``model.state_dict()`` on any rank saves the model PR-SGD outputs.
         """
-        if not self.finished and self.steps and not self.schedule.communicate(self.steps):
+        if not self.finished and self._since:
             self.average()
         super().finish()
 

@@ -67,7 +67,7 @@ def test_exception_in_training_on_one_rank_ends_the_job(tmp_path):
         "from mpisgd import cli\n"
         "from mpisgd.algorithms.sync import SyncSGD\n"
         "step = SyncSGD.step\n"
-        "def failing(self):\n"
+        "def failing(self, loss=None):\n"
         "    if MPI.COMM_WORLD.rank == 2 and self.steps == 5:\n"
         "        raise FloatingPointError('rank 2 diverged')\n"
         "    step(self)\n"

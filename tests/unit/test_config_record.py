@@ -74,7 +74,7 @@ def test_failed_run_leaves_a_record_saying_why(tmp_path, monkeypatch):
     from mpisgd.algorithms.sync import SyncSGD
     original = SyncSGD.step
 
-    def failing(self):
+    def failing(self, loss=None):
         if self.steps == 12:
             raise RuntimeError("injected failure")
         original(self)
