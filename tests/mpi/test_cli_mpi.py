@@ -149,3 +149,72 @@ def test_stragglers_apply_to_every_algorithm(shared_dir):
         assert np.all(d["compute_delay"] >= 12 * 0.002)
         assert d["compute_delay"][1] > 2 * d["compute_delay"][0]       # worker 1 is 3x slower
         assert wait[0] > wait[1]                   # worker 0 waits for worker 1 in the Allreduce
+
+
+def _record(shared_dir, name, **flags):
+    """Train with ``flags`` on every rank; rank 0 gets the record as a dict of arrays."""
+    comm = MPI.COMM_WORLD
+    out = os.path.join(shared_dir, f"{name}.h5")
+    cfg = from_sources(None, dict(steps=48, log_every=12, out=out, threads=1, **flags))
+    train.run(cfg, comm, quiet=True)
+    comm.Barrier()
+    if comm.rank != 0:
+        return None
+    with h5py.File(out, "r") as f:
+        assert f.attrs["status"] == "completed"
+        return {f"{g}/{k}": f[g][k][()] for g in f for k in f[g]}
+
+
+@pytest.mark.mpi(min_size=4)
+def test_gossip_run_records_consensus_distance_degrees_and_zeta(shared_dir):
+    rec = _record(shared_dir, "gossip", algo="gossip", topology="exponential", overlap=True,
+                  exchange="neighbor")     # (on 4 ranks the exponential graph is complete)
+    if rec is None:
+        return
+    assert list(rec["metrics/step"]) == [12, 24, 36, 48]
+    assert list(rec["metrics/rounds"]) == [12, 24, 36, 48]
+    assert np.all(rec["metrics/consensus_distance"] > 0)          # gossip never agrees exactly
+    degree = rec["gossip/out_degree"]
+    assert list(degree) == list(rec["gossip/in_degree"]) and np.all(degree >= 2)
+    assert list(rec["gossip/bytes_per_round"]) == list(degree * 26122 * 4)
+    assert 0 < rec["gossip/zeta"][0] < 1
+    assert rec["metrics/train_loss"][-1] < rec["metrics/train_loss"][0]
+    assert rec["metrics/bytes_sent"][-1] == pytest.approx(
+        48 * sum(rec["gossip/bytes_per_round"]), rel=1e-9)      # per round, every rank
+
+
+@pytest.mark.mpi(min_size=2)
+def test_local_average_has_zero_consensus_distance(shared_dir):
+    rec = _record(shared_dir, "local0", algo="local", tau=4)
+    if rec is not None:
+        assert np.all(rec["metrics/consensus_distance"] == 0)   # log points fall on rounds
+
+
+@pytest.mark.mpi(min_size=4)
+@pytest.mark.parametrize("algo", ["local", "gossip", "easgd"])
+def test_budget_schedule_runs_by_rounds_for_every_family(shared_dir, algo):
+    """PR-SGD Algorithm 3 with worker 1 slowed 4x: the run is steps / tau rounds; the slow
+    worker takes fewer local steps."""
+    rec = _record(shared_dir, f"budget-{algo}", algo=algo, tau=4, schedule="budget",
+                  straggler="shifted-exp:0.002,0.0005+slow:1=4")
+    if rec is None:
+        return
+    assert list(rec["metrics/step"]) == [12, 24, 36, 48]
+    assert list(rec["metrics/rounds"]) == [3, 6, 9, 12]
+    steps = rec["ranks/steps"]
+    assert steps[1] < min(s for w, s in enumerate(steps) if w != 1)
+    assert rec["schedule/round_budget"][0] > 0
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("algo", ["local", "gossip", "easgd"])
+def test_adacomm_records_tau_over_time_for_every_family(shared_dir, algo):
+    rec = _record(shared_dir, f"adacomm-{algo}", algo=algo, tau=8, schedule="adacomm",
+                  adacomm_interval=0.02, comm_delay=0.005)
+    if rec is None:
+        return
+    tau, time_, loss = rec["schedule/tau"], rec["schedule/time"], rec["schedule/loss"]
+    assert tau[0] == 8 and len(tau) == len(time_) == len(loss) >= 2
+    assert np.all(np.diff(tau) <= 0) and np.all(np.diff(time_) > 0)
+    for l in range(1, len(tau)):
+        assert tau[l] == min(tau[l - 1], int(np.ceil(np.sqrt(loss[l] / loss[0]) * 8 - 1e-9)))

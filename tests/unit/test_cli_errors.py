@@ -47,6 +47,9 @@ def launch(args, np=NP, timeout=90, script=None, quiet=True):
     (["--algo", "ps-sync", "--comm-delay", "soon"], "--comm-delay must be SECONDS >= 0", NP),
     (["--algo", "async-easgd", "--center", "rank0", "--servers", "2"],
      "--servers 2 needs center dedicated", NP),
+    (["--algo", "gossip", "--topology", "/no/such/W.npy"], "/no/such/W.npy: no such file", NP),
+    (["--algo", "cooperative", "--topology", "one-peer-exponential"], "needs a symmetric W", NP),
+    (["--algo", "local", "--schedule", "adacomm"], "--adacomm-interval must be given", NP),
 ])
 def test_bad_input_one_line_on_every_rank(args, needle, np):
     proc, elapsed = launch(args, np)
