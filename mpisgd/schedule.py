@@ -204,6 +204,12 @@ class Budget(Periodic):
     first round, which has ``tau`` steps everywhere: B = tau times the
     fastest worker's mean step time, so the fastest worker keeps about
     tau steps per round and a worker s times slower takes about tau / s.
+
+    Workers take different numbers of steps, so a training loop under this
+    schedule counts rounds, not steps (every worker must join every round)::
+
+        while algo.rounds < rounds:
+            ...; loss.backward(); algo.step(loss)
     """
 
     def __init__(self, tau: int, seconds: float | None = None):
@@ -227,6 +233,7 @@ class Budget(Periodic):
         self._last, self._start = step, now
         if self.seconds is None and stats is not None:
             self.seconds = self.tau * stats.fastest_step
+            self.needs_stats = False     # the same figures everywhere: the same turn everywhere
 
 
 def options(tau: int | None, family: str) -> tuple[Option, ...]:
