@@ -32,6 +32,7 @@ Example (a ring of every rank, three rounds without gradients)::
 from __future__ import annotations
 
 import torch
+from mpi4py import MPI
 
 EXCHANGES = ("auto", "neighbor", "persistent", "allreduce")
 
@@ -63,10 +64,10 @@ class Mixer:
         self.sources = [j for j in range(m) if support[i, j]]      # whom node i listens to
         self.dests = [j for j in range(m) if support[j, i]]        # who listens to node i
         static = not topology.time_varying
-        averaging = static and m > 1 and is_averaging(topology.matrix(0)[:m, :m]) \
-            and topology.n == m
+        averaging = static and topology.n == m and is_averaging(topology.matrix(0)[:m, :m])
         if exchange == "auto":
-            exchange = "allreduce" if averaging else "neighbor" if static else "persistent"
+            exchange = ("allreduce" if averaging and m > 1 else "neighbor" if static
+                        else "persistent")
         if exchange == "allreduce" and not averaging:
             raise ValueError("exchange allreduce needs W = 11^T/m over the workers "
                              "(topology complete with uniform weights); use neighbor")
@@ -141,6 +142,14 @@ class Mixer:
         for j, on in enumerate(self._active):
             if on:
                 x.add_(self.recv[j], alpha=float(self._weights[j]))
+
+    def close(self) -> None:
+        """Free the persistent requests and the graph communicator (no round in flight)."""
+        if self._persistent is not None:
+            self._persistent.free()
+            self._persistent = None
+        if self.graph != MPI.COMM_NULL:
+            self.graph.Free()
 
     def mix(self, k: int) -> None:
         """One blocking round ``k``."""

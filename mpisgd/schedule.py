@@ -199,7 +199,8 @@ class Budget(Periodic):
     A worker ends its round when one more local step would overshoot the
     budget by more than half a step: after its k-th step of the round,
     t (k + 1/2) / k >= B, t the seconds since the round began (its own
-    clock: the previous round ended at the same moment on every worker).
+    clock: the previous round ended at the same moment on every worker; the
+    first began at 0, when training did).
     Each worker takes at least one step. ``seconds=None`` takes B from the
     first round, which has ``tau`` steps everywhere: B = tau times the
     fastest worker's mean step time, so the fastest worker keeps about
@@ -218,11 +219,9 @@ class Budget(Periodic):
             raise ValueError(f"round_budget must be a positive number of seconds, got {seconds!r}")
         self.seconds = seconds
         self.needs_stats = seconds is None
-        self._last, self._start = 0, None
+        self._last, self._start = 0, 0.0     # the first round starts when the clock does
 
     def communicate(self, step: int, now: float = 0.0) -> bool:
-        if self._start is None:
-            self._start = now
         k = step - self._last
         if self.seconds is None:
             return k >= self.tau

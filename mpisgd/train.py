@@ -244,6 +244,7 @@ def _train(cfg, comm, algo, model, opt, data, shards, record, quiet) -> dict:
     ranks = comm.gather(mine, root=0)
     params = algo.consensus()
     series = algo.series(train_time)     # collective: rank 0 gets every rank's figures
+    algo.close()
     if rank != 0:
         return {}
     record.complete({name: [r[i] for r in ranks] for i, name in enumerate(RANK_FIELDS)},

@@ -102,9 +102,11 @@ class Algorithm:
         self.rounds = 0      # communication rounds taken
         self.finished = False
         self._stepped = None  # when the last step() returned (the next step's compute starts)
-        #: The clock schedules read (seconds); the training driver sets its own,
-        #: which stops during log points.
-        self.clock = time.perf_counter
+        #: The clock schedules read: seconds of training, from the end of construction;
+        #: the training driver sets its own, which starts at its start barrier and
+        #: stops during log points.
+        built = time.perf_counter()
+        self.clock = lambda: time.perf_counter() - built
         self._loss_sum, self._loss_count = None, 0
 
     # ---- hooks for subclasses -----------------------------------------
@@ -248,6 +250,13 @@ class Algorithm:
         if not self.is_worker:
             out.zero_()
         return self._telemetry.allreduce(out).div_(self.workers)
+
+    def close(self) -> None:
+        """Free the MPI objects the algorithm made (a private Dup of ``comm``; a gossip
+        graph communicator and its persistent requests). Collective; call it once, last:
+        MPI allows only so many communicators per process (MPICH: about 2000)."""
+        if self.private_comm and self.comm.comm != MPI.COMM_NULL:
+            self.comm.comm.Free()
 
     def stats(self) -> dict:
         """This rank's counters: steps, rounds, bytes sent, seconds in/blocked on communication."""

@@ -195,6 +195,11 @@ class Gossip(Scheduled):
         self._complete()
         super().finish()
 
+    def close(self) -> None:
+        self._complete()
+        self.mixer.close()
+        super().close()
+
     # ---- output and telemetry ------------------------------------------
 
     def consensus(self) -> torch.Tensor:

@@ -29,13 +29,19 @@ class Scheduled(Algorithm):
         self.schedule = schedules.make(self.opts)
         self._base_lr = [g["lr"] for g in optimizer.param_groups]
         self._since = 0            # local steps since the last round
-        self._start = None         # clock at the first step
-        self._round_start = None   # clock when the last round ended (or at the first step)
+        self._round_start = 0.0    # clock when the last round ended (0: training began)
         self._report = torch.zeros(len(schedules.STAT_FIELDS), dtype=torch.float64)
         self._reports = torch.zeros(self.workers, len(schedules.STAT_FIELDS), dtype=torch.float64)
 
     def validate(self):
         schedules.make(self.opts)                      # a missing or bad schedule option
+        o = self.opts
+        if o["tau"] == 1 and o["schedule"] == "adacomm":
+            self.warn("adacomm with tau = 1 cannot adapt (tau never increases): give --tau tau_0 > 1")
+        if o["tau"] == 1 and o["schedule"] == "budget" and o["round_budget"] is None:
+            self.warn("budget with tau = 1 and no --round-budget gives each round one step of the "
+                      "fastest worker, so every worker takes one step: raise --tau or give "
+                      "--round-budget")
 
     def _step(self) -> None:
         """One local step; a round when the schedule says so; the next step's learning rate."""
@@ -43,8 +49,6 @@ class Scheduled(Algorithm):
         self.steps += 1
         self._since += 1
         now = self.clock()
-        if self._start is None:
-            self._start = self._round_start = now
         if self.schedule.communicate(self.steps, now):
             pending = self._post_report(now) if self.schedule.needs_stats else None
             self._round_step()
@@ -67,7 +71,7 @@ class Scheduled(Algorithm):
         """Start gathering every worker's report on the round that ends now."""
         r = self._report
         r[0], r[1], r[2] = self.take_loss()
-        r[3], r[4], r[5] = self._since, now - self._round_start, now - self._start
+        r[3], r[4], r[5] = self._since, now - self._round_start, now
         return self.comm.iallgather(r, self._reports)
 
     def _local_step(self) -> None:

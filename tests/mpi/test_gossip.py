@@ -319,3 +319,18 @@ def test_bad_gossip_options(options, match):
     with pytest.raises(ValueError, match=match):
         mpisgd.build("gossip", model, torch.optim.SGD(model.parameters(), lr=0.1),
                      comm=WORLD, **options)
+
+
+@pytest.mark.mpi(min_size=2)
+def test_close_frees_the_graph_communicator_and_requests():
+    algo, _ = run("gossip", 2, topology="one-peer-exponential", overlap=True)
+    algo.close()                          # applies the round in flight first
+    assert algo.mixer.graph == MPI.COMM_NULL and algo.mixer._persistent is None
+    assert algo._pending is None
+
+
+@pytest.mark.mpi(min_size=1)
+def test_single_rank_allreduce_exchange_is_accepted():
+    algo, trace = run("cooperative", 3, comm=MPI.COMM_SELF, topology="complete", exchange="allreduce")
+    assert algo.mixer.exchange == "allreduce"
+    algo.close()

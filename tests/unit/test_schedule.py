@@ -59,7 +59,7 @@ def test_adacomm_without_losses_says_how_to_give_them():
 
 def test_budget_rounds_end_when_one_more_step_would_overshoot():
     s = Budget(8, seconds=1.0)
-    assert not s.communicate(1, now=0.0)          # the first call starts the clock
+    assert not s.communicate(1, now=0.0)          # the first round starts at 0
     # step k at time t: ends when t (k + 1/2) / k >= 1
     assert not s.communicate(2, now=0.6)          # 0.6 * 2.5 / 2 = 0.75
     assert not s.communicate(3, now=0.8)          # 0.8 * 3.5 / 3 = 0.93
