@@ -1,4 +1,4 @@
-"""One gossip round (neighbour exchange) against an Allreduce of the same buffer; rounds/s per graph.
+"""One gossip round (neighbour exchange) against an Allreduce of the same buffer; rounds/s.
 
     mpiexec -n 4 python benchmarks/bench_gossip.py [--sizes 1e4,1e6] [--trials N]
     mpiexec -n 8 python benchmarks/bench_gossip.py
@@ -14,8 +14,12 @@ of the slowest rank's time per round, ``reps`` rounds per timed call):
   exchange, ``mixer.mix(k)`` (MPI_Ineighbor_allgather / persistent
   Send_init, Recv_init per neighbour, then one ``addmv``);
 * ``raw nbr``: the bare-MPI limit of the same round: a blocking mpi4py
-  ``Neighbor_allgather`` of a numpy buffer on a dist-graph communicator of
-  the same graph, then the same ``addmv`` on torch views of it;
+  ``Neighbor_allgather`` of numpy arrays on a dist-graph communicator of
+  the same graph, then the same ``addmv`` on torch views of them (the
+  arrays are views of torch-allocated memory, like the Mixer's: numpy's
+  own allocator asks for transparent huge pages above 4 MiB, and with
+  them this MPICH's exchange of 12-20 MB receive buffers ran 15-30%
+  slower, which is the kernel's doing, not the Mixer's);
 * ``Comm nbr``: the same round through mpisgd's :class:`~mpisgd.comm.Comm`
   (``comm.ineighbor_allgather`` of torch tensors, ``handle.wait()``, the
   same ``addmv``) with the row of W taken once: what the Mixer costs over
@@ -23,14 +27,16 @@ of the slowest rank's time per round, ``reps`` rounds per timed call):
 * ``raw AR``: ``comm.Allreduce(MPI.IN_PLACE, buf)`` on a numpy buffer of n
   float32 (the sum; what a round costs when W = 11^T/P);
 * ``Comm AR``: mpisgd's ``Comm.allreduce(t, average=True)``, the round of
-  ``local`` SGD (pre-division by P, then the Allreduce).
+  ``local`` SGD (pre-division by P, then the Allreduce; an
+  ``MPI_Iallreduce`` waited politely when the node is oversubscribed).
 
 Printed per graph: in/out degree, zeta (how much one round shrinks the
 disagreement: 0 exact averaging, 1 none), bytes sent per round per rank
 (out-degree x 4n) against the Allreduce's 2(P-1)/P x 4n, the medians in
 ms, neighbor / raw AR, each Mixer / raw nbr, neighbor / Comm nbr, raw nbr
-/ raw AR, and rounds per second of the neighbor Mixer. Before timing, one round of each exchange is checked
-against the dense W_i. X on every rank.
+/ raw AR, and rounds per second of the neighbor Mixer. Before timing, one
+round of each neighbour contender is checked against the dense W_i. X on
+every rank.
 
 Last, the whole algorithm: steps of ``gossip`` (ring, tau 1, exchange
 neighbor, overlap off and on) and of ``local`` tau 1 (one Allreduce of the
@@ -41,13 +47,13 @@ optimizer's update plus the round). A timed call is ``--steps`` steps and
 
 Ranks beyond the cores (4 ranks on a 2-core machine already) share cores:
 the Mixer and Comm then wait politely (sched_yield; ``MPISGD_WAIT``) while
-the raw mpi4py calls spin in MPICH. Absolute times there are scheduling
-more than bandwidth; read the ratios.
+the raw mpi4py calls spin in MPICH, and every rank's Python runs on the
+same two cores. Absolute times there are scheduling more than bandwidth;
+read the ratios.
 """
 from __future__ import annotations
 
 import argparse
-import math
 import warnings
 
 import numpy as np
@@ -85,9 +91,10 @@ class RawRound:
 
     def __init__(self, W: torch.Tensor, sources: list, dests: list, x0: torch.Tensor):
         self.graph = world.Create_dist_graph_adjacent(sources, dests, reorder=False)
-        self.x = x0.numpy().copy()
-        self.recv = np.zeros((max(1, len(sources)), self.x.size), np.float32)
-        self.xt, self.rt = torch.from_numpy(self.x), torch.from_numpy(self.recv)
+        # torch's allocator, as the Mixer's buffers: numpy madvises huge pages for arrays
+        # over 4 MiB, which made this MPICH's exchange 15-30% slower here (not Python's cost)
+        self.xt, self.rt = x0.clone(), torch.zeros(max(1, len(sources)), x0.numel())
+        self.x, self.recv = self.xt.numpy(), self.rt.numpy()
         self.w, self.wii = W[rank, sources].float(), float(W[rank, rank])
 
     def mix(self, k: int = 0) -> None:
@@ -108,7 +115,8 @@ class CommRound(RawRound):
 
 
 def check(name: str, W: torch.Tensor, x0: torch.Tensor, contenders: dict) -> None:
-    """One round of each contender equals W_i. X (X gathered from every rank); raises on every rank."""
+    """One round of each contender gives W_i. X (X gathered from every rank); else raises,
+    on every rank."""
     X = np.empty((P, x0.numel()), np.float32)
     world.Allgather(x0.numpy(), X)
     expected = W[rank].float() @ torch.from_numpy(X)
@@ -116,7 +124,8 @@ def check(name: str, W: torch.Tensor, x0: torch.Tensor, contenders: dict) -> Non
     for label, (mix, out) in contenders.items():
         mix(0)
         if not torch.allclose(out, expected, rtol=1e-5, atol=1e-6):
-            bad.append(f"{label}: max error {(out - expected).abs().max().item():.3g}")
+            error = (out - expected).abs().max().item()
+            bad.append(f"rank {rank} {label}: max error {error:.3g}")
     bad = world.allgather(bad)
     if any(bad):
         raise RuntimeError(f"{name}: a round does not give W_i. X: " + "; ".join(sum(bad, [])))
@@ -127,7 +136,7 @@ def rounds(n: int) -> None:
     reps = max(1, min(20, 10**6 // n))          # a timed call lasts well over a scheduler tick
     comm = Comm(world)
     gen = torch.Generator().manual_seed(rank)
-    contenders, rows = {}, []
+    contenders, rows, frees = {}, [], []
     for g in GRAPHS:
         try:
             topo = topologies.build(g, P)
@@ -142,17 +151,20 @@ def rounds(n: int) -> None:
         check(g, W, x0, {"neighbor": (mixers["neighbor"].mix, xs["neighbor"]),
                          "persistent": (mixers["persistent"].mix, xs["persistent"]),
                          "raw nbr": (raw.mix, raw.xt), "Comm nbr": (ours.mix, ours.xt)})
-        for e, mixer in mixers.items():
-            contenders[f"{g} {e}"] = (lambda mix: lambda: [mix(0) for _ in range(reps)])(mixer.mix)
-        contenders[f"{g} raw"] = lambda mix=raw.mix: [mix(0) for _ in range(reps)]
-        contenders[f"{g} comm"] = lambda mix=ours.mix: [mix(0) for _ in range(reps)]
+        for label, mix in (("neighbor", mixers["neighbor"].mix),
+                           ("persistent", mixers["persistent"].mix),
+                           ("raw", raw.mix), ("comm", ours.mix)):
+            contenders[f"{g} {label}"] = lambda mix=mix: [mix(0) for _ in range(reps)]
         rows.append((g, mixers["neighbor"].degree, topo.zeta, mixers["neighbor"].bytes_per_round))
-    summed = np.zeros(n, np.float32)           # zeros: repeated sums stay finite
+        frees += [m.close for m in mixers.values()] + [raw.graph.Free, ours.graph.Free]
+    summed = torch.zeros(n).numpy()            # zeros: repeated sums stay finite
     mean = torch.randn(n, generator=gen)       # the mean stays bounded
     local = Comm(world)
     contenders["raw AR"] = lambda: [world.Allreduce(MPI.IN_PLACE, summed) for _ in range(reps)]
     contenders["Comm AR"] = lambda: [local.allreduce(mean, average=True) for _ in range(reps)]
     t = {k: v / reps for k, v in interleaved(contenders, trials, world).items()}
+    for free in frees:                         # communicators are a finite resource
+        free()
 
     ar_bytes = 2 * (P - 1) / P * 4 * n
     say(f"\n## n = {n:g} float32 ({4 * n / 1e6:g} MB), {reps} rounds per timed call; "
@@ -165,8 +177,8 @@ def rounds(n: int) -> None:
         nb, pe, rw, cm = (t[f"{g} {c}"] for c in ("neighbor", "persistent", "raw", "comm"))
         say(f"{g:>11} {indeg:>2}/{outdeg:<2} {zeta:5.3f} {nbytes / 1e6:7.3g} "
             f"{nbytes / ar_bytes:5.2f} {1e3 * nb:8.3f} {1e3 * pe:8.3f} {1e3 * rw:8.3f} "
-            f"{nb / t['raw AR']:7.2f} {nb / rw:7.2f} {pe / rw:8.2f} {nb / cm:8.2f} {rw / t['raw AR']:7.2f} "
-            f"{1 / nb:9.1f}")
+            f"{nb / t['raw AR']:7.2f} {nb / rw:7.2f} {pe / rw:8.2f} {nb / cm:8.2f} "
+            f"{rw / t['raw AR']:7.2f} {1 / nb:9.1f}")
 
 
 def algorithms() -> None:
@@ -174,16 +186,15 @@ def algorithms() -> None:
     torch.manual_seed(0)
     base = torch.nn.Linear(1000, 1000)
     grads = [1e-3 * torch.randn_like(p) for p in base.parameters()]
+    ring = dict(topology="ring", exchange="neighbor")
     algos = {}
-    for label, name, opts in (("gossip ring", "gossip", dict(topology="ring", overlap=False)),
-                              ("gossip ring overlap", "gossip", dict(topology="ring", overlap=True)),
+    for label, name, opts in (("gossip ring", "gossip", dict(ring, overlap=False)),
+                              ("gossip ring overlap", "gossip", dict(ring, overlap=True)),
                               ("local tau=1", "local", {})):
         model = torch.nn.Linear(1000, 1000)
         model.load_state_dict(base.state_dict())
         for p, g in zip(model.parameters(), grads):
             p.grad = g.clone()
-        if name == "gossip":
-            opts.update(exchange="neighbor")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")    # local with tau = 1 warns that it is sync SGD
             algos[label] = mpisgd.build(name, model, torch.optim.SGD(model.parameters(), lr=1e-3),
@@ -194,8 +205,10 @@ def algorithms() -> None:
             algo.step()
         algo.finish()
 
-    t = {k: v / args.steps for k, v in
-         interleaved({k: (lambda a: lambda: run(a))(a) for k, a in algos.items()}, trials, world).items()}
+    timed = interleaved({k: lambda a=a: run(a) for k, a in algos.items()}, trials, world)
+    t = {k: v / args.steps for k, v in timed.items()}
+    for algo in algos.values():
+        algo.close()
     params = sum(p.numel() for p in base.parameters())
     say(f"\n## algorithm step ({params / 1e6:.2f}M params, SGD, fixed gradient, tau 1, "
         f"{args.steps} steps per timed call)")

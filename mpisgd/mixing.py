@@ -84,7 +84,7 @@ class Mixer:
         self.graph = comm.comm.Create_dist_graph_adjacent(self.sources, self.dests, reorder=False)
         self._persistent = (comm.exchange(self.graph, self.send, self.recv, self.dests,
                                           self.sources) if exchange == "persistent" else None)
-        self._weights = None
+        self._plans = {}           # k mod period -> _plan(k), for periodic topologies
         self.bytes_per_round = 0.0
 
     @property
@@ -92,13 +92,23 @@ class Mixer:
         """(in-degree, out-degree) on the communication graph."""
         return len(self.sources), len(self.dests)
 
+    def _plan(self, k: int) -> tuple:
+        """Round k's part of W for this node: (W_ii, the sources' weights as a tensor and as
+        floats, which sources and which destinations take part); once per matrix of a cycle."""
+        key = k % self.topology.period if self.topology.period else None
+        plan = self._plans.get(key) if key is not None else None
+        if plan is None:
+            W, i = self.topology.matrix(k), self.node
+            row = W[i, self.sources]
+            plan = (float(W[i, i]), row.to(self.x.dtype).to(self.x.device), row.tolist(),
+                    [bool(w != 0) for w in row], [bool(W[j, i] != 0) for j in self.dests])
+            if key is not None:
+                self._plans[key] = plan
+        return plan
+
     def start(self, k: int):
         """Post round ``k``'s exchange of x (or of its snapshot); returns the pending handle."""
-        W = self.topology.matrix(k).to(self.x.dtype)
-        i = self.node
-        self._self_weight = float(W[i, i])
-        self._weights = W[i, self.sources].to(self.x.device)
-        self._active = [float(w) != 0.0 for w in W[i, self.sources]]
+        self._self_weight, self._weights, self._row, self._active, send_to = self._plan(k)
         if self.snapshot:
             self.send.copy_(self.x)
         before = self.comm.bytes_sent
@@ -111,8 +121,7 @@ class Mixer:
         elif self.exchange == "neighbor":
             handle = self.comm.ineighbor_allgather(self.graph, self.send, self._buffer)
         else:
-            handle = self._persistent.start([float(W[j, i]) != 0.0 for j in self.dests],
-                                            self._active)
+            handle = self._persistent.start(send_to, self._active)
         self.bytes_per_round = self.comm.bytes_sent - before
         return handle
 
@@ -141,7 +150,7 @@ class Mixer:
             x.mul_(self._self_weight)
         for j, on in enumerate(self._active):
             if on:
-                x.add_(self.recv[j], alpha=float(self._weights[j]))
+                x.add_(self.recv[j], alpha=self._row[j])
 
     def close(self) -> None:
         """Free the persistent requests and the graph communicator (no round in flight)."""

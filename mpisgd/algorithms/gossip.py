@@ -119,7 +119,7 @@ class Gossip(Scheduled):
         if o["exchange"] == "allreduce" and (self.topology.time_varying or n > m or not
                                              is_averaging(self.topology.matrix(0))):
             raise ValueError("exchange allreduce needs W = 11^T/m over the workers "
-                             "(topology complete with uniform weights); use neighbor")
+                             "(topology complete); use neighbor")
 
     aux_allowed = False
 
@@ -146,7 +146,7 @@ class Gossip(Scheduled):
         d = self.flat.data.numel()
         self.aux = self.flat.data.expand(self.v, d).clone()         # z_a = x_0, replicated
         self._contrib = torch.empty_like(self.aux)
-        self._pending = None      # the overlapped round in flight: (k, mixer handle, aux handle)
+        self._pending = None      # the round in flight: (mixer handle, auxiliary handle or None)
 
     # ---- rounds ---------------------------------------------------------
 
