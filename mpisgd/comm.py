@@ -325,14 +325,14 @@ class Comm:
         reads = list(read_only) if isinstance(read_only, (list, tuple)) else [read_only] * len(tensors)
         spans = [self._claim(t, r) for t, r in zip(tensors, reads)]
         views, copy_back = [], []
-        for t in tensors:
+        for t, read in zip(tensors, reads):
             if t.is_cuda:
                 torch.cuda.current_stream(t.device).synchronize()
             if self._needs_staging(t):
                 host = self._host_copy(t)
                 host.copy_(t.reshape(-1))
                 views.append(host)
-                if not reads[len(views) - 1]:
+                if not read:                   # only what MPI writes comes back
                     copy_back.append((t, host))
             else:
                 views.append(t)
