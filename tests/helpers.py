@@ -39,6 +39,22 @@ def regression_loss(model, worker: int, step: int):
     return 0.5 * ((model(A).squeeze(1) - b) ** 2).mean()
 
 
+def regression_run(name: str, x0: torch.Tensor, steps: int, comm, eta: float, **options):
+    """Algorithm ``name`` on the regression problem from ``x0``, ``steps`` steps (loss of
+    worker ``comm.rank``); returns it and the trace of this worker's parameters after each step."""
+    import mpisgd
+    model = regression_model(x0)
+    opt = torch.optim.SGD(model.parameters(), lr=eta)
+    algo = mpisgd.build(name, model, opt, comm=comm, **options)
+    trace = []
+    for step in range(steps):
+        opt.zero_grad()
+        regression_loss(model, comm.rank, step).backward()
+        algo.step()
+        trace.append(algo.flat.data.clone())
+    return algo, trace
+
+
 def classifier_batch(worker: int, step: int, n: int = 5):
     g = torch.Generator().manual_seed(7919 * (worker + 1) + step)
     return (torch.randn(n, 4, generator=g, dtype=torch.float64),

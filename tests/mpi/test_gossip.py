@@ -14,7 +14,7 @@ from mpisgd import reference, topology
 from mpisgd.comm import Comm
 from mpisgd.errors import ConfigError
 from mpisgd.mixing import Mixer
-from helpers import D, classifier, classifier_batch, regression_grad, regression_loss, regression_model
+from helpers import D, classifier, classifier_batch, regression_grad, regression_model, regression_run
 
 ETA = 0.05
 TOL = dict(rtol=1e-12, atol=1e-13)
@@ -64,18 +64,9 @@ def test_k_rounds_equal_W_power_and_keep_the_average(spec, build, exchange, snap
     assert torch.allclose(mean / size, X.mean(0), **TOL)
 
 
-def run(name, steps, comm=WORLD, model=None, eta=ETA, trace_every=True, **options):
+def run(name, steps, comm=WORLD, **options):
     """Train the regression problem; the trace of this worker's parameters after each step."""
-    model = model or regression_model(x0())
-    opt = torch.optim.SGD(model.parameters(), lr=eta)
-    algo = mpisgd.build(name, model, opt, comm=comm, **options)
-    trace = []
-    for step in range(steps):
-        opt.zero_grad()
-        regression_loss(model, comm.rank, step).backward()
-        algo.step()
-        trace.append(algo.flat.data.clone())
-    return algo, trace
+    return regression_run(name, x0(), steps, comm, ETA, **options)
 
 
 def oracle(T, steps, tau=1, overlap=False, v=0):

@@ -10,7 +10,7 @@ from mpi4py import MPI
 import mpisgd
 from mpisgd import reference
 from helpers import (D, classifier, classifier_batch, regression_grad, regression_loss,
-                     regression_model)
+                     regression_model, regression_run)
 
 ETA = 0.05
 
@@ -20,16 +20,7 @@ def x0():
 
 
 def run_local(steps, comm=MPI.COMM_WORLD, **options):
-    model = regression_model(x0())
-    opt = torch.optim.SGD(model.parameters(), lr=ETA)
-    algo = mpisgd.build("local", model, opt, comm=comm, **options)
-    trace = []
-    for step in range(steps):
-        opt.zero_grad()
-        regression_loss(model, comm.rank, step).backward()
-        algo.step()
-        trace.append(algo.flat.data.clone())
-    return algo, trace
+    return regression_run("local", x0(), steps, comm, ETA, **options)
 
 
 @pytest.mark.mpi(min_size=2)
