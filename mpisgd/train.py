@@ -208,7 +208,7 @@ def _train(cfg, comm, algo, model, opt, data, shards, record, quiet) -> dict:
         stream = datasets.WorkerStream(data, shards[w], w, cfg.seed, cfg.batch_size)
         pace = Pace(cfg, algo)
         step = 0
-        while pace.running():
+        while pace.running(step):
             x, y = stream.batch(step)
             opt.zero_grad(set_to_none=False)
             loss = F.cross_entropy(model(x), y)
@@ -276,14 +276,14 @@ class Pace:
         self.tau = algo.opts.get("tau", 1)
         self.rounds = math.ceil(cfg.steps / self.tau)
         self.every = max(1, round(cfg.log_every / self.tau))
-        self._seen_rounds = self._step = 0
+        self._seen_rounds = 0
 
-    def running(self) -> bool:
-        return self.algo.rounds < self.rounds if self.by_rounds else self._step < self.cfg.steps
+    def running(self, step: int) -> bool:
+        """Whether the worker, having taken ``step`` local steps, goes on."""
+        return self.algo.rounds < self.rounds if self.by_rounds else step < self.cfg.steps
 
     def after_step(self, step: int, progress) -> tuple[int | None, bool]:
         """(the step of the log point that follows, or None; whether the loop ends)."""
-        self._step = step
         if not self.by_rounds:
             progress.update()
             last = step == self.cfg.steps
