@@ -1,12 +1,19 @@
 # mpisgd: install, run, test. Every target is idempotent.
 #   make run    install everything into .venv, then train the default job on 4 ranks
 #   make test   install, then the unit tests (1 process) and the MPI tests (mpiexec -n 4)
-# Variables: VENV, NP (ranks, default 4), TORCH (version), MPIEXEC, ARGS (for run).
+# Variables: VENV, NP (ranks, default 4), TORCH (version), TORCH_INDEX (a pip index for
+# torch, e.g. the CPU-only one, see docs/install.md), MPIEXEC, ARGS (for run).
+# A failing pip fails the target: recipes run in bash with pipefail.
+SHELL       := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
 NP      ?= 4
 TORCH   ?= 2.13.0
+TORCH_INDEX ?=
+PIP     := $(PY) -m pip install -q --disable-pip-version-check
+QUIET   := 2>&1 | { grep -v "^WARNING: Location" || true; }
 STAMP   := $(VENV)/.mpisgd-installed
 ARGS    ?=
 # The venv's mpiexec (MPICH wheel) when it exists, else the system's.
@@ -20,20 +27,20 @@ MPIFLAGS = $(shell if $(MPIEXEC) --version 2>/dev/null | grep -q "Open MPI"; the
 
 install: $(STAMP)
 
-$(STAMP): setup.py CMakeLists.txt $(wildcard csrc/*)
+$(STAMP): pyproject.toml setup.py CMakeLists.txt $(wildcard csrc/*)
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check "torch==$(TORCH)" 2>&1 | grep -v "^WARNING: Location" || true
+	$(PIP) "torch==$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) $(QUIET)
 	@if command -v mpicc >/dev/null 2>&1 && [ "$${MPISGD_MPI:-auto}" != wheel ]; then \
 	  echo "mpisgd: building mpi4py against the system MPI ($$(command -v mpicc))"; \
-	  MPICC=$$(command -v mpicc) $(PY) -m pip install -q --no-binary=mpi4py "mpi4py>=4"; \
+	  MPICC=$$(command -v mpicc) $(PIP) --no-binary=mpi4py "mpi4py>=4"; \
 	else \
 	  echo "mpisgd: no system MPI (mpicc) found: using the MPICH wheel"; \
-	  $(PY) -m pip install -q --disable-pip-version-check mpich "mpi4py>=4" 2>&1 | grep -v "^WARNING: Location" || true; \
+	  $(PIP) mpich "mpi4py>=4" $(QUIET); \
 	fi
-	$(PY) -m pip install -q --disable-pip-version-check pybind11 2>&1 | grep -v "^WARNING: Location" || true
-	$(PY) -m pip install -q --disable-pip-version-check --no-build-isolation -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
-	$(PY) -c "import torch, mpi4py.MPI, h5py, sklearn, mpisgd"
-	$(PY) -c "import mpisgd.ops as o; print('mpisgd: kernels:', o.backend())"
+# the standard editable install (PEP 660, build requirements in pyproject.toml)
+	$(PIP) -e ".[report,digits,test]" $(QUIET)
+	$(PY) -c "import torch, mpi4py.MPI, h5py, sklearn, matplotlib, mpisgd"
+	cd /tmp && $(abspath $(PY)) -c "import mpisgd.ops as o; print('mpisgd: kernels:', o.backend())"
 	touch $@
 
 run: install

@@ -1,26 +1,33 @@
-"""Packaging for mpisgd.
+"""The build step of mpisgd that is not declarative: the compiled kernels.
 
-Install torch first (``pip install torch==2.13.0`` for the CPU build, or
-your cluster's CUDA build), then ``pip install --no-build-isolation -e .``:
-an isolated build would pull an unpinned torch with gigabytes of CUDA
-packages. The MPI comes from the system when mpi4py finds one, else from
-the ``mpich`` wheel (``pip install -e .[mpich]``; the Makefile decides).
+Metadata and dependencies live in ``pyproject.toml`` (PEP 621); this file
+holds the CMake build of ``csrc/`` (the fused elastic-averaging updates, the
+module ``mpisgd._ops``, see docs/kernels.md) as a setuptools ``build_ext``,
+so that every install route builds it the same way::
 
-The compiled kernels (``csrc/``: the fused elastic-averaging updates, the
-module ``mpisgd._ops``, see docs/kernels.md) are built through CMake by
-:class:`CMakeBuild` when ``cmake`` is on PATH; they need a C++17 compiler
-and ``pybind11`` (``pip install pybind11`` first: the build is not
-isolated). CUDA kernels too when ``MPISGD_CUDA=1``, not when ``0``; unset
-or ``auto``: when ``nvcc`` is on PATH and torch is a CUDA build. A failed
-build prints one line and installs the package without the module; the
-torch reference path of the same signature stands in.
+    pip install .                      # a wheel built in an isolated environment
+    pip install -e .                   # editable: the module lands beside the sources
+    python -m build --wheel            # a wheel in dist/
+    python setup.py build_ext --inplace    # the kernels only, in the source tree
+
+The build needs a C++17 compiler and CMake (>= 3.18) on ``PATH``; pybind11
+comes from the build requirements. CUDA kernels are built too when
+``MPISGD_CUDA=1``, never when ``0``; unset or ``auto``: when ``nvcc`` is on
+``PATH`` and the environment being installed into holds a CUDA build of
+torch (read from its files, without importing it: an isolated build cannot
+import the target's torch). A failed build prints one line, ``mpisgd:
+compiled kernels not built (...)``, and installs the pure-Python package;
+the torch twins of the same signatures stand in, and ``mpisgd.ops.backend()``
+and every run's summary line say so.
 """
 import os
+import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 
-from setuptools import Extension, find_packages, setup
+from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -39,6 +46,9 @@ class CMakeBuild(build_ext):
 
     def build_extension(self, ext):
         target = os.path.abspath(self.get_ext_fullpath(ext.name))
+        if not shutil.which("cmake"):
+            self._skip(target, "no cmake on PATH; `pip install cmake` or your system's package")
+            return
         for cuda in (True, False) if want_cuda() else (False,):
             tmp = os.path.join(os.path.abspath(self.build_temp), ext.name, "cuda" if cuda else "cpu")
             os.makedirs(tmp, exist_ok=True)
@@ -52,10 +62,35 @@ class CMakeBuild(build_ext):
             except (OSError, subprocess.CalledProcessError) as err:
                 why = (f"`{' '.join(err.cmd[:2])}` exited with {err.returncode}, see above"
                        if isinstance(err, subprocess.CalledProcessError) else err)
-                print(f"mpisgd: compiled kernels{' with CUDA' if cuda else ''} not built ({why}); "
-                      + ("trying without CUDA" if cuda else "using the torch reference path"))
+                if cuda:
+                    print(f"mpisgd: CUDA kernels not built ({why}); trying without CUDA", file=sys.stderr)
+                else:
+                    self._skip(target, why)
+
+    @staticmethod
+    def _skip(target: str, why) -> None:
+        print(f"mpisgd: compiled kernels not built ({why}); the package runs on the torch "
+              "reference path (mpisgd.ops.backend() says which runs)", file=sys.stderr)
         if os.path.exists(target):          # a stale module from an earlier build
             os.remove(target)
+
+
+def torch_cuda_version() -> str | None:
+    """``torch.version.cuda`` of the torch in the environment being installed into, or ``None``.
+
+    Read from ``torch/version.py`` on ``sys.path`` or in the interpreter's
+    site-packages (where an isolated build's ``sys.path`` no longer looks).
+    """
+    paths = sys.path + [sysconfig.get_paths()[k] for k in ("purelib", "platlib")]
+    for path in dict.fromkeys(p for p in paths if p):
+        try:
+            with open(os.path.join(path, "torch", "version.py"), encoding="utf-8") as f:
+                text = f.read()
+        except OSError:
+            continue
+        found = re.search(r"^cuda\s*(?::\s*[^=]+)?=\s*['\"]([^'\"]+)['\"]", text, re.M)
+        return found.group(1) if found else None
+    return None
 
 
 def want_cuda() -> bool:
@@ -65,43 +100,11 @@ def want_cuda() -> bool:
         sys.exit(f"mpisgd: MPISGD_CUDA must be 0, 1 or auto, got {flag!r}")
     if flag != "auto":
         return flag == "1"
-    try:
-        import torch
-        return torch.version.cuda is not None and shutil.which("nvcc") is not None
-    except ImportError:
-        return False
+    return shutil.which("nvcc") is not None and torch_cuda_version() is not None
 
 
-def extensions():
-    if os.path.exists(os.path.join(HERE, "CMakeLists.txt")) and shutil.which("cmake"):
-        return [CMakeExtension("mpisgd._ops")]
-    return []
-
-
-setup(
-    name="mpisgd",
-    version="0.1.0",
-    description="Communication-efficient distributed SGD on MPI (Cooperative SGD, local SGD, "
-                "EASGD, parameter servers, gossip)",
-    long_description=open(os.path.join(HERE, "README.md")).read(),
-    long_description_content_type="text/markdown",
-    python_requires=">=3.9",
-    packages=find_packages(include=["mpisgd", "mpisgd.*"]),
-    install_requires=[
-        "torch>=2.1,<3",        # register_post_accumulate_grad_hook; 2.13 meets it
-        "mpi4py>=4",
-        "numpy",
-        "h5py",
-        "tqdm",
-        "pyyaml",
-        "matplotlib",
-        "scikit-learn",
-    ],
-    extras_require={
-        "mpich": ["mpich"],
-        "test": ["pytest", "pytest-mpi"],
-    },
-    entry_points={"console_scripts": ["mpisgd=mpisgd.cli:main"]},
-    ext_modules=extensions(),
-    cmdclass={"build_ext": CMakeBuild},
-)
+if __name__ == "__main__":       # as pip, build and setuptools run it (tests import the helpers)
+    setup(
+        ext_modules=[CMakeExtension("mpisgd._ops")],
+        cmdclass={"build_ext": CMakeBuild},
+    )

@@ -15,8 +15,24 @@ Example (run under ``mpiexec -n 4 python train.py``)::
         algo.step()
     algo.finish()
     theta = algo.consensus()     # the averaged model, the same on every rank
-"""
-from .algorithms import ALGORITHMS, build
 
-__version__ = "0.1.0"
+The package face is lazy (PEP 562): ``import mpisgd`` and ``import
+mpisgd.topology`` load neither the algorithms nor ``mpi4py.MPI`` (which
+calls ``MPI_Init``, forbidden on many login nodes); ``mpisgd.build`` and
+``mpisgd.ALGORITHMS`` import the algorithms when first read.
+"""
+__version__ = "0.1.0"      # the one place: pyproject.toml reads it from here
 __all__ = ["build", "ALGORITHMS", "__version__"]
+
+_LAZY = ("build", "ALGORITHMS")
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        from . import algorithms
+        return getattr(algorithms, name)
+    raise AttributeError(f"module 'mpisgd' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

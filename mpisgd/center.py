@@ -42,7 +42,7 @@ from __future__ import annotations
 import time
 
 import torch
-from mpi4py import MPI
+from ._mpi import MPI
 
 from . import ops
 from .comm import Comm

@@ -105,7 +105,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _train(args) -> int:
-    from mpi4py import MPI
+    from ._mpi import MPI
     from . import train
     from .config import from_sources
     from .errors import abort_on_exception, agree
@@ -128,7 +128,7 @@ def _report(args) -> int:
     from . import report
     try:
         return report.main(args.records, args.out, args.target)
-    except (OSError, KeyError) as err:
+    except (OSError, KeyError, ImportError) as err:
         raise ConfigError(str(err).strip("'\"")) from None
 
 

@@ -35,15 +35,18 @@ import time
 import warnings
 
 import torch
-from mpi4py import MPI
+from ._mpi import MPI
 
-_MPI_TYPES = {
-    torch.float32: MPI.FLOAT,
-    torch.float64: MPI.DOUBLE,
-    torch.int32: MPI.INT32_T,
-    torch.int64: MPI.INT64_T,
-    torch.uint8: MPI.UINT8_T,
-}
+_MPI_TYPES: dict = {}     # torch dtype -> MPI datatype, filled on first use (MPI loads lazily)
+
+
+def _mpi_type(dtype: torch.dtype):
+    """The MPI datatype of ``dtype``, or ``None`` (half types travel as bytes)."""
+    if not _MPI_TYPES:
+        _MPI_TYPES.update({torch.float32: MPI.FLOAT, torch.float64: MPI.DOUBLE,
+                           torch.int32: MPI.INT32_T, torch.int64: MPI.INT64_T,
+                           torch.uint8: MPI.UINT8_T})
+    return _MPI_TYPES.get(dtype)
 
 
 REDUCIBLE = (torch.float32, torch.float64)
@@ -282,7 +285,7 @@ class Comm:
             raise ValueError("MPI buffers must be contiguous tensors; call .contiguous() first")
         nbytes = t.numel() * t.element_size()
         mem = MPI.buffer.fromaddress(t.data_ptr() if nbytes else 0, nbytes)
-        dtype = _MPI_TYPES.get(t.dtype)
+        dtype = _mpi_type(t.dtype)
         if dtype is None:   # half types: fine for point-to-point as raw bytes
             return [mem, nbytes, MPI.BYTE]
         return [mem, t.numel(), dtype]
@@ -358,7 +361,7 @@ class Comm:
     # ---- operations ----------------------------------------------------
 
     def iallreduce(self, t: torch.Tensor, average: bool = False, blocking: bool = False,
-                   op=MPI.SUM) -> Handle:
+                   op=None) -> Handle:
         """Nonblocking in-place Allreduce: the sum (or ``op``), or with ``average=True`` the mean.
 
         The mean pre-divides ``t`` by the size before summing (as DDP does):
@@ -367,6 +370,7 @@ class Comm:
         ``MPI_Allreduce`` (often a faster algorithm), or, when waits yield
         (:func:`yield_when_waiting`), an ``MPI_Iallreduce`` waited politely.
         """
+        op = MPI.SUM if op is None else op
         if average and op != MPI.SUM:
             raise ValueError("average=True goes with op=MPI.SUM")
         if self.size == 1:
@@ -381,7 +385,7 @@ class Comm:
             post = lambda s: [self.comm.Iallreduce(MPI.IN_PLACE, s, op=op)]  # noqa: E731
         return self._start([t], post, 2.0 * (self.size - 1) / self.size * nbytes, blocking)
 
-    def allreduce(self, t: torch.Tensor, average: bool = False, op=MPI.SUM) -> torch.Tensor:
+    def allreduce(self, t: torch.Tensor, average: bool = False, op=None) -> torch.Tensor:
         """Blocking in-place Allreduce (sum, ``op``, or mean); returns ``t``."""
         self.iallreduce(t, average, blocking=True, op=op)
         return t
@@ -399,12 +403,15 @@ class Comm:
         nbytes = t.numel() * t.element_size()
         return self._start([t], lambda s: [self.comm.Isend(s, dest, tag)], nbytes, read_only=True)
 
-    def irecv(self, t: torch.Tensor, source: int = MPI.ANY_SOURCE, tag: int = MPI.ANY_TAG) -> Handle:
-        """Nonblocking receive into ``t`` (a message may be shorter than ``t``).
+    def irecv(self, t: torch.Tensor, source: int | None = None, tag: int | None = None) -> Handle:
+        """Nonblocking receive into ``t`` (a message may be shorter than ``t``), from
+        ``source`` with ``tag`` (``None``: ``MPI.ANY_SOURCE``, ``MPI.ANY_TAG``).
 
         On completion ``handle.status`` tells the source, the tag and the
         length (``status.Get_count(MPI.BYTE)``).
         """
+        source = MPI.ANY_SOURCE if source is None else source
+        tag = MPI.ANY_TAG if tag is None else tag
         return self._start([t], lambda s: [self.comm.Irecv(s, source, tag)], 0.0, status=True)
 
     def ireduce(self, t: torch.Tensor, root: int = 0) -> Handle:

@@ -58,7 +58,11 @@ def _split(x, y, fraction: float, seed: int):
 
 
 def _digits() -> tuple:
-    from sklearn.datasets import load_digits
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise ConfigError("--data digits needs scikit-learn: pip install 'mpisgd[digits]' "
+                          "(or train on --data synthetic)") from None
     bunch = load_digits()
     x = (bunch.data.astype(np.float32) / 16.0).reshape(-1, 1, 8, 8)
     return _split(x, bunch.target.astype(np.int64), 0.2, 0)

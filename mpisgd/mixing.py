@@ -32,7 +32,7 @@ Example (a ring of every rank, three rounds without gradients)::
 from __future__ import annotations
 
 import torch
-from mpi4py import MPI
+from ._mpi import MPI
 
 EXCHANGES = ("auto", "neighbor", "persistent", "allreduce")
 

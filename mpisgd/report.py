@@ -48,7 +48,11 @@ def table(records: list[dict], target: float) -> str:
 
 
 def plot(records: list[dict], out: str) -> None:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise ImportError("report --out needs matplotlib: pip install 'mpisgd[report]' "
+                          "(without --out, report prints the table only)") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     xs = (("wall_time", "wall-clock time (s)"), ("step", "steps"), ("bytes_sent", "bytes sent (all ranks)"))

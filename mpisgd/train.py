@@ -32,7 +32,7 @@ from datetime import datetime
 
 import torch
 import torch.nn.functional as F
-from mpi4py import MPI
+from ._mpi import MPI
 
 from . import __version__, algorithms, data as datasets, models, ops
 from .comm import check_environment, mpi_library

@@ -20,7 +20,7 @@ import warnings
 
 import torch
 
-from mpi4py import MPI
+from .._mpi import MPI
 
 from ..comm import Comm, check_reducible
 from ..errors import agree, digest

@@ -31,7 +31,7 @@ Example::
 from __future__ import annotations
 
 import torch
-from mpi4py import MPI
+from .._mpi import MPI
 
 from .. import schedule
 from ..options import Option

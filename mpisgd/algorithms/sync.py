@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 
-from mpi4py import MPI
+from .._mpi import MPI
 
 from ..options import Option, positive_float
 from .base import Algorithm
