@@ -53,20 +53,22 @@ PYBIND11_MODULE(_ops, m) {
   m.def("has_cuda", [] { return true; }, "True when the CUDA kernels were built.");
   m.attr("CUDA_DTYPES") = names(mpisgd::cuda_supports);
   m.def("elastic_cuda", [](uintptr_t x, uintptr_t c, uintptr_t out, int64_t n, double alpha, bool accumulate,
-                           int dtype, uintptr_t stream) {
-          mpisgd::elastic_cuda(ptr(x), ptr(c), ptr(out), n, alpha, accumulate, dtype, ptr(stream));
-        }, "elastic_cpu on a CUDA stream.", py::arg("x"), py::arg("c"), py::arg("out"), py::arg("n"),
-        py::arg("alpha"), py::arg("accumulate"), py::arg("dtype"), py::arg("stream"), nogil);
+                           int dtype, int device, uintptr_t stream) {
+          mpisgd::elastic_cuda(ptr(x), ptr(c), ptr(out), n, alpha, accumulate, dtype, device, ptr(stream));
+        }, "elastic_cpu on a CUDA stream of a device.", py::arg("x"), py::arg("c"), py::arg("out"), py::arg("n"),
+        py::arg("alpha"), py::arg("accumulate"), py::arg("dtype"), py::arg("device"), py::arg("stream"), nogil);
   m.def("eamsgd_step_cuda", [](uintptr_t y, uintptr_t v, uintptr_t g, uintptr_t c, uintptr_t out, int64_t n,
-                               double lr, double delta, double alpha, int dtype, uintptr_t stream) {
-          mpisgd::eamsgd_step_cuda(ptr(y), ptr(v), ptr(g), ptr(c), ptr(out), n, lr, delta, alpha, dtype, ptr(stream));
+                               double lr, double delta, double alpha, int dtype, int device, uintptr_t stream) {
+          mpisgd::eamsgd_step_cuda(ptr(y), ptr(v), ptr(g), ptr(c), ptr(out), n, lr, delta, alpha, dtype, device,
+                                   ptr(stream));
         }, "eamsgd_step_cpu on a CUDA stream.", py::arg("y"), py::arg("v"), py::arg("g"), py::arg("c"),
         py::arg("out"), py::arg("n"), py::arg("lr"), py::arg("delta"), py::arg("alpha"), py::arg("dtype"),
-        py::arg("stream"), nogil);
-  m.def("triad_cuda", [](uintptr_t a, uintptr_t b, uintptr_t c, int64_t n, double s, int dtype, uintptr_t stream) {
-          mpisgd::triad_cuda(ptr(a), ptr(b), ptr(c), n, s, dtype, ptr(stream));
-        }, "triad_cpu on a CUDA stream.", py::arg("a"), py::arg("b"), py::arg("c"), py::arg("n"), py::arg("s"),
-        py::arg("dtype"), py::arg("stream"), nogil);
+        py::arg("device"), py::arg("stream"), nogil);
+  m.def("triad_cuda", [](uintptr_t a, uintptr_t b, uintptr_t c, int64_t n, double s, int dtype, int device,
+                         uintptr_t stream) {
+          mpisgd::triad_cuda(ptr(a), ptr(b), ptr(c), n, s, dtype, device, ptr(stream));
+        }, "triad_cpu on a CUDA stream of a device.", py::arg("a"), py::arg("b"), py::arg("c"), py::arg("n"),
+        py::arg("s"), py::arg("dtype"), py::arg("device"), py::arg("stream"), nogil);
 #else
   m.def("has_cuda", [] { return false; }, "True when the CUDA kernels were built.");
   m.attr("CUDA_DTYPES") = py::tuple();

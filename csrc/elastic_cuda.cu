@@ -4,6 +4,8 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <array>
+#include <atomic>
 #include <stdexcept>
 #include <string>
 
@@ -42,19 +44,31 @@ __global__ void grid_stride(int64_t n, F f) {
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) f(i);
 }
 
-// Launches f over [0, n) on `stream` of the current device, then checks the launch.
+// Multiprocessors of a device, queried once per device (the first launch there).
+int multiprocessors(int device) {
+  static std::array<std::atomic<int>, 256> cache{};
+  if (device < 0 || device >= int(cache.size())) throw std::runtime_error("mpisgd._ops: bad device index");
+  int sms = cache[device].load(std::memory_order_relaxed);
+  if (sms == 0) {
+    check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
+    cache[device].store(sms, std::memory_order_relaxed);
+  }
+  return sms;
+}
+
+// Launches f over [0, n) on `stream` of `device`, then checks the launch. The device is
+// set in this module's own CUDA runtime (linked statically: its current device is not torch's).
 struct Launch {
   int64_t n;
+  int device;
   void* stream;
   const char* what;
 
   template <class F>
   void operator()(F f) const {
     if (n == 0) return;
-    int device = 0, sms = 0;
-    check(cudaGetDevice(&device), "cudaGetDevice");
-    check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
-    const int64_t blocks = std::min<int64_t>((n + kBlock - 1) / kBlock, int64_t(sms) * kBlocksPerSm);
+    check(cudaSetDevice(device), "cudaSetDevice");
+    const int64_t blocks = std::min<int64_t>((n + kBlock - 1) / kBlock, int64_t(multiprocessors(device)) * kBlocksPerSm);
     grid_stride<<<unsigned(blocks), kBlock, 0, cudaStream_t(stream)>>>(n, f);
     check(cudaGetLastError(), what);
   }
@@ -65,22 +79,23 @@ struct Launch {
 bool cuda_supports(int dtype) { return supports<__half, __nv_bfloat16>(dtype); }
 
 void elastic_cuda(void* x, const void* c, void* out, int64_t n, double alpha, bool accumulate,
-                  int dtype, void* stream) {
+                  int dtype, int device, void* stream) {
   dispatch<__half, __nv_bfloat16>("CUDA", dtype, [&](auto t) {
-    elastic<decltype(t)>(Launch{n, stream, "elastic kernel"}, x, c, out, alpha, accumulate);
+    elastic<decltype(t)>(Launch{n, device, stream, "elastic kernel"}, x, c, out, alpha, accumulate);
   });
 }
 
 void eamsgd_step_cuda(void* y, void* v, const void* g, const void* c, void* out, int64_t n,
-                      double lr, double delta, double alpha, int dtype, void* stream) {
+                      double lr, double delta, double alpha, int dtype, int device, void* stream) {
   dispatch<__half, __nv_bfloat16>("CUDA", dtype, [&](auto t) {
-    eamsgd_step<decltype(t)>(Launch{n, stream, "eamsgd_step kernel"}, y, v, g, c, out, lr, delta, alpha);
+    eamsgd_step<decltype(t)>(Launch{n, device, stream, "eamsgd_step kernel"}, y, v, g, c, out, lr, delta, alpha);
   });
 }
 
-void triad_cuda(void* a, const void* b, const void* c, int64_t n, double s, int dtype, void* stream) {
+void triad_cuda(void* a, const void* b, const void* c, int64_t n, double s, int dtype, int device,
+                void* stream) {
   dispatch<__half, __nv_bfloat16>("CUDA", dtype, [&](auto t) {
-    triad<decltype(t)>(Launch{n, stream, "triad kernel"}, a, b, c, s);
+    triad<decltype(t)>(Launch{n, device, stream, "triad kernel"}, a, b, c, s);
   });
 }
 

@@ -1,7 +1,10 @@
 // Pointer-level entry points of mpisgd._ops: the backends (elastic_cpu.cpp,
 // elastic_cuda.cu) implement them, bindings.cpp exposes them to Python.
 // Every array is contiguous, of length n and of the storage type named by
-// `dtype`; mpisgd/ops.py validates the tensors and holds the math.
+// `dtype`; mpisgd/ops.py validates the tensors and holds the math. The CUDA
+// entry points take the device of the arrays and the caller's stream: this
+// module links its own (static) CUDA runtime, whose current device is not
+// torch's, so each launch sets it.
 #pragma once
 
 #include <cstdint>
@@ -21,10 +24,11 @@ void triad_cpu(void* a, const void* b, const void* c, int64_t n, double s, int d
 #ifdef MPISGD_WITH_CUDA
 bool cuda_supports(int dtype);
 void elastic_cuda(void* x, const void* c, void* out, int64_t n, double alpha, bool accumulate,
-                  int dtype, void* stream);
+                  int dtype, int device, void* stream);
 void eamsgd_step_cuda(void* y, void* v, const void* g, const void* c, void* out, int64_t n,
-                      double lr, double delta, double alpha, int dtype, void* stream);
-void triad_cuda(void* a, const void* b, const void* c, int64_t n, double s, int dtype, void* stream);
+                      double lr, double delta, double alpha, int dtype, int device, void* stream);
+void triad_cuda(void* a, const void* b, const void* c, int64_t n, double s, int dtype, int device,
+                void* stream);
 #endif
 
 }  // namespace mpisgd

@@ -29,6 +29,8 @@ communication-efficient SGD literature compares.
 """
 from __future__ import annotations
 
+import collections
+import copy
 import ctypes
 import os
 import time
@@ -36,6 +38,7 @@ import warnings
 
 import torch
 from ._mpi import MPI
+from .staging import DeviceBoundary
 
 _MPI_TYPES: dict = {}     # torch dtype -> MPI datatype, filled on first use (MPI loads lazily)
 
@@ -146,17 +149,49 @@ class Handle:
     ``test()`` returns whether it completed (without blocking); ``wait()``
     blocks until it has. On completion the staged result, if any, is copied
     back to the tensor and the buffers are released.
+
+    An operation on CUDA memory may be *queued* first: it is posted to MPI
+    once its data is ready on the device (see :mod:`mpisgd.staging`), by any
+    later ``test()``/``wait()`` on its communicator, always in the order the
+    operations were created (collectives must match on every rank).
     """
 
-    def __init__(self, owner: "Comm", requests, keep, finish=None, status=False):
+    def __init__(self, owner: "Comm", post, keep, finish=None, status=False, gate=()):
         self._owner = owner
-        self._requests = requests
+        self._post = post          # () -> MPI requests; None once posted
+        self._gate = [e for e in gate if e is not None]   # CUDA events the post waits for
+        self._requests = None
         self._keep = keep          # tensors/buffers that must outlive the requests
         self._finish = finish      # called once on completion (staging copy-back)
         self.done = False
         # A receive's source, tag and count, filled on completion (``status=True``).
         self.status = MPI.Status() if status else None
         self._statuses = [self.status] if status else None
+
+    @property
+    def posted(self) -> bool:
+        """Whether the operation has been handed to MPI."""
+        return self._post is None
+
+    def _ready(self, block: bool) -> bool:
+        """Whether the device data is ready to post; ``block``: wait for it (host waits
+        for the GPU: counted as compute, not communication)."""
+        while self._gate:
+            if block:
+                self._gate[0].synchronize()
+            elif not self._gate[0].query():
+                return False
+            self._gate.pop(0)
+        return True
+
+    def _start(self) -> None:
+        post, self._post = self._post, None
+        t0 = time.perf_counter()
+        self._requests = post()
+        dt = time.perf_counter() - t0
+        self._owner.comm_time += dt
+        if not self._requests:          # a blocking MPI call: the time was spent waiting
+            self._owner.wait_time += dt
 
     def _complete(self) -> None:
         self.done = True
@@ -169,6 +204,10 @@ class Handle:
         """Progress the operation; ``True`` once it has completed."""
         if self.done:
             return True
+        if not self.posted:
+            self._owner.progress()
+            if not self.posted:
+                return False
         t0 = time.perf_counter()
         flag = MPI.Request.Testall(self._requests, self._statuses)
         self._owner.comm_time += time.perf_counter() - t0
@@ -180,6 +219,8 @@ class Handle:
         """Block until the operation has completed (time counted as wait time)."""
         if self.done:
             return
+        if not self.posted:
+            self._owner.progress(upto=self)
         t0 = time.perf_counter()
         if self._owner.yield_wait:
             while not MPI.Request.Testall(self._requests, self._statuses):
@@ -211,8 +252,6 @@ class Comm:
         comm.iallreduce(x).wait()        # x == sum of ranks, in place
     """
 
-    STAGING_CACHE = 64     # pinned host buffers kept for reuse
-
     def __init__(self, comm=None, staging: str | None = None):
         self.comm = MPI.COMM_WORLD if comm is None else comm
         self.rank = self.comm.Get_rank()
@@ -232,7 +271,40 @@ class Comm:
         # so one buffer may go to many ranks at once.
         self._writes: dict[int, list[tuple[int, int]]] = {}
         self._reads: dict[int, list[tuple[int, int]]] = {}
-        self._staging_buffers: dict[tuple, torch.Tensor] = {}
+        self.boundary = DeviceBoundary()
+        self._queue: collections.deque[Handle] = collections.deque()   # created, not yet posted
+
+    def sibling(self) -> "Comm":
+        """A ``Comm`` on the same communicator with counters of its own (uncounted
+        telemetry), sharing this one's posting order, memory claims and host buffers."""
+        twin = copy.copy(self)
+        twin.bytes_sent = twin.comm_time = twin.wait_time = 0.0
+        return twin
+
+    # ---- posting order -------------------------------------------------
+
+    def _submit(self, handle: Handle) -> Handle:
+        self._queue.append(handle)
+        self.progress()
+        return handle
+
+    def progress(self, upto: Handle | None = None) -> None:
+        """Post queued operations, in creation order, whose device data is ready; with
+        ``upto``, block until that one is posted."""
+        while self._queue:
+            head = self._queue[0]
+            if not head._ready(block=upto is not None):
+                return
+            self._queue.popleft()
+            head._start()
+            if head is upto:
+                return
+
+    def flush(self) -> None:
+        """Post every queued operation (waiting for its device data). Call it before a raw
+        mpi4py collective on this communicator, so that every rank posts in the same order."""
+        if self._queue:
+            self.progress(upto=self._queue[-1])
 
     def verify_cuda_aware(self, device) -> bool:
         """Start-up self-test of an MPI that claims CUDA support; collective.
@@ -266,17 +338,6 @@ class Comm:
         if self.staging == "always":
             return True
         return t.is_cuda and self.staging == "auto" and not self.cuda_aware
-
-    def _host_copy(self, t: torch.Tensor) -> torch.Tensor:
-        """The pinned host buffer that stands in for ``t`` (allocated once per tensor)."""
-        key = (t.data_ptr(), t.numel(), t.dtype, str(t.device))
-        buf = self._staging_buffers.pop(key, None)
-        if buf is None:
-            buf = torch.empty(t.numel(), dtype=t.dtype, pin_memory=t.is_cuda)
-            while len(self._staging_buffers) >= self.STAGING_CACHE:   # oldest out; a pending
-                self._staging_buffers.pop(next(iter(self._staging_buffers)))  # handle keeps its own
-        self._staging_buffers[key] = buf     # most recently used last
-        return buf
 
     @staticmethod
     def spec(t: torch.Tensor):
@@ -323,37 +384,40 @@ class Comm:
         ``blocking``: return only once the operation is complete — ``post``
         either is a blocking MPI call (it returns no requests, and its time
         counts as wait time) or its requests are waited here. ``read_only``:
-        the operation only reads ``tensors`` (a send), or one flag per tensor.
+        for all tensors or one per tensor, ``True`` (MPI only reads it: a
+        send), ``False`` (reads and writes it) or ``"w"`` (only writes it: a
+        receive; a staged one is not copied out first).
+        CUDA tensors: see :mod:`mpisgd.staging` (the post waits for their
+        data on the device; results reach the compute stream by an event).
         """
-        reads = list(read_only) if isinstance(read_only, (list, tuple)) else [read_only] * len(tensors)
-        spans = [self._claim(t, r) for t, r in zip(tensors, reads)]
-        views, copy_back = [], []
-        for t, read in zip(tensors, reads):
-            if t.is_cuda:
-                torch.cuda.current_stream(t.device).synchronize()
+        access = list(read_only) if isinstance(read_only, (list, tuple)) else [read_only] * len(tensors)
+        spans = [self._claim(t, a is True) for t, a in zip(tensors, access)]
+        views, copy_back, gate = [], [], []
+        for t, a in zip(tensors, access):
+            ready = self.boundary.ready(t)
             if self._needs_staging(t):
-                host = self._host_copy(t)
-                host.copy_(t.reshape(-1))
+                host = self.boundary.host_buffer(t)
+                if a != "w":
+                    gate.append(self.boundary.to_host(t, host, after=ready))
+                else:                              # MPI will write the host buffer: not before
+                    gate.append(self.boundary.fence(t))   # earlier copies out of it are done
                 views.append(host)
-                if not read:                   # only what MPI writes comes back
-                    copy_back.append((t, host))
+                if a is not True:                  # only what MPI writes comes back
+                    copy_back.append((t, host, ready))
             else:
                 views.append(t)
-        t0 = time.perf_counter()
-        requests = post(*[self.spec(v) for v in views])
-        dt = time.perf_counter() - t0
-        self.comm_time += dt
-        if blocking and not requests:
-            self.wait_time += dt
+                gate.append(ready)                 # MPI touches the device memory itself
         self.bytes_sent += counted_bytes
 
         def done():
-            for t, host in copy_back:
-                t.reshape(-1).copy_(host)
+            for t, host, ready in copy_back:
+                self.boundary.to_device(host, t, after=ready)
 
-        handle = Handle(self, requests, views, done if copy_back else None, status)
-        self._own(handle, [sp for sp, r in zip(spans, reads) if r],
-                  [sp for sp, r in zip(spans, reads) if not r])
+        handle = Handle(self, lambda: post(*[self.spec(v) for v in views]), views,
+                        done if copy_back else None, status, gate)
+        self._own(handle, [sp for sp, a in zip(spans, access) if a is True],
+                  [sp for sp, a in zip(spans, access) if a is not True])
+        self._submit(handle)
         if blocking:
             handle.wait()
         return handle
@@ -412,7 +476,8 @@ class Comm:
         """
         source = MPI.ANY_SOURCE if source is None else source
         tag = MPI.ANY_TAG if tag is None else tag
-        return self._start([t], lambda s: [self.comm.Irecv(s, source, tag)], 0.0, status=True)
+        return self._start([t], lambda s: [self.comm.Irecv(s, source, tag)], 0.0, status=True,
+                           read_only="w")
 
     def ireduce(self, t: torch.Tensor, root: int = 0) -> Handle:
         """Nonblocking in-place sum of ``t`` over ranks into ``t`` on ``root``.
@@ -432,7 +497,7 @@ class Comm:
         """Nonblocking Allgather: row r of ``recv`` (size x len(send)) gets rank r's ``send``."""
         nbytes = send.numel() * send.element_size()
         return self._start([send, recv], lambda s, r: [self.comm.Iallgather(s, _block(r, s))],
-                           (self.size - 1) * nbytes, read_only=(True, False))
+                           (self.size - 1) * nbytes, read_only=(True, "w"))
 
     def ineighbor_allgather(self, graph, send: torch.Tensor, recv: torch.Tensor) -> Handle:
         """Nonblocking neighbour Allgather on the dist-graph communicator ``graph``.
@@ -445,7 +510,7 @@ class Comm:
         outdegree = graph.Get_dist_neighbors_count()[1]
         nbytes = send.numel() * send.element_size()
         return self._start([send, recv], lambda s, r: [graph.Ineighbor_allgather(s, _block(r, s))],
-                           outdegree * nbytes, read_only=(True, False))
+                           outdegree * nbytes, read_only=(True, "w"))
 
     def exchange(self, graph, send: torch.Tensor, recv: torch.Tensor, dests, sources,
                  tag: int = 0) -> "Exchange":
@@ -454,9 +519,10 @@ class Comm:
         return Exchange(self, graph, send, recv, dests, sources, tag)
 
     def counters(self) -> dict:
-        """Bytes sent and seconds spent in and blocked on communication."""
+        """Bytes sent, seconds spent in and blocked on communication, and seconds of
+        staging copies on the device's side stream (CUDA events; waits for copies in flight)."""
         return {"bytes_sent": self.bytes_sent, "comm_time": self.comm_time,
-                "wait_time": self.wait_time}
+                "wait_time": self.wait_time, "staging_time": self.boundary.copy_seconds()}
 
 
 class Exchange:
@@ -492,24 +558,24 @@ class Exchange:
         rows = [j for j, on in enumerate(recv_from) if on]
         reads = [owner._claim(self.send, read_only=True)]
         writes = [owner._claim(self.recv[j]) for j in rows]
-        if self.send.is_cuda:
-            torch.cuda.current_stream(self.send.device).synchronize()
-        if self.staged:
-            self._send_host.copy_(self.send)
+        ready = owner.boundary.ready(self.send)
+        gate = [owner.boundary.to_host(self.send, self._send_host, after=ready)] if self.staged \
+            else [ready]
         requests = [self._recvs[j] for j in rows] + [r for r, on in zip(self._sends, send_to) if on]
-        t0 = time.perf_counter()
-        if requests:
-            MPI.Prequest.Startall(requests)
-        owner.comm_time += time.perf_counter() - t0
         owner.bytes_sent += self.nbytes * sum(bool(on) for on in send_to)
+
+        def post():
+            if requests:
+                MPI.Prequest.Startall(requests)
+            return requests
 
         def done():
             for j in rows:
-                self.recv[j].copy_(self._recv_host[j])
+                owner.boundary.to_device(self._recv_host[j], self.recv[j], after=ready)
 
-        handle = Handle(owner, requests, [self], done if self.staged else None)
+        handle = Handle(owner, post, [self], done if self.staged else None, gate=gate)
         owner._own(handle, reads, writes)
-        return handle
+        return owner._submit(handle)
 
     def free(self) -> None:
         """Free the persistent requests (none may be active)."""

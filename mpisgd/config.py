@@ -11,7 +11,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 
-from . import algorithms, models
+from . import algorithms, device as placement, models
 from .errors import ConfigError
 from .options import coerce
 
@@ -35,6 +35,7 @@ class TrainConfig:
     log_every: int | None = None
     out: str | None = None
     threads: int | None = None
+    device: str = "auto"
     options: dict = field(default_factory=dict)   # algorithm options, Python names
 
     HELP = {
@@ -54,6 +55,7 @@ class TrainConfig:
         "log_every": "steps between evaluations (default: 20 log points)",
         "out": "HDF5 run record (default runs/ALGO-DATE-TIME.h5)",
         "threads": "torch threads per rank (default: cores per node / ranks per node)",
+        "device": "auto (CUDA where torch sees a GPU), cpu, cuda (GPU local_rank %% GPUs) or cuda:N",
     }
 
     def validate(self) -> None:
@@ -72,6 +74,10 @@ class TrainConfig:
         need(not self.nesterov or self.momentum > 0, "nesterov", "used with --momentum > 0",
              self.nesterov)
         need(self.weight_decay >= 0, "weight-decay", "non-negative", self.weight_decay)
+        try:
+            self.device = placement.parse(self.device)
+        except ValueError:
+            need(False, "device", "auto, cpu, cuda or cuda:N", self.device)
         need(self.model in models.MODELS, "model", "one of " + ", ".join(models.MODELS), self.model)
         need(self.shard in ("iid", "label-skew"), "shard", "iid or label-skew", self.shard)
         need(self.skew_alpha > 0, "skew-alpha", "positive", self.skew_alpha)
@@ -96,7 +102,7 @@ class TrainConfig:
 def flagged(message: str) -> str:
     """Spell an algorithm option as its flag in a CLI message: tau -> --tau."""
     first, _, rest = message.partition(" ")
-    if first in algorithms.all_options() and not first.startswith("--"):
+    if (first in algorithms.all_options() or first in GENERAL) and not first.startswith("--"):
         return "--" + first.replace("_", "-") + " " + rest
     if message.startswith("option "):
         name = rest.split(" ")[0]

@@ -45,6 +45,13 @@ class Dataset:
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.x_train.shape[1:])
 
+    def to(self, device) -> "Dataset":
+        """This dataset with its tensors on ``device`` (a copy once, at start-up: the
+        datasets here fit in a GPU's memory, so batches never cross the bus)."""
+        move = lambda t: t.to(device)   # noqa: E731
+        return Dataset(self.name, move(self.x_train), move(self.y_train), move(self.x_test),
+                       move(self.y_test), self.classes)
+
 
 def _rng(*key: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(k) for k in key]))
@@ -222,12 +229,16 @@ class WorkerStream:
     """The mini-batches of one worker: ``batch(step)`` depends only on (seed, worker, step).
 
     Positions t*B .. (t+1)*B-1 run through the worker's shard in epochs, each
-    epoch a fresh permutation seeded by (seed, worker, epoch).
+    epoch a fresh permutation seeded by (seed, worker, epoch). Batches are
+    gathered where ``data`` lives: on a GPU, with no host-device
+    synchronisation (the permutation is drawn on the host once per epoch and
+    copied asynchronously from pinned memory).
     """
 
     def __init__(self, data: Dataset, indices: np.ndarray, worker: int, seed: int,
                  batch_size: int):
-        self.data, self.indices = data, torch.from_numpy(indices)
+        self.data = data
+        self.indices = torch.from_numpy(indices).to(data.x_train.device)
         self.worker, self.seed, self.batch_size = worker, seed, batch_size
         self._perms: dict[int, torch.Tensor] = {}
 
@@ -236,8 +247,10 @@ class WorkerStream:
         if perm is None:
             if len(self._perms) > 2:
                 self._perms.pop(min(self._perms))
-            order = _rng(self.seed, 3, self.worker, epoch).permutation(len(self.indices))
-            perm = self.indices[torch.from_numpy(order)]
+            order = torch.from_numpy(_rng(self.seed, 3, self.worker, epoch).permutation(len(self.indices)))
+            if self.indices.is_cuda:     # once per epoch, asynchronously: no stall of the stream
+                order = order.pin_memory().to(self.indices.device, non_blocking=True)
+            perm = self.indices[order]
             self._perms[epoch] = perm
         return perm
 

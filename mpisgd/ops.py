@@ -144,9 +144,9 @@ def _run(name: str, t: torch.Tensor, *args) -> bool:
     code = _ops.DTYPES[_CODES[t.dtype]]
     if t.device.type == "cpu":
         getattr(_ops, name + "_cpu")(*args, code, torch.get_num_threads())
-    else:
-        with torch.cuda.device(t.device):
-            getattr(_ops, name + "_cuda")(*args, code, torch.cuda.current_stream(t.device).cuda_stream)
+    else:                       # the caller's current stream on t's device: ordered, no sync
+        getattr(_ops, name + "_cuda")(*args, code, t.device.index,
+                                      torch.cuda.current_stream(t.device).cuda_stream)
     return True
 
 

@@ -10,7 +10,9 @@ Layout:
   ``rounds``, ``bytes_sent``, ``consensus_distance`` (mean over workers of
   ||x_i - xbar||^2);
 * ``/ranks/<name>``: one value per rank: ``compute_time``, ``comm_time``,
-  ``wait_time``, ``steps``, ``bytes_sent``;
+  ``wait_time``, ``staging_time`` (device copies of the host staging, CUDA
+  events), ``steps``, ``bytes_sent``; and the strings ``host`` and ``device``
+  (``cpu``, ``cuda:0``, ...): where each rank ran;
 * ``/final/params``: the consensus model, flat float32, in
   ``model.parameters()`` order.
 
@@ -29,7 +31,7 @@ import numpy as np
 
 METRICS = ("step", "wall_time", "train_loss", "test_loss", "test_error", "rounds", "bytes_sent",
            "consensus_distance")
-RANK_FIELDS = ("compute_time", "comm_time", "wait_time", "steps", "bytes_sent")
+RANK_FIELDS = ("compute_time", "comm_time", "wait_time", "staging_time", "steps", "bytes_sent")
 INTERRUPTED = "failed: the job ended before the run completed (killed or timed out)"
 
 
@@ -70,7 +72,10 @@ class RunRecord:
             g = f.require_group(group)
             if name in g:
                 del g[name]
-            g.create_dataset(name, data=np.asarray(values))
+            if len(values) and all(isinstance(v, str) for v in values):
+                g.create_dataset(name, data=np.array(values, dtype=h5py.string_dtype()))
+            else:
+                g.create_dataset(name, data=np.asarray(values))
 
     def complete(self, ranks: dict, params) -> None:
         """Write per-rank figures and the final model, and mark the run completed."""
@@ -93,7 +98,12 @@ def read(path: str) -> dict:
     with h5py.File(path, "r") as f:
         out = {"path": path, "attrs": dict(f.attrs),
                "metrics": {k: f["metrics"][k][()] for k in f.get("metrics", {})},
-               "ranks": {k: f["ranks"][k][()] for k in f.get("ranks", {})},
+               "ranks": {k: _value(f["ranks"][k]) for k in f.get("ranks", {})},
                "final": {k: f["final"][k][()] for k in f.get("final", {})}}
     out["config"] = json.loads(out["attrs"].get("config", "{}"))
     return out
+
+
+def _value(ds):
+    """A dataset's contents; strings as ``str`` (h5py gives bytes)."""
+    return ds.asstr()[()] if h5py.check_string_dtype(ds.dtype) else ds[()]

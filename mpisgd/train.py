@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import socket
 import sys
 import time
 import zlib
@@ -34,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from ._mpi import MPI
 
-from . import __version__, algorithms, data as datasets, models, ops
+from . import __version__, algorithms, data as datasets, device as placement, models, ops
 from .comm import check_environment, mpi_library
 from .config import TrainConfig, flagged
 from .errors import ConfigError, agree, digest
@@ -45,9 +46,7 @@ def _threads(comm, requested: int | None) -> int:
     """Cores available to this rank: the node's cores shared by its ranks."""
     if requested:
         return requested
-    node = comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.Get_rank())
-    local = node.Get_size()
-    node.Free()
+    local = placement.node_layout(comm)[1]
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(1, (cores or 1) // local)
 
@@ -84,6 +83,10 @@ def prepare(cfg: TrainConfig, comm):
     try:
         check_environment()
         cfg.validate()
+        try:
+            placement.check_available(cfg.device)
+        except ValueError as err:
+            raise ConfigError(f"--{err}") from None
         data = datasets.load(cfg.data)
         try:
             workers = algorithms.lookup(cfg.algo).worker_count(comm.Get_size(), cfg.options)
@@ -117,14 +120,15 @@ def prepare(cfg: TrainConfig, comm):
 
 
 class Evaluator:
-    """Test loss and error of the consensus model, the test set split over ranks."""
+    """Test loss and error of the consensus model, the test set split over ranks and held
+    on ``device``; one device-to-host copy per evaluation."""
 
-    def __init__(self, cfg: TrainConfig, data, comm, batch: int = 1024):
-        self.model = models.build(cfg.model, data.input_shape, data.classes)
+    def __init__(self, cfg: TrainConfig, data, comm, device, batch: int = 1024):
+        self.model = models.build(cfg.model, data.input_shape, data.classes).to(device)
         self.params = list(self.model.parameters())
         self.buffers = [b for b in self.model.buffers() if b.is_floating_point()]
         rank, size = comm.Get_rank(), comm.Get_size()
-        self.x, self.y = data.x_test[rank::size], data.y_test[rank::size]
+        self.x, self.y = data.x_test[rank::size].to(device), data.y_test[rank::size].to(device)
         self.comm, self.batch = comm, batch
 
     @torch.no_grad()
@@ -133,13 +137,14 @@ class Evaluator:
         if self.buffers:
             torch.nn.utils.vector_to_parameters(buffers, self.buffers)
         self.model.eval()
-        sums = torch.zeros(3, dtype=torch.float64)
+        sums = torch.zeros(3, dtype=torch.float64, device=self.x.device)
         for i in range(0, len(self.y), self.batch):
             out = self.model(self.x[i:i + self.batch])
             y = self.y[i:i + self.batch]
-            sums[0] += F.cross_entropy(out, y, reduction="sum").item()
-            sums[1] += (out.argmax(1) != y).sum().item()
-            sums[2] += len(y)
+            sums[0] += F.cross_entropy(out, y, reduction="sum")
+            sums[1] += (out.argmax(1) != y).sum()
+        sums[2] = len(self.y)
+        sums = sums.cpu()
         self.comm.Allreduce(MPI.IN_PLACE, sums.numpy())
         n = max(sums[2].item(), 1.0)
         return sums[0].item() / n, sums[1].item() / n
@@ -162,7 +167,7 @@ def run(cfg: TrainConfig, comm, quiet: bool = False) -> dict:
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                           nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
     try:
-        algo = algorithms.build(cfg.algo, model, opt, comm, **cfg.options)
+        algo = algorithms.build(cfg.algo, model, opt, comm, device=cfg.device, **cfg.options)
     except ValueError as err:    # raised on every rank alike, before any message
         raise ConfigError(flagged(str(err))) from None
     record = None
@@ -178,9 +183,11 @@ def run(cfg: TrainConfig, comm, quiet: bool = False) -> dict:
 
 def _train(cfg, comm, algo, model, opt, data, shards, record, quiet) -> dict:
     rank = comm.Get_rank()
-    evaluate = Evaluator(cfg, data, comm)
+    device = algo.device
+    cuda = device.type == "cuda"
+    evaluate = Evaluator(cfg, data, comm, device)
     progress = Progress(cfg.steps, f"{cfg.algo} x{algo.workers}", enabled=(rank == 0 and not quiet))
-    loss_acc = torch.zeros((), dtype=torch.float64)
+    loss_acc = torch.zeros((), dtype=torch.float64, device=device)
     seen = 0
     paused = 0.0
     row = {}
@@ -192,6 +199,8 @@ def _train(cfg, comm, algo, model, opt, data, shards, record, quiet) -> dict:
     def log_point(step: int) -> None:
         """Every rank: evaluate the consensus, rank 0 records; the clock stops meanwhile."""
         nonlocal seen, paused, row
+        if cuda:                 # training time ends when its kernels have, not when queued
+            torch.cuda.synchronize(device)
         t_log = time.perf_counter()
         row = _log_point(algo, evaluate, comm, step, t_log - start - paused,
                          loss_acc.item(), seen, base["bytes_sent"])
@@ -205,7 +214,7 @@ def _train(cfg, comm, algo, model, opt, data, shards, record, quiet) -> dict:
 
     if algo.is_worker:
         w = algo.worker_index
-        stream = datasets.WorkerStream(data, shards[w], w, cfg.seed, cfg.batch_size)
+        stream = datasets.WorkerStream(data.to(device), shards[w], w, cfg.seed, cfg.batch_size)
         pace = Pace(cfg, algo)
         step = 0
         while pace.running(step):
@@ -239,9 +248,10 @@ def _train(cfg, comm, algo, model, opt, data, shards, record, quiet) -> dict:
     train_time = time.perf_counter() - start - paused
     progress.close()
     stats = {k: v - base[k] for k, v in algo.stats().items()}
-    mine = [train_time - stats["comm_time"], stats["comm_time"],
-            stats["wait_time"], stats["steps"], stats["bytes_sent"]]
+    mine = [train_time - stats["comm_time"], stats["comm_time"], stats["wait_time"],
+            stats["staging_time"], stats["steps"], stats["bytes_sent"]]
     ranks = comm.gather(mine, root=0)
+    where = comm.gather((socket.gethostname(), str(device)), root=0)
     params = algo.consensus()
     series = algo.series(train_time)     # collective: rank 0 gets every rank's figures
     algo.close()
@@ -249,11 +259,13 @@ def _train(cfg, comm, algo, model, opt, data, shards, record, quiet) -> dict:
         return {}
     record.complete({name: [r[i] for r in ranks] for i, name in enumerate(RANK_FIELDS)},
                     params.detach().cpu().float().numpy())
+    record.series("ranks", "host", [h for h, _ in where])
+    record.series("ranks", "device", [d for _, d in where])
     for key, values in series.items():
         group, name = key.split("/")
         record.series(group, name, values)
     summary = {**row, "path": cfg.out, "workers": algo.workers, "algo": cfg.algo,
-               "kernels": ops.backend(str(params.device.type))}
+               "kernels": ops.backend(str(params.device.type)), "device": placement.describe(where)}
     if not quiet:
         print(summary_line(summary), flush=True)
     return summary
@@ -336,6 +348,7 @@ def _log_point(algo, evaluate, comm, step, wall, loss_sum, seen, bytes_before) -
     the consensus evaluated."""
     sums = torch.tensor([loss_sum, seen, algo.comm.bytes_sent - bytes_before, algo.rounds],
                         dtype=torch.float64)
+    algo.comm.flush()            # operations queued on device data go first, on every rank
     comm.Allreduce(MPI.IN_PLACE, sums.numpy())
     params = algo.consensus()
     test_loss, test_error = evaluate(params, algo.consensus_buffers())
@@ -350,7 +363,7 @@ def summary_line(s: dict) -> str:
             f"test error {100 * s['test_error']:.2f}% (loss {s['test_loss']:.4f}), "
             f"train loss {s['train_loss']:.4f}, {s['wall_time']:.2f} s, "
             f"{int(s['rounds'])} rounds, {_human_bytes(s['bytes_sent'])} sent, "
-            f"kernels: {s['kernels']}; record: {s['path']}")
+            f"device: {s['device']}, kernels: {s['kernels']}; record: {s['path']}")
 
 
 def _human_bytes(n: float) -> str:

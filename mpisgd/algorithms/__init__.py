@@ -38,11 +38,15 @@ def all_options() -> dict[str, Option]:
     return out
 
 
-def build(name: str, model, optimizer, comm=None, **options) -> Algorithm:
+def build(name: str, model, optimizer, comm=None, device=None, **options) -> Algorithm:
     """Wrap ``model`` and ``optimizer`` in algorithm ``name`` on communicator ``comm``.
 
     ``comm`` defaults to ``MPI.COMM_WORLD``; options are the CLI options with
-    underscores (``tau=4``). Raises ``ValueError`` naming a bad option on
-    every rank before any communication.
+    underscores (``tau=4``). ``device``: ``None`` (default) trains where the
+    model is; ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` binds each rank
+    (``cuda``: GPU ``local_rank % gpus``, :mod:`mpisgd.device`) and moves the
+    model, its optimizer state and everything the algorithm allocates there.
+    Raises ``ValueError`` naming a bad option on every rank before any
+    communication.
     """
-    return lookup(name)(model, optimizer, comm, **options)
+    return lookup(name)(model, optimizer, comm, device=device, **options)

@@ -22,6 +22,7 @@ import torch
 
 from .._mpi import MPI
 
+from .. import device as placement
 from ..comm import Comm, check_reducible
 from ..errors import agree, digest
 from ..flat import ParamBuffer
@@ -64,13 +65,16 @@ class Algorithm:
         return size
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                 comm=None, **options):
+                 comm=None, device=None, **options):
         self.opts = resolve(self.name, self.declared(), options)
         comm = MPI.COMM_WORLD if comm is None else comm
         self.size, self.rank = comm.Get_size(), comm.Get_rank()   # local queries: no traffic
         self.optimizer = optimizer
         try:                 # a rank whose files differ must not leave the others waiting
             self.validate()
+            if device is not None:
+                device = placement.parse(device)
+                placement.check_available(device)
         except ValueError as err:
             agree(comm, str(err))
         self.stragglers = None
@@ -81,20 +85,27 @@ class Algorithm:
             delays.check_workers(self.workers)
             self.stragglers = delays if self.is_worker else None
         self.model = model
-        self.flat = ParamBuffer(model, self.bucket_bytes())
-        check_reducible(self.flat.dtype)
+        params = list(model.parameters())
         agree(comm, None, digest({
             "algorithm": self.name, "options": self.opts, **self.agreement(),
-            "shapes": [list(p.shape) for p in self.flat.params],
-            "trainable": self.flat.trainable,
-            "dtype": str(self.flat.dtype), "device": self.flat.device.type,
+            "shapes": [list(p.shape) for p in params],
+            "trainable": [p.requires_grad for p in params],
+            "dtype": sorted({str(p.dtype) for p in params}),
+            "device": device or sorted({p.device.type for p in params}),
             "optimizer": [type(optimizer).__name__] + [
                 {k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups],
         }))
+        #: Where this rank runs (``device=``: bound from the node-local rank; else the model's).
+        self.placement = None
+        if device is not None:
+            self.placement = placement.bind(comm, device)
+            placement.move(model, optimizer, self.placement.device)
+        self.flat = ParamBuffer(model, self.bucket_bytes())
+        check_reducible(self.flat.dtype)
         self.comm = Comm(comm.Dup() if self.private_comm else comm)
-        self._telemetry = Comm(self.comm.comm, self.comm.staging)   # uncounted traffic
         if self.flat.device.type == "cuda":   # a device buffer goes to MPI directly only if it works
-            self._telemetry.cuda_aware = self.comm.verify_cuda_aware(self.flat.device)
+            self.comm.verify_cuda_aware(self.flat.device)
+        self._telemetry = self.comm.sibling()      # uncounted traffic, in the same posting order
         self.comm.bcast(self.flat.data, 0)
         if self.flat.buffers.numel():
             self.comm.bcast(self.flat.buffers, 0)
@@ -134,6 +145,11 @@ class Algorithm:
     # ---- the public API ----------------------------------------------
 
     @property
+    def device(self) -> torch.device:
+        """The device of the model, its flat buffer and everything the algorithm keeps."""
+        return self.flat.device
+
+    @property
     def workers(self) -> int:
         """Number of worker replicas."""
         return self.worker_count(self.size, self.opts)
@@ -160,6 +176,8 @@ class Algorithm:
                 self._loss_sum = self._loss_sum + loss
             self._loss_count += 1
         if self.stragglers is not None:
+            if self.flat.device.type == "cuda":   # the delay follows this step's kernels, as on
+                torch.cuda.current_stream(self.flat.device).synchronize()   # a slower GPU
             now = time.perf_counter()
             compute = now - self._stepped if self._stepped is not None else 0.0
             wait(self.stragglers.compute(compute), self._cancellation())

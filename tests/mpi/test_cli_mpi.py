@@ -6,6 +6,7 @@ import tempfile
 import h5py
 import numpy as np
 import pytest
+import torch
 from mpi4py import MPI
 
 from mpisgd import cli, train
@@ -51,6 +52,12 @@ def test_train_writes_the_documented_record(shared_dir, algo, extra):
         for name in RANK_FIELDS:
             assert f["ranks"][name].shape == (comm.size,)
         assert list(f["ranks"]["steps"][()]) == [40] * comm.size
+        expected = "cuda" if torch.cuda.is_available() else "cpu"      # --device auto
+        devices = list(f["ranks"]["device"].asstr()[()])
+        assert len(devices) == comm.size and all(d.startswith(expected) for d in devices)
+        hosts = list(f["ranks"]["host"].asstr()[()])
+        assert len(hosts) == comm.size and all(hosts)
+        assert json.loads(attrs["config"])["device"] == "auto"
         assert f["final"]["params"].dtype == np.float32
         assert f["final"]["params"].shape == (26122,)      # the default MLP on digits
     png = os.path.join(shared_dir, f"{algo}.png")

@@ -12,6 +12,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from helpers import mpiexec
 
@@ -50,6 +51,9 @@ def launch(args, np=NP, timeout=90, script=None, quiet=True):
     (["--algo", "gossip", "--topology", "/no/such/W.npy"], "/no/such/W.npy: no such file", NP),
     (["--algo", "cooperative", "--topology", "one-peer-exponential"], "needs a symmetric W", NP),
     (["--algo", "local", "--schedule", "adacomm"], "--adacomm-interval must be given", NP),
+    (["--device", "tpu"], "--device must be auto, cpu, cuda or cuda:N, got 'tpu'", NP),
+    pytest.param(["--device", "cuda"], "--device cuda: no GPU is visible on host", NP,
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible")),
 ])
 def test_bad_input_one_line_on_every_rank(args, needle, np):
     proc, elapsed = launch(args, np)
@@ -108,6 +112,7 @@ def test_train_command_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr
     summary = [ln for ln in proc.stdout.splitlines() if ln.startswith("mpisgd: local, 4 workers")]
     assert len(summary) == 1 and summary[0].endswith(f"record: {out}")
+    assert f"device: {'cuda' if torch.cuda.is_available() else 'cpu'}" in summary[0]
     from mpisgd.record import read
     rec = read(str(out))
     assert rec["attrs"]["status"] == "completed" and rec["metrics"]["rounds"][-1] == 10

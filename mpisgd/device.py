@@ -1,0 +1,148 @@
+"""Which device each rank trains on: ``--device auto|cpu|cuda[:N]``, one GPU per local rank.
+
+Binding follows Horovod's and torchrun's convention without trusting any one
+launcher's environment variables (``MPI_LOCALRANKID``, ``OMPI_COMM_WORLD_LOCAL_RANK``,
+``SLURM_LOCALID`` differ between mpiexec, srun and jsrun): the ranks of a
+node are found with an ``MPI_COMM_TYPE_SHARED`` split, ordered by world rank,
+and local rank ``r`` binds GPU ``r % G``, G being the GPUs torch sees there
+(after ``CUDA_VISIBLE_DEVICES``)::
+
+    node with 4 ranks, 4 GPUs:  ranks 0 1 2 3 -> cuda:0 cuda:1 cuda:2 cuda:3
+    node with 4 ranks, 1 GPU:   ranks 0 1 2 3 -> cuda:0 (shared, with one warning)
+
+* ``auto`` (the CLI default): CUDA where torch sees a GPU, else the CPU;
+* ``cpu``; ``cuda``: the local rank's GPU, an error where none is visible;
+* ``cuda:N``: GPU N on every rank (a job script that binds by itself).
+
+Every rank must resolve to the same kind of device (MPI buffers, staging and
+kernels follow it): a node without GPUs in a CUDA job is refused on every rank.
+"""
+from __future__ import annotations
+
+import re
+import socket
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from ._mpi import MPI
+
+_SPEC = re.compile(r"^(auto|cpu|cuda)(?::(\d+))?$")
+
+
+def parse(spec) -> str:
+    """``spec`` (a string or ``torch.device``) as ``auto``, ``cpu``, ``cuda`` or ``cuda:N``;
+    ``ValueError`` naming ``device`` otherwise."""
+    text = str(spec).strip().lower() if spec is not None else ""
+    found = _SPEC.match(text)
+    if not found or (found.group(2) is not None and found.group(1) != "cuda"):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {spec!r}")
+    return text
+
+
+def check_available(spec: str, gpus: int | None = None) -> None:
+    """``ValueError`` naming ``device`` when ``spec`` asks for a GPU this process cannot see.
+
+    ``gpus``: the visible device count (default: torch's). Local: no communication.
+    """
+    if not spec.startswith("cuda"):
+        return
+    gpus = torch.cuda.device_count() if gpus is None else gpus
+    host = socket.gethostname()
+    if gpus == 0:
+        why = ("this torch is a CPU build" if torch.version.cuda is None
+               else "torch.cuda.is_available() is False: no driver, or CUDA_VISIBLE_DEVICES hides them")
+        raise ValueError(f"device {spec}: no GPU is visible on host {host} ({why}); "
+                         "use --device cpu or auto")
+    index = int(spec.partition(":")[2] or 0)
+    if index >= gpus:
+        raise ValueError(f"device {spec}: host {host} shows only {gpus} GPU(s), cuda:0..cuda:{gpus - 1}")
+
+
+def choose(spec: str, local_rank: int, gpus: int) -> torch.device:
+    """The device of the rank with node-local index ``local_rank`` on a node showing
+    ``gpus`` GPUs (pure: tested with stand-in counts)."""
+    kind, _, index = spec.partition(":")
+    if kind == "cpu" or (kind == "auto" and gpus == 0):
+        return torch.device("cpu")
+    if index:
+        return torch.device("cuda", int(index))
+    return torch.device("cuda", local_rank % gpus)
+
+
+def node_layout(comm) -> tuple[int, int]:
+    """(this rank's index among the ranks of its node, how many ranks its node runs);
+    collective over ``comm`` (an ``MPI_COMM_TYPE_SHARED`` split)."""
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.Get_rank())
+    try:
+        return node.Get_rank(), node.Get_size()
+    finally:
+        node.Free()
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one rank runs: its device, its node-local index and the node's rank count."""
+    device: torch.device
+    local_rank: int
+    local_size: int
+    host: str
+
+
+def bind(comm, spec: str, gpus: int | None = None) -> Placement:
+    """Resolve ``spec`` on every rank of ``comm`` and make the device current; collective.
+
+    ``ValueError`` on every rank when the ranks resolve to different kinds of
+    device. More ranks than GPUs on a node is allowed (tests share one GPU)
+    with one warning, from the node's first rank.
+    """
+    gpus = torch.cuda.device_count() if gpus is None else gpus
+    local_rank, local_size = node_layout(comm)
+    device = choose(spec, local_rank, gpus)
+    kinds = comm.allgather(device.type)
+    if len(set(kinds)) > 1:
+        cpu = [r for r, k in enumerate(kinds) if k == "cpu"]
+        raise ValueError(f"device {spec}: ranks {cpu} found no GPU while the others run on CUDA; "
+                         "every rank must train on the same kind of device")
+    host = socket.gethostname()
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        shared = sharing(spec, local_size, gpus, host)
+        if shared and local_rank == 0:
+            warnings.warn(shared, UserWarning, stacklevel=2)
+    return Placement(device, local_rank, local_size, host)
+
+
+def sharing(spec: str, local_size: int, gpus: int, host: str) -> str | None:
+    """The warning for a node with more ranks than GPUs under ``--device cuda|auto``, or ``None``."""
+    if spec.startswith("cuda:") or gpus == 0 or local_size <= gpus:
+        return None
+    return (f"{local_size} ranks share {gpus} GPU{'s' if gpus > 1 else ''} on host {host} "
+            f"(local rank r uses cuda:r%{gpus}): fine for tests, slower than one rank per GPU")
+
+
+def move(model: torch.nn.Module, optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    """Put ``model`` (parameters keep their identity, so ``optimizer`` still holds them)
+    and any optimizer state already made on ``device``."""
+    model.to(device)
+    for state in optimizer.state.values():
+        for key, value in state.items():
+            if torch.is_tensor(value) and value.device != device and value.dim() > 0:
+                state[key] = value.to(device)
+
+
+def describe(placements: list[tuple[str, str]]) -> str:
+    """The summary line's word on devices, from every rank's (host, device).
+
+    ``cpu``; ``cuda, one GPU per rank (8 ranks, 2 hosts)``; ``cuda, 4 ranks on 1 GPU``.
+    """
+    kinds = {d.partition(":")[0] for _, d in placements}
+    if kinds == {"cpu"}:
+        return "cpu"
+    gpus = set(placements)
+    hosts = {h for h, _ in placements}
+    where = f"{len(placements)} ranks" + (f", {len(hosts)} hosts" if len(hosts) > 1 else "")
+    if len(gpus) == len(placements):
+        return f"cuda, one GPU per rank ({where})"
+    return f"cuda, {where} on {len(gpus)} GPU{'s' if len(gpus) > 1 else ''}"
