@@ -58,6 +58,7 @@ bench: install
 	$(MPIEXEC) $(MPIFLAGS) -n 2 $(PY) benchmarks/bench_allreduce.py
 	$(MPIEXEC) $(MPIFLAGS) -n 4 $(PY) benchmarks/bench_allreduce.py
 	$(MPIEXEC) $(MPIFLAGS) -n 4 $(PY) benchmarks/bench_ps.py
+	$(MPIEXEC) $(MPIFLAGS) -n 2 $(PY) benchmarks/bench_step.py
 # bench_gossip on 4, 8 and 16 ranks: more ranks than cores on most machines (Open MPI must be told)
 	for p in 4 8 16; do $(MPIEXEC) $(filter-out --oversubscribe,$(MPIFLAGS)) \
 	  $(if $(findstring Open MPI,$(shell $(MPIEXEC) --version 2>/dev/null)),--oversubscribe) \

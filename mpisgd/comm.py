@@ -174,13 +174,17 @@ class Handle:
         return self._post is None
 
     def _ready(self, block: bool) -> bool:
-        """Whether the device data is ready to post; ``block``: wait for it (host waits
-        for the GPU: counted as compute, not communication)."""
+        """Whether the device data is ready to post; ``block``: wait for it. The host then
+        waits for the GPU (compute, not communication) and keeps MPI progressing the
+        operations already posted meanwhile (an ``Iprobe`` between event queries), so
+        that earlier buckets travel while later layers still compute."""
         while self._gate:
-            if block:
-                self._gate[0].synchronize()
-            elif not self._gate[0].query():
-                return False
+            if not self._gate[0].query():
+                if not block:
+                    return False
+                while not self._gate[0].query():
+                    self._owner.comm.Iprobe(MPI.ANY_SOURCE, MPI.ANY_TAG)
+                    os.sched_yield()
             self._gate.pop(0)
         return True
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import torch
 from ._mpi import MPI
+from .staging import upload
 
 EXCHANGES = ("auto", "neighbor", "persistent", "allreduce")
 
@@ -100,7 +101,7 @@ class Mixer:
         if plan is None:
             W, i = self.topology.matrix(k), self.node
             row = W[i, self.sources]
-            plan = (float(W[i, i]), row.to(self.x.dtype).to(self.x.device), row.tolist(),
+            plan = (float(W[i, i]), upload(row.to(self.x.dtype), self.x.device), row.tolist(),
                     [bool(w != 0) for w in row], [bool(W[j, i] != 0) for j in self.dests])
             if key is not None:
                 self._plans[key] = plan

@@ -28,6 +28,15 @@ from __future__ import annotations
 import torch
 
 
+def upload(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small host tensor (weights of W, say) on ``device`` without stalling its stream:
+    through pinned memory, asynchronously (a plain ``.to("cuda")`` from pageable memory
+    waits for the stream to drain)."""
+    if torch.device(device).type != "cuda":
+        return t.to(device)
+    return t.contiguous().pin_memory().to(device, non_blocking=True)
+
+
 class DeviceBoundary:
     """Pinned host buffers, one side stream per device, and the events that order them.
 

@@ -59,6 +59,7 @@ import torch
 from .. import schedule, topology as topologies
 from ..mixing import EXCHANGES, Mixer, is_averaging
 from ..options import Option
+from ..staging import upload
 from .elastic import elastic_options
 from .scheduled import Scheduled
 
@@ -172,9 +173,9 @@ class Gossip(Scheduled):
             W = self.topology.matrix(k).to(self.flat.dtype)
             sent = self.mixer.send
             m, i = self.size, self.rank
-            torch.mul(W[m:, i].to(sent.device)[:, None], sent[None, :], out=self._contrib)
+            torch.mul(upload(W[m:, i], sent.device)[:, None], sent[None, :], out=self._contrib)
             aux = self.comm.iallreduce(self._contrib)
-            self._aux_weights = W[i, m:].to(sent.device), W[m:, m:].to(sent.device)
+            self._aux_weights = upload(W[i, m:], sent.device), upload(W[m:, m:], sent.device)
         return handle, aux
 
     def _complete(self) -> None:
