@@ -9,7 +9,7 @@ the staged CPU run (same arithmetic, other buffers), and within rtol 1e-10
 in float64 on a GPU (cuBLAS sums the 6-term dot products and the gradient
 in another order: a few ulps a step, 12 steps).
 
-Algorithms with a centre run on pairs of ranks (a centre and one worker),
+Algorithms with a centre or a server run on pairs of ranks (a centre and one worker),
 where the order of messages, and so the result, is deterministic.
 """
 import pytest
@@ -30,7 +30,7 @@ FAMILIES = {
     "easgd-rank0": ("easgd", {"tau": 2, "center": "rank0"}, None),
     "gossip": ("gossip", {"topology": "ring"}, None),
     "cooperative": ("cooperative", {"topology": "easgd", "tau": 2}, None),
-    "ps-sync": ("ps-sync", {}, None),
+    "ps-sync": ("ps-sync", {}, 2),
     "k-sync": ("k-sync", {"k": 1}, 2),
     "async": ("async", {}, 2),
     "async-easgd": ("async-easgd", {"tau": 2, "center": "dedicated"}, 2),
