@@ -56,8 +56,9 @@ int multiprocessors(int device) {
   return sms;
 }
 
-// Launches f over [0, n) on `stream` of `device`, then checks the launch. The device is
-// set in this module's own CUDA runtime (linked statically: its current device is not torch's).
+// Launches f over [0, n) on `stream` of `device`, then checks the launch. The module links
+// its own static CUDA runtime: the launch makes `device` current for itself and restores the
+// thread's previous device afterwards, so torch's notion of the current device is left alone.
 struct Launch {
   int64_t n;
   int device;
@@ -67,10 +68,14 @@ struct Launch {
   template <class F>
   void operator()(F f) const {
     if (n == 0) return;
-    check(cudaSetDevice(device), "cudaSetDevice");
+    int previous = device;
+    check(cudaGetDevice(&previous), "cudaGetDevice");
+    if (previous != device) check(cudaSetDevice(device), "cudaSetDevice");
     const int64_t blocks = std::min<int64_t>((n + kBlock - 1) / kBlock, int64_t(multiprocessors(device)) * kBlocksPerSm);
     grid_stride<<<unsigned(blocks), kBlock, 0, cudaStream_t(stream)>>>(n, f);
-    check(cudaGetLastError(), what);
+    const cudaError_t launched = cudaGetLastError();
+    if (previous != device) cudaSetDevice(previous);
+    check(launched, what);
   }
 };
 

@@ -2,9 +2,9 @@
 // elastic_cuda.cu) implement them, bindings.cpp exposes them to Python.
 // Every array is contiguous, of length n and of the storage type named by
 // `dtype`; mpisgd/ops.py validates the tensors and holds the math. The CUDA
-// entry points take the device of the arrays and the caller's stream: this
-// module links its own (static) CUDA runtime, whose current device is not
-// torch's, so each launch sets it.
+// entry points take the device of the arrays and the caller's stream (on
+// which the kernel is queued: ordered with torch's kernels, no sync); each
+// launch makes that device current and restores the previous one.
 #pragma once
 
 #include <cstdint>

@@ -208,10 +208,9 @@ class Handle:
         """Progress the operation; ``True`` once it has completed."""
         if self.done:
             return True
+        self._owner.progress()          # post what has become ready, this or later ones
         if not self.posted:
-            self._owner.progress()
-            if not self.posted:
-                return False
+            return False
         t0 = time.perf_counter()
         flag = MPI.Request.Testall(self._requests, self._statuses)
         self._owner.comm_time += time.perf_counter() - t0
@@ -223,8 +222,9 @@ class Handle:
         """Block until the operation has completed (time counted as wait time)."""
         if self.done:
             return
-        if not self.posted:
-            self._owner.progress(upto=self)
+        # Everything queued goes out before the host blocks: a peer may answer this
+        # operation only after one queued behind it (a request, then its reply).
+        self._owner.flush()
         t0 = time.perf_counter()
         if self._owner.yield_wait:
             while not MPI.Request.Testall(self._requests, self._statuses):
@@ -280,12 +280,24 @@ class Comm:
 
     def sibling(self) -> "Comm":
         """A ``Comm`` on the same communicator with counters of its own (uncounted
-        telemetry), sharing this one's posting order, memory claims and host buffers."""
+        telemetry), sharing this one's posting order, memory claims, host buffers and
+        side streams. Two ``Comm`` built separately on one communicator would each keep
+        their own posting order, which may then differ between ranks: use this."""
         twin = copy.copy(self)
         twin.bytes_sent = twin.comm_time = twin.wait_time = 0.0
+        twin.boundary = self.boundary.twin()
         return twin
 
     # ---- posting order -------------------------------------------------
+
+    def _nothing(self, t: torch.Tensor) -> Handle:
+        """A completed handle for an operation on ``t`` that moves nothing (a reduction over
+        one rank): pending memory is still refused; no staging copies, no wait for the device."""
+        self._claim(t)
+        handle = Handle(self, lambda: [], [])
+        handle._start()
+        handle._complete()
+        return handle
 
     def _submit(self, handle: Handle) -> Handle:
         self._queue.append(handle)
@@ -415,9 +427,17 @@ class Comm:
 
         def done():
             for t, host, ready in copy_back:
-                self.boundary.to_device(host, t, after=ready)
+                if status:                       # a receive: only the bytes that arrived
+                    n = handle.status.Get_count(MPI.BYTE)
+                    if n:
+                        self.boundary.to_device(host.view(torch.uint8)[:n],
+                                                t.reshape(-1).view(torch.uint8)[:n], after=ready)
+                else:
+                    self.boundary.to_device(host, t, after=ready)
 
-        handle = Handle(self, lambda: post(*[self.spec(v) for v in views]), views,
+        # The tensors stay alive too: no new tensor may take a pending one's address (and
+        # so its host buffer) until the operation has completed.
+        handle = Handle(self, lambda: post(*[self.spec(v) for v in views]), views + list(tensors),
                         done if copy_back else None, status, gate)
         self._own(handle, [sp for sp, a in zip(spans, access) if a is True],
                   [sp for sp, a in zip(spans, access) if a is not True])
@@ -442,7 +462,7 @@ class Comm:
         if average and op != MPI.SUM:
             raise ValueError("average=True goes with op=MPI.SUM")
         if self.size == 1:
-            return self._start([t], lambda s: [], 0.0, blocking=True)
+            return self._nothing(t)
         if average:
             self._claim(t)                 # refuse pending memory before touching it
             t.mul_(1.0 / self.size)
@@ -490,7 +510,7 @@ class Comm:
         handle completes). Counted as ``(P-1)/P * n`` bytes per rank.
         """
         if self.size == 1:
-            return self._start([t], lambda s: [], 0.0, blocking=True)
+            return self._nothing(t)
         nbytes = t.numel() * t.element_size()
         me = self.rank == root
         post = lambda s: [self.comm.Ireduce(MPI.IN_PLACE if me else s, s if me else None,  # noqa: E731

@@ -81,10 +81,21 @@ def node_layout(comm) -> tuple[int, int]:
         node.Free()
 
 
+def gpu_id(device: torch.device) -> str:
+    """The physical GPU behind ``device`` (its UUID; ``cuda:N`` where torch gives none), so
+    that ranks that each see one GPU as ``cuda:0`` are told apart. ``""`` for the CPU."""
+    if device.type != "cuda":
+        return ""
+    uuid = getattr(torch.cuda.get_device_properties(device), "uuid", None)
+    return str(uuid) if uuid else str(device)
+
+
 @dataclass(frozen=True)
 class Placement:
-    """Where one rank runs: its device, its node-local index and the node's rank count."""
+    """Where one rank runs: its device, the physical GPU, its node-local index and the
+    node's rank count."""
     device: torch.device
+    gpu: str
     local_rank: int
     local_size: int
     host: str
@@ -93,55 +104,70 @@ class Placement:
 def bind(comm, spec: str, gpus: int | None = None) -> Placement:
     """Resolve ``spec`` on every rank of ``comm`` and make the device current; collective.
 
-    ``ValueError`` on every rank when the ranks resolve to different kinds of
-    device. More ranks than GPUs on a node is allowed (tests share one GPU)
-    with one warning, from the node's first rank.
+    Local ranks count the ranks *of* ``comm`` on each node (the CLI's is the
+    world; an API user binding on sub-communicators that share a node passes
+    ``cuda:N``). ``ValueError`` on every rank when the ranks resolve to
+    different kinds of device. Ranks sharing a GPU (more ranks than GPUs on a
+    node: how tests run) are allowed, with one warning from the node's first rank.
     """
     gpus = torch.cuda.device_count() if gpus is None else gpus
-    local_rank, local_size = node_layout(comm)
-    device = choose(spec, local_rank, gpus)
-    kinds = comm.allgather(device.type)
-    if len(set(kinds)) > 1:
-        cpu = [r for r, k in enumerate(kinds) if k == "cpu"]
-        raise ValueError(f"device {spec}: ranks {cpu} found no GPU while the others run on CUDA; "
-                         "every rank must train on the same kind of device")
     host = socket.gethostname()
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.Get_rank())
+    try:
+        local_rank, local_size = node.Get_rank(), node.Get_size()
+        device = choose(spec, local_rank, gpus)
+        kinds = comm.allgather(device.type)
+        if len(set(kinds)) > 1:
+            cpu = [r for r, k in enumerate(kinds) if k == "cpu"]
+            raise ValueError(f"device {spec}: ranks {cpu} found no GPU while the others run on "
+                             "CUDA; every rank must train on the same kind of device")
+        gpu = gpu_id(device)
+        peers = node.allgather(gpu) if device.type == "cuda" else []
+    finally:
+        node.Free()
     if device.type == "cuda":
         torch.cuda.set_device(device)
-        shared = sharing(spec, local_size, gpus, host)
+        shared = sharing(peers, host)
         if shared and local_rank == 0:
             warnings.warn(shared, UserWarning, stacklevel=2)
-    return Placement(device, local_rank, local_size, host)
+    return Placement(device, gpu, local_rank, local_size, host)
 
 
-def sharing(spec: str, local_size: int, gpus: int, host: str) -> str | None:
-    """The warning for a node with more ranks than GPUs under ``--device cuda|auto``, or ``None``."""
-    if spec.startswith("cuda:") or gpus == 0 or local_size <= gpus:
+def sharing(gpus_of_ranks: list[str], host: str) -> str | None:
+    """The warning for a node whose ranks (their physical GPUs listed) share a GPU, or ``None``."""
+    distinct = len(set(gpus_of_ranks))
+    if distinct == len(gpus_of_ranks):
         return None
-    return (f"{local_size} ranks share {gpus} GPU{'s' if gpus > 1 else ''} on host {host} "
-            f"(local rank r uses cuda:r%{gpus}): fine for tests, slower than one rank per GPU")
+    return (f"{len(gpus_of_ranks)} ranks share {distinct} GPU{'s' if distinct > 1 else ''} on "
+            f"host {host} (local rank r uses cuda:r%GPUs): fine for tests, slower than one "
+            "rank per GPU")
 
 
 def move(model: torch.nn.Module, optimizer: torch.optim.Optimizer, device: torch.device) -> None:
-    """Put ``model`` (parameters keep their identity, so ``optimizer`` still holds them)
-    and any optimizer state already made on ``device``."""
+    """Put ``model`` and any optimizer state already made on ``device``. The parameters keep
+    their identity (so ``optimizer`` still holds them); ``RuntimeError`` if they do not."""
+    before = [id(p) for p in model.parameters()]
     model.to(device)
+    if [id(p) for p in model.parameters()] != before:
+        raise RuntimeError("model.to(device) replaced the parameter objects (torch.__future__."
+                           "set_overwrite_module_params_on_conversion?), so the optimizer would "
+                           "step stale copies: move the model before building the optimizer "
+                           "and pass device=None")
     for state in optimizer.state.values():
         for key, value in state.items():
             if torch.is_tensor(value) and value.device != device and value.dim() > 0:
                 state[key] = value.to(device)
 
 
-def describe(placements: list[tuple[str, str]]) -> str:
-    """The summary line's word on devices, from every rank's (host, device).
+def describe(placements: list[tuple[str, str, str]]) -> str:
+    """The summary line's word on devices, from every rank's (host, device, physical GPU).
 
     ``cpu``; ``cuda, one GPU per rank (8 ranks, 2 hosts)``; ``cuda, 4 ranks on 1 GPU``.
     """
-    kinds = {d.partition(":")[0] for _, d in placements}
-    if kinds == {"cpu"}:
+    if all(d == "cpu" for _, d, _ in placements):
         return "cpu"
-    gpus = set(placements)
-    hosts = {h for h, _ in placements}
+    gpus = {(h, g) for h, _, g in placements}
+    hosts = {h for h, _, _ in placements}
     where = f"{len(placements)} ranks" + (f", {len(hosts)} hosts" if len(hosts) > 1 else "")
     if len(gpus) == len(placements):
         return f"cuda, one GPU per rank ({where})"

@@ -17,7 +17,12 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+import time
 import traceback
+
+#: Seconds between printing a failing rank's traceback and ``MPI_Abort``: the launcher
+#: forwards output through pipes, and an abort that comes first can lose it (seen under load).
+ABORT_GRACE = 0.3
 
 
 class ConfigError(ValueError):
@@ -73,6 +78,7 @@ def abort_on_exception(comm, on_error=None) -> None:
             except Exception as inner:  # the record must not mask the real error
                 sys.stderr.write(f"[rank {rank}] while recording the failure: {inner}\n")
         if comm.Get_size() > 1:
+            time.sleep(ABORT_GRACE)   # the launcher forwards this rank's message before the kill
             comm.Abort(1)
         sys.exit(1)
 

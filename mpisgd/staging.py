@@ -52,6 +52,12 @@ class DeviceBoundary:
         self._timed: list[tuple] = []                      # (start, end) events not yet summed
         self._seconds = 0.0
 
+    def twin(self) -> "DeviceBoundary":
+        """A boundary sharing these host buffers and side streams, timing its own copies."""
+        other = DeviceBoundary(self.cache)
+        other._buffers, other._streams = self._buffers, self._streams
+        return other
+
     def host_buffer(self, t: torch.Tensor) -> torch.Tensor:
         """The host buffer that stands in for ``t``: pinned for CUDA tensors, 1-D, reused."""
         key = (t.data_ptr(), t.numel(), t.dtype, str(t.device))

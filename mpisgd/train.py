@@ -251,7 +251,7 @@ def _train(cfg, comm, algo, model, opt, data, shards, record, quiet) -> dict:
     mine = [train_time - stats["comm_time"], stats["comm_time"], stats["wait_time"],
             stats["staging_time"], stats["steps"], stats["bytes_sent"]]
     ranks = comm.gather(mine, root=0)
-    where = comm.gather((socket.gethostname(), str(device)), root=0)
+    where = comm.gather((socket.gethostname(), str(device), algo.placement.gpu), root=0)
     params = algo.consensus()
     series = algo.series(train_time)     # collective: rank 0 gets every rank's figures
     algo.close()
@@ -259,8 +259,8 @@ def _train(cfg, comm, algo, model, opt, data, shards, record, quiet) -> dict:
         return {}
     record.complete({name: [r[i] for r in ranks] for i, name in enumerate(RANK_FIELDS)},
                     params.detach().cpu().float().numpy())
-    record.series("ranks", "host", [h for h, _ in where])
-    record.series("ranks", "device", [d for _, d in where])
+    record.series("ranks", "host", [h for h, _, _ in where])
+    record.series("ranks", "device", [d for _, d, _ in where])
     for key, values in series.items():
         group, name = key.split("/")
         record.series(group, name, values)

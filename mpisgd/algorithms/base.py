@@ -95,13 +95,19 @@ class Algorithm:
             "optimizer": [type(optimizer).__name__] + [
                 {k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups],
         }))
-        #: Where this rank runs (``device=``: bound from the node-local rank; else the model's).
+        #: Where this rank runs (``device=``: bound from the node-local rank; else ``None``:
+        #: the model's device).
         self.placement = None
-        if device is not None:
-            self.placement = placement.bind(comm, device)
-            placement.move(model, optimizer, self.placement.device)
-        self.flat = ParamBuffer(model, self.bucket_bytes())
-        check_reducible(self.flat.dtype)
+        failed = None
+        try:         # a device or memory failure on one rank must not leave the others waiting
+            if device is not None:
+                self.placement = placement.bind(comm, device)
+                placement.move(model, optimizer, self.placement.device)
+            self.flat = ParamBuffer(model, self.bucket_bytes())
+            check_reducible(self.flat.dtype)
+        except Exception as err:        # noqa: BLE001 - every rank hears it, then raises
+            failed = str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"
+        agree(comm, failed)
         self.comm = Comm(comm.Dup() if self.private_comm else comm)
         if self.flat.device.type == "cuda":   # a device buffer goes to MPI directly only if it works
             self.comm.verify_cuda_aware(self.flat.device)

@@ -105,3 +105,70 @@ def test_cuda_aware_self_test_agrees_on_every_rank(comm):
     x = torch.full((1000,), float(comm.rank), device="cuda")
     c.allreduce(x, average=True)
     assert torch.allclose(x.cpu(), torch.full((1000,), (comm.size - 1) / 2))
+
+
+class _Gate:
+    """Stands in for the CUDA event an operation on device memory waits for (no GPU here):
+    ready after ``opens_after`` queries. Exercises Comm's queue of not-yet-posted operations."""
+
+    def __init__(self, opens_after: int):
+        self.left = opens_after
+
+    def query(self) -> bool:
+        self.left -= 1
+        return self.left < 0
+
+    def synchronize(self) -> None:
+        self.left = -1
+
+
+def _gated(c: Comm, gate_of):
+    """Make operations on ``c`` wait for a gate, as on device data (``gate_of(tensor)``)."""
+    c.boundary.ready = gate_of
+
+
+@pytest.mark.mpi(min_size=2)
+def test_queued_operations_post_in_creation_order(comm):
+    """A collective whose data is not ready holds back the ones created after it (every rank
+    must post collectives in one order); once ready, test() posts them, in order."""
+    if comm.size == 1:
+        pytest.skip("needs a peer")
+    c = Comm(comm)
+    first, second = torch.ones(8) * c.rank, torch.ones(8) * (c.rank + 1)
+    gates = {first.data_ptr(): _Gate(3 if c.rank == 0 else 0)}
+    _gated(c, lambda t: gates.get(t.data_ptr()))
+    h1 = c.iallreduce(first)
+    h2 = c.iallreduce(second)
+    if c.rank == 0:
+        assert not h1.posted and not h2.posted       # held behind the first one
+    for _ in range(10):
+        h2.test()
+        h1.test()
+    h1.wait()
+    h2.wait()
+    n = c.size
+    assert torch.equal(first, torch.full((8,), n * (n - 1) / 2))
+    assert torch.equal(second, torch.full((8,), n * (n + 1) / 2))
+
+
+@pytest.mark.mpi(min_size=2)
+def test_wait_posts_what_is_queued_behind_it(comm):
+    """Request and reply: rank 0 queues a request whose data is not ready, then waits for the
+    reply to it. The wait must post the request first, or both ranks wait forever."""
+    if comm.size == 1:
+        pytest.skip("needs a peer")
+    c = Comm(comm)
+    if c.rank == 0:
+        reply = torch.zeros(4)
+        answer = c.irecv(reply, 1, 7)                 # posted: nothing gates a receive here
+        request = torch.arange(4.0)
+        _gated(c, lambda t: _Gate(1000) if t is request else None)
+        sent = c.isend(request, 1, 3)
+        assert answer.posted and not sent.posted
+        answer.wait()
+        sent.wait()
+        assert torch.equal(reply, torch.arange(4.0) * 2)
+    elif c.rank == 1:
+        got = torch.zeros(4)
+        c.irecv(got, 0, 3).wait()
+        c.isend(got * 2, 0, 7).wait()

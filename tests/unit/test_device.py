@@ -44,26 +44,37 @@ def test_cuda_without_a_visible_gpu_is_a_clear_error():
     placement.check_available("cuda:1", gpus=2)
 
 
-def test_more_ranks_than_gpus_is_one_warning_naming_the_sharing():
-    text = placement.sharing("cuda", 4, 1, "node7")
+def test_ranks_sharing_a_gpu_is_one_warning_naming_the_sharing():
+    text = placement.sharing(["GPU-a"] * 4, "node7")
     assert text.startswith("4 ranks share 1 GPU on host node7")
-    assert placement.sharing("auto", 8, 2, "n").startswith("8 ranks share 2 GPUs")
-    assert placement.sharing("cuda", 4, 4, "n") is None
-    assert placement.sharing("cuda:0", 4, 1, "n") is None      # the script chose: no warning
-    assert placement.sharing("auto", 4, 0, "n") is None        # the CPU
+    assert placement.sharing(["a", "b", "a", "b", "a", "b", "a", "b"], "n").startswith("8 ranks share 2 GPUs")
+    assert placement.sharing(["a", "b", "c", "d"], "n") is None
+    assert placement.sharing([], "n") is None                # the CPU
 
 
 def test_describe_for_the_summary_line():
-    assert placement.describe([("a", "cpu")] * 4) == "cpu"
-    assert placement.describe([("a", "cuda:0"), ("a", "cuda:1")]) == "cuda, one GPU per rank (2 ranks)"
-    assert placement.describe([("a", "cuda:0")] * 4) == "cuda, 4 ranks on 1 GPU"
-    assert (placement.describe([("a", "cuda:0"), ("a", "cuda:1"), ("b", "cuda:0"), ("b", "cuda:1")])
-            == "cuda, one GPU per rank (4 ranks, 2 hosts)")
+    assert placement.describe([("a", "cpu", "")] * 4) == "cpu"
+    assert (placement.describe([("a", "cuda:0", "G0"), ("a", "cuda:1", "G1")])
+            == "cuda, one GPU per rank (2 ranks)")
+    assert placement.describe([("a", "cuda:0", "G0")] * 4) == "cuda, 4 ranks on 1 GPU"
+    # --gpus-per-task=1: every rank sees its own GPU as cuda:0
+    assert (placement.describe([("a", "cuda:0", f"G{i}") for i in range(4)])
+            == "cuda, one GPU per rank (4 ranks)")
+    assert (placement.describe([("a", "cuda:0", "G0"), ("a", "cuda:1", "G1"), ("b", "cuda:0", "G0"),
+                                ("b", "cuda:1", "G1")]) == "cuda, one GPU per rank (4 ranks, 2 hosts)")
 
 
 def test_bind_on_one_rank_without_gpus():
     where = placement.bind(MPI.COMM_SELF, "auto", gpus=0)
     assert (where.device, where.local_rank, where.local_size) == (torch.device("cpu"), 0, 1)
+
+
+def test_move_refuses_a_model_whose_parameters_are_replaced(monkeypatch):
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    monkeypatch.setattr(torch.__future__, "get_overwrite_module_params_on_conversion", lambda: True)
+    with pytest.raises(RuntimeError, match="replaced the parameter objects"):
+        placement.move(model, opt, torch.device("meta"))
 
 
 def test_move_takes_the_optimizer_state_along():
