@@ -138,6 +138,8 @@ class Server:
         else:
             self.handle(source, kind, mod)
         self._post()
+        if self.buffer.is_cuda:    # the service ends when its replies leave: the update's
+            self.comm.flush()      # kernels and staging copies count, not only their launch
         self.service_time += time.perf_counter() - t0
 
     def handle(self, source: int, kind: int, mod: int) -> None:
