@@ -7,6 +7,8 @@ dedicated centre rank.
 
 Every rank runs this file. Each worker draws its own batches (seeded by its
 worker index); rank 0 prints the consensus model's test error at the end.
+``device="auto"`` trains on GPU ``local_rank % GPUs`` where torch sees one
+(the model, the optimizer state and the data move there), else on the CPU.
 """
 import torch
 import torch.nn.functional as F
@@ -21,7 +23,8 @@ def main(comm=MPI.COMM_WORLD, steps=200, algo_name="local", **options):
     torch.manual_seed(0)
     model = models.build("mlp", digits.input_shape, digits.classes)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    algo = mpisgd.build(algo_name, model, opt, comm=comm, **(options or {"tau": 4}))
+    algo = mpisgd.build(algo_name, model, opt, comm=comm, device="auto", **(options or {"tau": 4}))
+    digits = digits.to(algo.device)     # the small dataset lives on the device: no copy per batch
 
     if not algo.is_worker:          # a dedicated centre rank (async-easgd, eamsgd, downpour)
         algo.serve()                # returns when every worker has finished
