@@ -86,7 +86,10 @@ def gpu_id(device: torch.device) -> str:
     that ranks that each see one GPU as ``cuda:0`` are told apart. ``""`` for the CPU."""
     if device.type != "cuda":
         return ""
-    uuid = getattr(torch.cuda.get_device_properties(device), "uuid", None)
+    try:           # never raises: it runs between two collectives of bind()
+        uuid = getattr(torch.cuda.get_device_properties(device), "uuid", None)
+    except Exception:      # noqa: BLE001 - a CUDA init failure surfaces at set_device
+        uuid = None
     return str(uuid) if uuid else str(device)
 
 

@@ -15,7 +15,9 @@ rank, in this order:
 """
 from __future__ import annotations
 
+import sys
 import time
+import traceback
 import warnings
 
 import torch
@@ -106,7 +108,12 @@ class Algorithm:
             self.flat = ParamBuffer(model, self.bucket_bytes())
             check_reducible(self.flat.dtype)
         except Exception as err:        # noqa: BLE001 - every rank hears it, then raises
-            failed = str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"
+            if isinstance(err, ValueError):
+                failed = str(err)
+            else:                       # not a bad option: this rank shows where it came from
+                failed = f"{type(err).__name__}: {err}"
+                sys.stderr.write("".join(f"[rank {self.rank}] {line}\n"
+                                         for line in traceback.format_exc().splitlines()))
         agree(comm, failed)
         self.comm = Comm(comm.Dup() if self.private_comm else comm)
         if self.flat.device.type == "cuda":   # a device buffer goes to MPI directly only if it works

@@ -167,3 +167,26 @@ def test_sync_staged_bucket_copies_overlap_the_rest_of_backward(monkeypatch):
         "bucket 0's device-to-host copy did not finish while backward was still computing"
     assert algo.comm.counters()["staging_time"] > 0
     algo.close()
+
+
+@pytest.mark.mpi(min_size=2)
+def test_a_failure_while_placing_on_one_rank_ends_every_rank(monkeypatch, capfd):
+    """Say the GPU of rank 1 is out of memory as the flat buffer is made: every rank raises,
+    naming rank 1 (no rank waits forever), and rank 1 shows its traceback."""
+    import mpisgd.algorithms.base as base
+    world = MPI.COMM_WORLD
+    real = base.ParamBuffer
+
+    def flaky(*args, **kwargs):
+        if world.rank == 1:
+            raise RuntimeError("CUDA out of memory (simulated on rank 1)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(base, "ParamBuffer", flaky)
+    model = regression_model(torch.zeros(D, dtype=torch.float64))
+    opt = torch.optim.SGD(model.parameters(), lr=ETA)
+    with pytest.raises(ValueError, match="RuntimeError: CUDA out of memory"):
+        mpisgd.build("local", model, opt, comm=world)
+    if world.rank == 1:
+        assert "[rank 1] Traceback" in capfd.readouterr().err
+    world.Barrier()
