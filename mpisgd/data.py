@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError
+from .staging import upload
 
 
 @dataclass
@@ -248,9 +249,7 @@ class WorkerStream:
             if len(self._perms) > 2:
                 self._perms.pop(min(self._perms))
             order = torch.from_numpy(_rng(self.seed, 3, self.worker, epoch).permutation(len(self.indices)))
-            if self.indices.is_cuda:     # once per epoch, asynchronously: no stall of the stream
-                order = order.pin_memory().to(self.indices.device, non_blocking=True)
-            perm = self.indices[order]
+            perm = self.indices[upload(order, self.indices.device)]   # once per epoch, no stall
             self._perms[epoch] = perm
         return perm
 

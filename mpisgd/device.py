@@ -19,6 +19,7 @@ kernels follow it): a node without GPUs in a CUDA job is refused on every rank.
 """
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import warnings
@@ -71,14 +72,22 @@ def choose(spec: str, local_rank: int, gpus: int) -> torch.device:
     return torch.device("cuda", local_rank % gpus)
 
 
-def node_layout(comm) -> tuple[int, int]:
-    """(this rank's index among the ranks of its node, how many ranks its node runs);
-    collective over ``comm`` (an ``MPI_COMM_TYPE_SHARED`` split)."""
+@contextlib.contextmanager
+def _node(comm):
+    """The ranks of ``comm`` on this node, ordered as in ``comm`` (an ``MPI_COMM_TYPE_SHARED``
+    split, freed on exit); collective over ``comm``."""
     node = comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.Get_rank())
     try:
-        return node.Get_rank(), node.Get_size()
+        yield node
     finally:
         node.Free()
+
+
+def node_layout(comm) -> tuple[int, int]:
+    """(this rank's index among the ranks of its node, how many ranks its node runs);
+    collective over ``comm``."""
+    with _node(comm) as node:
+        return node.Get_rank(), node.Get_size()
 
 
 def gpu_id(device: torch.device) -> str:
@@ -115,8 +124,7 @@ def bind(comm, spec: str, gpus: int | None = None) -> Placement:
     """
     gpus = torch.cuda.device_count() if gpus is None else gpus
     host = socket.gethostname()
-    node = comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.Get_rank())
-    try:
+    with _node(comm) as node:
         local_rank, local_size = node.Get_rank(), node.Get_size()
         device = choose(spec, local_rank, gpus)
         kinds = comm.allgather(device.type)
@@ -126,8 +134,6 @@ def bind(comm, spec: str, gpus: int | None = None) -> Placement:
                              "CUDA; every rank must train on the same kind of device")
         gpu = gpu_id(device)
         peers = node.allgather(gpu) if device.type == "cuda" else []
-    finally:
-        node.Free()
     if device.type == "cuda":
         torch.cuda.set_device(device)
         shared = sharing(peers, host)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import math
 import os
 import signal
-import socket
 import sys
 import time
 import zlib
@@ -251,7 +250,7 @@ def _train(cfg, comm, algo, model, opt, data, shards, record, quiet) -> dict:
     mine = [train_time - stats["comm_time"], stats["comm_time"], stats["wait_time"],
             stats["staging_time"], stats["steps"], stats["bytes_sent"]]
     ranks = comm.gather(mine, root=0)
-    where = comm.gather((socket.gethostname(), str(device), algo.placement.gpu), root=0)
+    where = comm.gather((algo.placement.host, str(device), algo.placement.gpu), root=0)
     params = algo.consensus()
     series = algo.series(train_time)     # collective: rank 0 gets every rank's figures
     algo.close()
