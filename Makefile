@@ -1,6 +1,7 @@
 # mpisgd: install, run, test. Every target is idempotent.
 #   make run    install everything into .venv, then train the default job on 4 ranks
-#   make test   install, then the unit tests (1 process) and the MPI tests (mpiexec -n 4)
+#   make test   install, then the unit tests (1 process), the MPI tests (mpiexec -n 4) and the
+#               launch tests (each starts its own mpiexec jobs)
 # Variables: VENV, NP (ranks, default 4), TORCH (version), TORCH_INDEX (a pip index for
 # torch, e.g. the CPU-only one, see docs/install.md), MPIEXEC, ARGS (for run).
 # A failing pip fails the target: recipes run in bash with pipefail.
@@ -23,7 +24,7 @@ MPIFLAGS = $(shell if $(MPIEXEC) --version 2>/dev/null | grep -q "Open MPI"; the
 	[ "$$(id -u)" = 0 ] && printf -- '--allow-run-as-root '; \
 	[ $(NP) -gt $$(nproc) ] && printf -- '--oversubscribe'; fi)
 
-.PHONY: install run test unit mpi bench clean
+.PHONY: install run test unit mpi launch bench clean
 
 install: $(STAMP)
 
@@ -52,7 +53,10 @@ unit: install
 mpi: install
 	timeout 900 $(MPIEXEC) $(MPIFLAGS) -n $(NP) $(PY) -m pytest tests/mpi --with-mpi -q -p no:cacheprovider
 
-test: unit mpi
+launch: install
+	$(PY) -m pytest tests/launch -q -p no:cacheprovider
+
+test: unit mpi launch
 
 bench: install
 	$(MPIEXEC) $(MPIFLAGS) -n 2 $(PY) benchmarks/bench_allreduce.py

@@ -20,11 +20,15 @@ The package face is lazy (PEP 562): ``import mpisgd`` and ``import
 mpisgd.topology`` load neither the algorithms nor ``mpi4py.MPI`` (which
 calls ``MPI_Init``, forbidden on many login nodes); ``mpisgd.build`` and
 ``mpisgd.ALGORITHMS`` import the algorithms when first read.
+
+``mpisgd.spec(name, **options)`` validates options without a model or MPI
+(``OptionError`` names a bad one); ``spec.bind(model, opt, comm)`` makes the
+algorithm, and ``build`` does both.
 """
 __version__ = "0.1.0"      # the one place: pyproject.toml reads it from here
-__all__ = ["build", "ALGORITHMS", "__version__"]
+__all__ = ["build", "spec", "ALGORITHMS", "__version__"]
 
-_LAZY = ("build", "ALGORITHMS")
+_LAZY = ("build", "spec", "ALGORITHMS")
 
 
 def __getattr__(name: str):

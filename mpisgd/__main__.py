@@ -1,6 +1,6 @@
-"""``python -m mpisgd``: the command line (see :mod:`mpisgd.cli`)."""
+"""``python -m mpisgd``: the command line (see :mod:`mpisgd.app.cli`)."""
 import sys
 
-from .cli import main
+from .app.cli import main
 
 sys.exit(main())

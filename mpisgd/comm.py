@@ -13,13 +13,8 @@ Every nonblocking call returns a :class:`Handle` with ``test()``/``wait()``
 that keeps its buffers alive until completion; starting another operation on
 memory that a pending handle still owns raises ``RuntimeError``.
 
-Waiting: MPICH and Open MPI spin while they wait. When a node runs more
-ranks than it has cores (``MPISGD_WAIT=auto``, the default, decides from the
-launcher's local rank count), a spinning rank steals the core of a rank that
-is still computing; there ``Handle.wait`` polls ``MPI_Testall`` and yields
-the core between polls (``sched_yield``), and blocking collectives become
-nonblocking ones waited that way. ``MPISGD_WAIT=spin`` or ``yield`` forces
-either.
+Waiting and staging modes, the MPI library and its CUDA support are probed by
+:mod:`mpisgd.mpienv`.
 
 Byte counters use the volume a bandwidth-optimal algorithm moves per rank:
 ``2 (P-1)/P * n`` for an Allreduce of ``n`` bytes (ring reduce-scatter plus
@@ -31,13 +26,13 @@ from __future__ import annotations
 
 import collections
 import copy
-import ctypes
 import os
 import time
 import warnings
 
 import torch
 from ._mpi import MPI
+from .mpienv import cuda_aware, staging_mode, yield_when_waiting
 from .staging import DeviceBoundary
 
 _MPI_TYPES: dict = {}     # torch dtype -> MPI datatype, filled on first use (MPI loads lazily)
@@ -61,81 +56,6 @@ def check_reducible(dtype: torch.dtype) -> None:
         raise ValueError(f"parameters of dtype {str(dtype).replace('torch.', '')} cannot be "
                          "averaged with MPI reductions: keep the model in float32 or float64 "
                          "(use torch.autocast for lower-precision compute)")
-
-
-def mpi_library() -> str:
-    """The first line of ``MPI_Get_library_version`` (e.g. ``MPICH Version: 5.0.2``)."""
-    return MPI.Get_library_version().strip().splitlines()[0].strip()
-
-
-def _loaded_libmpi():
-    """The MPI library this process has loaded (mpi4py opens it privately), or ``None``."""
-    try:
-        with open("/proc/self/maps") as maps:
-            paths = {line.split()[-1] for line in maps if "libmpi" in line and "/" in line}
-    except OSError:
-        paths = set()
-    for path in sorted(paths, key=len):
-        if os.path.basename(path).startswith(("libmpi.so", "libmpi_")):
-            try:
-                return ctypes.CDLL(path, mode=getattr(os, "RTLD_NOLOAD", 0) | ctypes.RTLD_GLOBAL)
-            except OSError:
-                continue
-    return None
-
-
-def cuda_aware() -> bool:
-    """Whether the MPI library accepts CUDA device pointers.
-
-    ``MPISGD_CUDA_AWARE=1`` or ``0`` overrides; otherwise asks the loaded
-    library's ``MPIX_Query_cuda_support()`` (MPICH >= 4, Open MPI >= 4), and
-    answers ``False`` when it has none.
-    """
-    env = os.environ.get("MPISGD_CUDA_AWARE")
-    if env is not None:
-        return env.strip().lower() in ("1", "true", "yes", "on")
-    lib = _loaded_libmpi()
-    query = getattr(lib, "MPIX_Query_cuda_support", None) if lib is not None else None
-    if query is None:
-        return False
-    query.restype = ctypes.c_int
-    return bool(query())
-
-
-def local_ranks() -> int:
-    """Ranks on this node, as the launcher tells (MPICH, Open MPI, Slurm); 1 if unknown."""
-    for var in ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "SLURM_STEP_TASKS_PER_NODE"):
-        value = os.environ.get(var, "")
-        digits = value[:len(value) - len(value.lstrip("0123456789"))]
-        if digits:
-            return int(digits)
-    return 1
-
-
-def yield_when_waiting() -> bool:
-    """Whether waits should yield the core: ``MPISGD_WAIT``, else oversubscription."""
-    mode = os.environ.get("MPISGD_WAIT", "auto").strip().lower()
-    if mode not in ("auto", "spin", "yield"):
-        raise ValueError(f"MPISGD_WAIT must be auto, spin or yield, got {mode!r}")
-    if mode != "auto":
-        return mode == "yield"
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return local_ranks() > (cores or 1)
-
-
-def staging_mode(staging: str | None = None, name: str = "staging") -> str:
-    """``staging``, else ``MPISGD_STAGING``, else ``"auto"``; ``ValueError`` naming ``name``
-    unless it is a known mode."""
-    mode = staging or os.environ.get("MPISGD_STAGING", "auto")
-    if mode not in ("auto", "always", "never"):
-        raise ValueError(f"{name} must be auto, always or never, got {mode!r}")
-    return mode
-
-
-def check_environment() -> None:
-    """``ValueError`` naming a bad ``MPISGD_WAIT`` or ``MPISGD_STAGING`` value."""
-    yield_when_waiting()
-    staging_mode(name="MPISGD_STAGING")
 
 
 def _block(recv, send):
@@ -183,7 +103,7 @@ class Handle:
                 if not block:
                     return False
                 while not self._gate[0].query():
-                    self._owner.comm.Iprobe(MPI.ANY_SOURCE, MPI.ANY_TAG)
+                    self._owner.mpi.Iprobe(MPI.ANY_SOURCE, MPI.ANY_TAG)
                     os.sched_yield()
             self._gate.pop(0)
         return True
@@ -257,16 +177,17 @@ class Comm:
     """
 
     def __init__(self, comm=None, staging: str | None = None):
-        self.comm = MPI.COMM_WORLD if comm is None else comm
-        self.rank = self.comm.Get_rank()
-        self.size = self.comm.Get_size()
+        #: The mpi4py communicator underneath.
+        self.mpi = MPI.COMM_WORLD if comm is None else comm
+        self.rank = self.mpi.Get_rank()
+        self.size = self.mpi.Get_size()
         self.staging = staging_mode(staging)
         self.cuda_aware = cuda_aware()
         # Blocking and nonblocking collectives never match each other, and the
         # choice between them follows yield_wait: every rank must agree on it.
         self.yield_wait = yield_when_waiting()
         if self.size > 1:
-            self.yield_wait = bool(self.comm.allreduce(int(self.yield_wait), op=MPI.MAX))
+            self.yield_wait = bool(self.mpi.allreduce(int(self.yield_wait), op=MPI.MAX))
         self.bytes_sent = 0.0
         self.comm_time = 0.0   # seconds inside MPI calls made through this object
         self.wait_time = 0.0   # of which blocked in wait()
@@ -337,11 +258,11 @@ class Comm:
         try:
             t = torch.full((4,), float(self.rank + 1), device=device)
             torch.cuda.current_stream(t.device).synchronize()
-            self.comm.Allreduce(MPI.IN_PLACE, self.spec(t))
+            self.mpi.Allreduce(MPI.IN_PLACE, self.spec(t))
             ok = int(bool((t.cpu() == self.size * (self.size + 1) / 2).all()))
         except Exception:           # noqa: BLE001 - any failure means: do not trust it
             ok = 0
-        if not self.comm.allreduce(ok, op=MPI.MIN):
+        if not self.mpi.allreduce(ok, op=MPI.MIN):
             warnings.warn("the MPI library claims CUDA support but failed a device-buffer "
                           "Allreduce; staging through host memory instead "
                           "(set MPISGD_CUDA_AWARE=0 to skip the test)", RuntimeWarning)
@@ -456,7 +377,7 @@ class Comm:
         one pass over memory that the caller usually has just written.
         ``blocking=True`` returns a completed handle: through the blocking
         ``MPI_Allreduce`` (often a faster algorithm), or, when waits yield
-        (:func:`yield_when_waiting`), an ``MPI_Iallreduce`` waited politely.
+        (:func:`mpisgd.mpienv.yield_when_waiting`), an ``MPI_Iallreduce`` waited politely.
         """
         op = MPI.SUM if op is None else op
         if average and op != MPI.SUM:
@@ -468,9 +389,9 @@ class Comm:
             t.mul_(1.0 / self.size)
         nbytes = t.numel() * t.element_size()
         if blocking and not self.yield_wait:
-            post = lambda s: self.comm.Allreduce(MPI.IN_PLACE, s, op=op) or []  # noqa: E731
+            post = lambda s: self.mpi.Allreduce(MPI.IN_PLACE, s, op=op) or []  # noqa: E731
         else:
-            post = lambda s: [self.comm.Iallreduce(MPI.IN_PLACE, s, op=op)]  # noqa: E731
+            post = lambda s: [self.mpi.Iallreduce(MPI.IN_PLACE, s, op=op)]  # noqa: E731
         return self._start([t], post, 2.0 * (self.size - 1) / self.size * nbytes, blocking)
 
     def allreduce(self, t: torch.Tensor, average: bool = False, op=None) -> torch.Tensor:
@@ -482,14 +403,14 @@ class Comm:
         """Blocking in-place broadcast of ``t`` from ``root``; returns ``t``."""
         if self.size > 1:
             nbytes = t.numel() * t.element_size()
-            self._start([t], lambda s: [self.comm.Ibcast(s, root=root)],
+            self._start([t], lambda s: [self.mpi.Ibcast(s, root=root)],
                         (self.size - 1) / self.size * nbytes, blocking=True)
         return t
 
     def isend(self, t: torch.Tensor, dest: int, tag: int = 0) -> Handle:
         """Nonblocking send of ``t``; the tensor must not change until the handle completes."""
         nbytes = t.numel() * t.element_size()
-        return self._start([t], lambda s: [self.comm.Isend(s, dest, tag)], nbytes, read_only=True)
+        return self._start([t], lambda s: [self.mpi.Isend(s, dest, tag)], nbytes, read_only=True)
 
     def irecv(self, t: torch.Tensor, source: int | None = None, tag: int | None = None) -> Handle:
         """Nonblocking receive into ``t`` (a message may be shorter than ``t``), from
@@ -500,7 +421,7 @@ class Comm:
         """
         source = MPI.ANY_SOURCE if source is None else source
         tag = MPI.ANY_TAG if tag is None else tag
-        return self._start([t], lambda s: [self.comm.Irecv(s, source, tag)], 0.0, status=True,
+        return self._start([t], lambda s: [self.mpi.Irecv(s, source, tag)], 0.0, status=True,
                            read_only="w")
 
     def ireduce(self, t: torch.Tensor, root: int = 0) -> Handle:
@@ -513,14 +434,14 @@ class Comm:
             return self._nothing(t)
         nbytes = t.numel() * t.element_size()
         me = self.rank == root
-        post = lambda s: [self.comm.Ireduce(MPI.IN_PLACE if me else s, s if me else None,  # noqa: E731
+        post = lambda s: [self.mpi.Ireduce(MPI.IN_PLACE if me else s, s if me else None,  # noqa: E731
                                             op=MPI.SUM, root=root)]
         return self._start([t], post, (self.size - 1) / self.size * nbytes)
 
     def iallgather(self, send: torch.Tensor, recv: torch.Tensor) -> Handle:
         """Nonblocking Allgather: row r of ``recv`` (size x len(send)) gets rank r's ``send``."""
         nbytes = send.numel() * send.element_size()
-        return self._start([send, recv], lambda s, r: [self.comm.Iallgather(s, _block(r, s))],
+        return self._start([send, recv], lambda s, r: [self.mpi.Iallgather(s, _block(r, s))],
                            (self.size - 1) * nbytes, read_only=(True, "w"))
 
     def ineighbor_allgather(self, graph, send: torch.Tensor, recv: torch.Tensor) -> Handle:
@@ -536,11 +457,42 @@ class Comm:
         return self._start([send, recv], lambda s, r: [graph.Ineighbor_allgather(s, _block(r, s))],
                            outdegree * nbytes, read_only=(True, "w"))
 
-    def exchange(self, graph, send: torch.Tensor, recv: torch.Tensor, dests, sources,
-                 tag: int = 0) -> "Exchange":
+    def persistent(self, graph, send: torch.Tensor, recv: torch.Tensor, dests, sources,
+                   tag: int = 0) -> "PersistentRequests":
         """Persistent requests on ``graph``: ``send`` to each of ``dests``, row j of ``recv``
-        from ``sources[j]`` (see :class:`Exchange`)."""
-        return Exchange(self, graph, send, recv, dests, sources, tag)
+        from ``sources[j]`` (see :class:`PersistentRequests`)."""
+        return PersistentRequests(self, graph, send, recv, dests, sources, tag)
+
+    # ---- small objects (uncounted: log points, records, agreement) ------
+
+    def _polite(self, request) -> None:
+        """Wait for ``request`` as :meth:`Handle.wait` would (yielding when waits yield)."""
+        t0 = time.perf_counter()
+        if self.yield_wait:
+            while not request.Test():
+                os.sched_yield()
+        else:
+            request.Wait()
+        dt = time.perf_counter() - t0
+        self.comm_time += dt
+        self.wait_time += dt
+
+    def barrier(self) -> None:
+        """Blocking barrier, after everything queued has been posted (waits as :meth:`Handle.wait`)."""
+        self.flush()
+        if self.size > 1:
+            self._polite(self.mpi.Ibarrier())
+
+    def gather(self, obj, root: int = 0):
+        """mpi4py's pickled gather of a small object, after everything queued is posted:
+        the list on ``root``, ``None`` elsewhere."""
+        self.flush()
+        return self.mpi.gather(obj, root=root)
+
+    def allgather(self, obj) -> list:
+        """mpi4py's pickled allgather of a small object, after everything queued is posted."""
+        self.flush()
+        return self.mpi.allgather(obj)
 
     def counters(self) -> dict:
         """Bytes sent, seconds spent in and blocked on communication, and seconds of
@@ -549,7 +501,7 @@ class Comm:
                 "wait_time": self.wait_time, "staging_time": self.boundary.copy_seconds()}
 
 
-class Exchange:
+class PersistentRequests:
     """Persistent point-to-point requests for repeated exchanges between fixed peers.
 
     Built once (``MPI_Send_init`` of ``send`` to every destination,

@@ -28,8 +28,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from . import streams
 from .errors import ConfigError
 from .staging import upload
+from .streams import generator
 
 
 @dataclass
@@ -54,12 +56,8 @@ class Dataset:
                        move(self.y_test), self.classes)
 
 
-def _rng(*key: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence([int(k) for k in key]))
-
-
 def _split(x, y, fraction: float, seed: int):
-    order = _rng(seed, 7919).permutation(len(y))
+    order = generator(seed, streams.HOLD_OUT).permutation(len(y))
     n_test = max(1, int(round(fraction * len(y))))
     test, train = order[:n_test], order[n_test:]
     return x[train], y[train], x[test], y[test]
@@ -77,7 +75,7 @@ def _digits() -> tuple:
 
 
 def _synthetic(n: int) -> tuple:
-    rng = _rng(2024, n)
+    rng = generator(streams.SYNTHETIC, n)
     classes, dim, n_test = 10, 32, max(1, n // 4)
     centres = rng.normal(0.0, 1.0, (classes, dim)).astype(np.float32)
     y = rng.integers(0, classes, n + n_test)
@@ -208,12 +206,12 @@ def shard(labels: torch.Tensor, workers: int, seed: int, scheme: str = "iid",
         raise ConfigError(f"{workers} workers but only {n} training samples: "
                           "each worker needs at least one (use fewer ranks or more data)")
     if scheme == "iid":
-        return [np.sort(s) for s in np.array_split(_rng(seed, 1).permutation(n), workers)]
+        return [np.sort(s) for s in np.array_split(generator(seed, streams.SHARD_IID).permutation(n), workers)]
     if scheme != "label-skew":
         raise ConfigError(f"--shard must be iid or label-skew, got {scheme!r}")
     y = labels.numpy()
     for attempt in range(100):
-        rng = _rng(seed, 2, attempt)
+        rng = generator(seed, streams.SHARD_SKEW, attempt)
         parts = [[] for _ in range(workers)]
         for c in np.unique(y):
             idx = rng.permutation(np.flatnonzero(y == c))
@@ -248,7 +246,7 @@ class WorkerStream:
         if perm is None:
             if len(self._perms) > 2:
                 self._perms.pop(min(self._perms))
-            order = torch.from_numpy(_rng(self.seed, 3, self.worker, epoch).permutation(len(self.indices)))
+            order = torch.from_numpy(generator(self.seed, streams.EPOCH, self.worker, epoch).permutation(len(self.indices)))
             perm = self.indices[upload(order, self.indices.device)]   # once per epoch, no stall
             self._perms[epoch] = perm
         return perm

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from ._mpi import MPI
+from .errors import OptionError
 
 _SPEC = re.compile(r"^(auto|cpu|cuda)(?::(\d+))?$")
 
@@ -38,7 +39,7 @@ def parse(spec) -> str:
     text = str(spec).strip().lower() if spec is not None else ""
     found = _SPEC.match(text)
     if not found or (found.group(2) is not None and found.group(1) != "cuda"):
-        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {spec!r}")
+        raise OptionError("device", f"must be auto, cpu, cuda or cuda:N, got {spec!r}")
     return text
 
 
@@ -54,11 +55,11 @@ def check_available(spec: str, gpus: int | None = None) -> None:
     if gpus == 0:
         why = ("this torch is a CPU build" if torch.version.cuda is None
                else "torch.cuda.is_available() is False: no driver, or CUDA_VISIBLE_DEVICES hides them")
-        raise ValueError(f"device {spec}: no GPU is visible on host {host} ({why}); "
+        raise OptionError("device", f"{spec}: no GPU is visible on host {host} ({why}); "
                          "use --device cpu or auto")
     index = int(spec.partition(":")[2] or 0)
     if index >= gpus:
-        raise ValueError(f"device {spec}: host {host} shows only {gpus} GPU(s), cuda:0..cuda:{gpus - 1}")
+        raise OptionError("device", f"{spec}: host {host} shows only {gpus} GPU(s), cuda:0..cuda:{gpus - 1}")
 
 
 def choose(spec: str, local_rank: int, gpus: int) -> torch.device:
@@ -130,8 +131,8 @@ def bind(comm, spec: str, gpus: int | None = None) -> Placement:
         kinds = comm.allgather(device.type)
         if len(set(kinds)) > 1:
             cpu = [r for r, k in enumerate(kinds) if k == "cpu"]
-            raise ValueError(f"device {spec}: ranks {cpu} found no GPU while the others run on "
-                             "CUDA; every rank must train on the same kind of device")
+            raise OptionError("device", f"{spec}: ranks {cpu} found no GPU while the others run on "
+                              "CUDA; every rank must train on the same kind of device")
         gpu = gpu_id(device)
         peers = node.allgather(gpu) if device.type == "cuda" else []
     if device.type == "cuda":

@@ -29,35 +29,78 @@ class ConfigError(ValueError):
     """A bad option, file or rank count, detected before any communication."""
 
 
+class OptionError(ConfigError):
+    """A bad option: its ``name`` (Python spelling) and what is wrong with it.
+
+    ``str(err)`` is ``"<name> <problem>"``; :meth:`flagged` spells the name as
+    the CLI flag, ``"--<name> <problem>"``, without parsing the message.
+    ``rank``: the rank that found it, when another rank reports it.
+    """
+
+    def __init__(self, name: str, problem: str, rank: int | None = None):
+        self.name, self.problem, self.rank = name, problem, rank
+        super().__init__(self._text(name))
+
+    def _text(self, name: str) -> str:
+        return (f"rank {self.rank}: " if self.rank is not None else "") + f"{name} {self.problem}"
+
+    def flagged(self) -> str:
+        return self._text("--" + self.name.replace("_", "-"))
+
+
+def message(err: BaseException) -> str:
+    """The one line the CLI prints for ``err``: an option spelled as its flag."""
+    return err.flagged() if isinstance(err, OptionError) else str(err)
+
+
 def digest(obj) -> str:
     """A short stable hash of a JSON-able object (the resolved configuration)."""
     text = json.dumps(obj, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def agree(comm, error: str | None = None, key: str = "") -> None:
+def agree(comm, error: str | BaseException | None = None, key: str = "") -> None:
     """Collectively check that no rank failed validation and all hold ``key``.
 
-    Every rank must call this, with ``error`` the message of its own failed
-    validation (``None`` if it passed) and ``key`` a digest of what must be
-    identical everywhere. Raises :class:`ConfigError` on every rank if any
-    rank failed or the keys differ; the message names the first bad rank.
+    Every rank must call this, with ``error`` its own failed validation (a
+    message or the exception; ``None`` if it passed) and ``key`` a digest of
+    what must be identical everywhere. Raises :class:`ConfigError` on every
+    rank if any rank failed or the keys differ (an :class:`OptionError`
+    naming the option if the first failing rank's was one); the message names
+    the first bad rank.
     """
+    mine = _portable(error)
     if comm.Get_size() == 1:
         if error:
-            raise ConfigError(error)
+            raise _raised(mine)
         return
-    results = comm.allgather((error, key))
+    results = comm.allgather((mine, key))
     for rank, (err, _) in enumerate(results):
         if err:
-            raise ConfigError(err if rank == comm.Get_rank() or err == error
-                              else f"rank {rank}: {err}")
+            same = rank == comm.Get_rank() or err == mine
+            raise _raised(err, None if same else rank)
     keys = {k for _, k in results}
     if len(keys) > 1:
         ranks = [r for r, (_, k) in enumerate(results) if k != results[0][1]]
         raise ConfigError(
             f"ranks disagree on the configuration (rank 0 differs from ranks {ranks}); "
             "every rank must run the same command with the same options and files")
+
+
+def _portable(error) -> tuple | None:
+    """``error`` as (text, option name, problem): what every rank can rebuild."""
+    if not error:
+        return None
+    if isinstance(error, OptionError):
+        return str(error), error.name, error.problem
+    return str(error), None, None
+
+
+def _raised(err: tuple, rank: int | None = None) -> ConfigError:
+    text, name, problem = err
+    if name is not None:
+        return OptionError(name, problem, rank)
+    return ConfigError(text if rank is None else f"rank {rank}: {text}")
 
 
 def abort_on_exception(comm, on_error=None) -> None:

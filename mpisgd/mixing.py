@@ -31,16 +31,106 @@ Example (a ring of every rank, three rounds without gradients)::
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from ._mpi import MPI
 from .staging import upload
+from .topology.spectral import is_averaging
 
-EXCHANGES = ("auto", "neighbor", "persistent", "allreduce")
+
+class Plan(NamedTuple):
+    """Round k's part of W for one node: W_ii, the sources' weights (a tensor on x's device
+    and as floats), which sources take part, and which destinations listen this round."""
+    self_weight: float
+    weights: torch.Tensor
+    row: list
+    active: list
+    send_to: list
 
 
-def is_averaging(W: torch.Tensor) -> bool:
-    """Whether ``W`` is exact averaging, 11^T/m (to 1e-12)."""
-    return bool(torch.allclose(W, torch.full_like(W, 1.0 / W.shape[0]), rtol=0, atol=1e-12))
+class NeighborExchange:
+    """``MPI_Ineighbor_allgather`` of x (or its snapshot) on the graph: a static W."""
+
+    name = "neighbor"
+
+    def __init__(self, mixer: "Mixer"):
+        self.mixer = mixer
+
+    def start(self, plan: Plan):
+        m = self.mixer
+        return m.comm.ineighbor_allgather(m.graph, m.send, m.buffer)
+
+    def combine(self, plan: Plan) -> None:
+        """x_i <- W_ii x_i + sum_j W_ij x_j (of the snapshot: x_i + (W_ii - 1) s_i + sum_j W_ij s_j)."""
+        m, x = self.mixer, self.mixer.x
+        if all(plan.active):
+            beta = plan.self_weight
+            if m.snapshot:
+                x.add_(m.send, alpha=beta - 1.0)
+                beta = 1.0
+            if m.sources:
+                x.addmv_(m.recv.t(), plan.weights, beta=beta)
+            elif beta != 1.0:
+                x.mul_(beta)
+            return
+        if m.snapshot:
+            x.add_(m.send, alpha=plan.self_weight - 1.0)
+        else:
+            x.mul_(plan.self_weight)
+        for j, on in enumerate(plan.active):
+            if on:
+                x.add_(m.recv[j], alpha=plan.row[j])
+
+    def close(self) -> None:
+        pass
+
+
+class PersistentExchange(NeighborExchange):
+    """``MPI_Send_init``/``MPI_Recv_init`` per neighbour, built once; a round starts the
+    requests of the neighbours active in W_k (time-varying graphs)."""
+
+    name = "persistent"
+
+    def __init__(self, mixer: "Mixer"):
+        super().__init__(mixer)
+        self.requests = mixer.comm.persistent(mixer.graph, mixer.send, mixer.recv, mixer.dests,
+                                              mixer.sources)
+
+    def start(self, plan: Plan):
+        return self.requests.start(plan.send_to, plan.active)
+
+    def close(self) -> None:
+        if self.requests is not None:
+            self.requests.free()
+            self.requests = None
+
+
+class AllreduceExchange:
+    """``MPI_Iallreduce`` of the mean, for W = 11^T/m."""
+
+    name = "allreduce"
+
+    def __init__(self, mixer: "Mixer"):
+        self.mixer = mixer
+
+    def start(self, plan: Plan):
+        m = self.mixer
+        if not m.snapshot:
+            return m.comm.iallreduce(m.x, average=True)
+        m.recv[0].copy_(m.send)
+        return m.comm.iallreduce(m.recv[0], average=True)
+
+    def combine(self, plan: Plan) -> None:
+        m = self.mixer
+        if m.snapshot:          # x + (mean of the snapshots - own snapshot)
+            m.x.add_(m.recv[0]).sub_(m.send)
+
+    def close(self) -> None:
+        pass
+
+
+EXCHANGES = {cls.name: cls for cls in (NeighborExchange, PersistentExchange, AllreduceExchange)}
 
 
 class Mixer:
@@ -52,7 +142,7 @@ class Mixer:
         topology: a :class:`~mpisgd.topology.Topology` whose first ``comm.size`` nodes are
             the workers (later nodes, the auxiliary variables, are the caller's).
         x: this worker's flat parameters.
-        exchange: one of :data:`EXCHANGES`.
+        exchange: ``"auto"`` or a name in :data:`EXCHANGES`.
         snapshot: exchange a copy of x taken at :meth:`start` (x may change meanwhile).
     """
 
@@ -75,16 +165,15 @@ class Mixer:
         if exchange == "neighbor" and not static:
             raise ValueError(f"exchange neighbor needs a static W; topology "
                              f"{topology.name} changes every round: use persistent")
-        self.exchange = exchange
         self.snapshot = snapshot
         self.send = x.clone() if snapshot else x
         # One row per source (at least one: MPI refuses a null receive buffer).
         rows = 1 if exchange == "allreduce" else max(1, len(self.sources))
-        self._buffer = torch.zeros((rows, x.numel()), dtype=x.dtype, device=x.device)
-        self.recv = self._buffer if exchange == "allreduce" else self._buffer[:len(self.sources)]
-        self.graph = comm.comm.Create_dist_graph_adjacent(self.sources, self.dests, reorder=False)
-        self._persistent = (comm.exchange(self.graph, self.send, self.recv, self.dests,
-                                          self.sources) if exchange == "persistent" else None)
+        self.buffer = torch.zeros((rows, x.numel()), dtype=x.dtype, device=x.device)
+        self.recv = self.buffer if exchange == "allreduce" else self.buffer[:len(self.sources)]
+        self.graph = comm.mpi.Create_dist_graph_adjacent(self.sources, self.dests, reorder=False)
+        #: How the bytes move (an :data:`EXCHANGES` strategy).
+        self.exchange = EXCHANGES[exchange](self)
         self._plans = {}           # k mod period -> _plan(k), for periodic topologies
         self.bytes_per_round = 0.0
 
@@ -93,71 +182,39 @@ class Mixer:
         """(in-degree, out-degree) on the communication graph."""
         return len(self.sources), len(self.dests)
 
-    def _plan(self, k: int) -> tuple:
-        """Round k's part of W for this node: (W_ii, the sources' weights as a tensor and as
-        floats, which sources and which destinations take part); once per matrix of a cycle."""
+    def plan(self, k: int) -> Plan:
+        """Round k's :class:`Plan` for this node; computed once per matrix of a cycle."""
         key = k % self.topology.period if self.topology.period else None
         plan = self._plans.get(key) if key is not None else None
         if plan is None:
             W, i = self.topology.matrix(k), self.node
             row = W[i, self.sources]
-            plan = (float(W[i, i]), upload(row.to(self.x.dtype), self.x.device), row.tolist(),
-                    [bool(w != 0) for w in row], [bool(W[j, i] != 0) for j in self.dests])
+            plan = Plan(float(W[i, i]), upload(row.to(self.x.dtype), self.x.device), row.tolist(),
+                        [bool(w != 0) for w in row], [bool(W[j, i] != 0) for j in self.dests])
             if key is not None:
                 self._plans[key] = plan
         return plan
 
-    def start(self, k: int):
-        """Post round ``k``'s exchange of x (or of its snapshot); returns the pending handle."""
-        self._self_weight, self._weights, self._row, self._active, send_to = self._plan(k)
+    def start(self, k: int) -> tuple:
+        """Post round ``k``'s exchange of x (or of its snapshot); returns the pending round
+        (the handle and the round's plan) for :meth:`finish`."""
+        plan = self.plan(k)
         if self.snapshot:
             self.send.copy_(self.x)
         before = self.comm.bytes_sent
-        if self.exchange == "allreduce":
-            if self.snapshot:
-                self.recv[0].copy_(self.send)
-                handle = self.comm.iallreduce(self.recv[0], average=True)
-            else:
-                handle = self.comm.iallreduce(self.x, average=True)
-        elif self.exchange == "neighbor":
-            handle = self.comm.ineighbor_allgather(self.graph, self.send, self._buffer)
-        else:
-            handle = self._persistent.start(send_to, self._active)
+        handle = self.exchange.start(plan)
         self.bytes_per_round = self.comm.bytes_sent - before
-        return handle
+        return handle, plan
 
-    def finish(self, handle) -> None:
-        """Complete the exchange and mix: x_i <- W_ii x_i + sum_j W_ij x_j (of the snapshot:
-        x_i <- x_i + (W_ii - 1) s_i + sum_j W_ij s_j)."""
+    def finish(self, pending: tuple) -> None:
+        """Complete the exchange and mix: x_i <- W_ii x_i + sum_j W_ij x_j."""
+        handle, plan = pending
         handle.wait()
-        x = self.x
-        if self.exchange == "allreduce":
-            if self.snapshot:
-                x.add_(self.recv[0]).sub_(self.send)
-            return
-        if all(self._active):
-            beta = self._self_weight - 1.0 if self.snapshot else self._self_weight
-            if self.snapshot:
-                x.add_(self.send, alpha=beta)
-                beta = 1.0
-            if self.sources:
-                x.addmv_(self.recv.t(), self._weights, beta=beta)
-            elif beta != 1.0:
-                x.mul_(beta)
-            return
-        if self.snapshot:
-            x.add_(self.send, alpha=self._self_weight - 1.0)
-        else:
-            x.mul_(self._self_weight)
-        for j, on in enumerate(self._active):
-            if on:
-                x.add_(self.recv[j], alpha=self._row[j])
+        self.exchange.combine(plan)
 
     def close(self) -> None:
         """Free the persistent requests and the graph communicator (no round in flight)."""
-        if self._persistent is not None:
-            self._persistent.free()
-            self._persistent = None
+        self.exchange.close()
         if self.graph != MPI.COMM_NULL:
             self.graph.Free()
 

@@ -20,20 +20,9 @@ from typing import Callable
 
 import torch
 
+from .topology.spectral import averaging_matrix, elastic_matrix
 
-def averaging_matrix(m: int, dtype=torch.float64) -> torch.Tensor:
-    """J = 11^T / m: exact averaging over m workers."""
-    return torch.full((m, m), 1.0 / m, dtype=dtype)
-
-
-def elastic_matrix(m: int, alpha: float, dtype=torch.float64) -> torch.Tensor:
-    """W_alpha = [[(1-alpha) I_m, alpha 1], [alpha 1^T, 1 - m alpha]] (EASGD, v = 1)."""
-    w = torch.zeros(m + 1, m + 1, dtype=dtype)
-    w[:m, :m] = (1 - alpha) * torch.eye(m, dtype=dtype)
-    w[:m, m] = alpha
-    w[m, :m] = alpha
-    w[m, m] = 1 - m * alpha
-    return w
+__all__ = ["averaging_matrix", "elastic_matrix", "cooperative"]
 
 
 def cooperative(x0: torch.Tensor, grad: Callable[[int, torch.Tensor], torch.Tensor],

@@ -28,12 +28,21 @@ import math
 
 import numpy as np
 
-from .options import Option, positive_float, positive_int
-
-SCHEDULES = ("periodic", "time-varying", "adacomm", "budget")
+from .errors import OptionError
 
 #: What each worker reports about a round: one row of :class:`RoundStats`.
 STAT_FIELDS = ("loss_sum", "loss_count", "first_loss", "steps", "seconds", "elapsed")
+
+
+#: Round-off above an integer that :func:`ceil_tol` ignores: k1 s^p and the AdaComm rule
+#: are computed in floating point, and a product that is an integer in exact arithmetic
+#: must not gain a step from its last bit.
+CEIL_TOL = 1e-9
+
+
+def ceil_tol(x: float) -> int:
+    """ceil(x), with x within :data:`CEIL_TOL` above an integer taken as that integer."""
+    return math.ceil(x - CEIL_TOL)
 
 
 class RoundStats:
@@ -79,6 +88,8 @@ class Periodic:
     """
 
     needs_stats = False
+    scales_lr = False      # lr_scale() may differ from 1
+    rounds_based = False   # workers take different numbers of steps per round
 
     def __init__(self, tau: int):
         if not isinstance(tau, int) or tau < 1:
@@ -100,6 +111,10 @@ class Periodic:
                    lr: float = 1.0) -> None:
         """A round ended after local step ``step`` at ``now``; ``lr``: the rate in force."""
 
+    def series(self) -> dict:
+        """The schedule's decisions for the run record, ``{"schedule/name": list}``."""
+        return {}
+
 
 class TimeVarying(Periodic):
     """PR-SGD Algorithm 2: epoch lengths K_s = ceil(k1 s^p), rates gamma s^q.
@@ -112,6 +127,8 @@ class TimeVarying(Periodic):
     Example: ``TimeVarying(4, 1/3, -2/3)`` has epochs of 4, 6, 6, 7, 7, ... steps.
     """
 
+    scales_lr = True
+
     def __init__(self, k1: int, period_exp: float = 1 / 3, lr_exp: float = -2 / 3):
         super().__init__(k1)
         self.k1, self.period_exp, self.lr_exp = k1, period_exp, lr_exp
@@ -119,7 +136,7 @@ class TimeVarying(Periodic):
 
     def length(self, s: int) -> int:
         """K_s, the number of local steps of epoch ``s`` (1-based)."""
-        return max(1, math.ceil(self.k1 * s ** self.period_exp - 1e-9))
+        return max(1, ceil_tol(self.k1 * s ** self.period_exp))
 
     def epoch(self, step: int) -> int:
         """The epoch (1-based) that local step ``step`` (1-based) belongs to."""
@@ -174,7 +191,7 @@ class AdaComm(Periodic):
     def rule(self, loss: float, lr: float) -> int:
         """ceil(sqrt(F_l / F_0) (eta_l / eta_0)^c tau_0), before the never-increase clamp."""
         ratio = max(loss, 0.0) / self.loss0 if self.loss0 > 0 else 1.0
-        return max(1, math.ceil(math.sqrt(ratio) * (lr / self.lr0) ** self.lr_exp * self.tau0 - 1e-9))
+        return max(1, ceil_tol(math.sqrt(ratio) * (lr / self.lr0) ** self.lr_exp * self.tau0))
 
     def round_done(self, step: int, now: float, stats: RoundStats | None = None,
                    lr: float = 1.0) -> None:
@@ -191,6 +208,13 @@ class AdaComm(Periodic):
             while self._next <= stats.elapsed:
                 self._next += self.interval
             self.history.append((stats.elapsed, self.tau, stats.loss))
+
+    def series(self) -> dict:
+        if not self.history:
+            return {}
+        elapsed, tau, loss = zip(*self.history)
+        return {"schedule/time": list(elapsed), "schedule/tau": list(tau),
+                "schedule/loss": list(loss)}
 
 
 class Budget(Periodic):
@@ -213,6 +237,8 @@ class Budget(Periodic):
             ...; loss.backward(); algo.step(loss)
     """
 
+    rounds_based = True
+
     def __init__(self, tau: int, seconds: float | None = None):
         super().__init__(tau)
         if seconds is not None and not seconds > 0:
@@ -234,36 +260,21 @@ class Budget(Periodic):
             self.seconds = self.tau * stats.fastest_step
             self.needs_stats = False     # the same figures everywhere: the same turn everywhere
 
-
-def options(tau: int | None, family: str) -> tuple[Option, ...]:
-    """The schedule options of an algorithm family; ``tau=None`` leaves ``tau`` out
-    (the family declares it)."""
-    head = () if tau is None else (
-        positive_int("tau", tau, f"local steps between communication rounds ({family})"),)
-    return head + (
-        Option("schedule", "periodic", "periodic, time-varying (PR-SGD Alg. 2), adacomm, or "
-               f"budget (PR-SGD Alg. 3) ({family})", str, choices=SCHEDULES),
-        Option("period_exp", 1 / 3, "time-varying: epoch length grows like s^period_exp", float,
-               check=lambda v: v >= 0, must="non-negative"),
-        Option("lr_exp", -2 / 3, "time-varying: learning rate scales like s^lr_exp", float,
-               check=lambda v: v <= 0, must="zero or negative"),
-        positive_float("adacomm_interval", None, "adacomm: seconds T0 between period decisions"),
-        Option("adacomm_lr_exp", 0.5, "adacomm: exponent c of the learning-rate ratio "
-               "(eta_l/eta_0)^c in the period rule", float),
-        positive_float("round_budget", None, "budget: seconds per round (default: tau times "
-                       "the fastest worker's step time in the first round)"),
-    )
+    def series(self) -> dict:
+        return {} if self.seconds is None else {"schedule/round_budget": [self.seconds]}
 
 
 def make(opts: dict):
-    """The schedule the resolved options ``opts`` name; ``ValueError`` for a missing option."""
+    """The schedule the resolved options ``opts`` name (``schedule``, ``tau`` and the
+    schedule's own, :data:`mpisgd.algorithms.options.SCHEDULE`); :class:`OptionError`
+    for a missing one."""
     kind, tau = opts["schedule"], opts["tau"]
     if kind == "time-varying":
         return TimeVarying(tau, opts["period_exp"], opts["lr_exp"])
     if kind == "adacomm":
         if opts["adacomm_interval"] is None:
-            raise ValueError("adacomm_interval must be given with schedule adacomm: the "
-                             "seconds T0 between period decisions")
+            raise OptionError("adacomm_interval", "must be given with schedule adacomm: the "
+                              "seconds T0 between period decisions")
         return AdaComm(tau, opts["adacomm_interval"], opts["adacomm_lr_exp"])
     if kind == "budget":
         return Budget(tau, opts["round_budget"])

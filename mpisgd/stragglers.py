@@ -59,6 +59,10 @@ from typing import Callable
 
 import numpy as np
 
+from . import streams
+from .errors import OptionError
+from .streams import generator
+
 COMPUTE_MUST = ("exp:MEAN, shifted-exp:SHIFT,MEAN, pareto:SHAPE,SCALE or "
                 "slow:W=FACTOR,... (joined by +)")
 COMM_MUST = "SECONDS >= 0 or exp:MEAN"
@@ -188,7 +192,7 @@ class Compute:
 
 
 @dataclass(frozen=True)
-class Comm:
+class CommDelay:
     """A communication-delay model: a constant or an exponential per round."""
     dist: Constant | Exponential
 
@@ -213,7 +217,7 @@ def _args(term: str, name: str, count: int, needs: str) -> list[float]:
             raise ValueError(term)
         return [_number(p) for p in parts]
     except ValueError:
-        raise ValueError(f"straggler {needs}, got {term!r}") from None
+        raise OptionError("straggler", f"{needs}, got {term!r}") from None
 
 
 def _distribution(term: str) -> Distribution:
@@ -221,18 +225,18 @@ def _distribution(term: str) -> Distribution:
         needs = "exp:MEAN needs MEAN > 0"
         (mean,) = _args(term, "exp", 1, needs)
         if not mean > 0:
-            raise ValueError(f"straggler {needs}, got {term!r}")
+            raise OptionError("straggler", f"{needs}, got {term!r}")
         return Exponential(mean)
     if term.startswith("shifted-exp:"):
         needs = "shifted-exp:SHIFT,MEAN needs SHIFT >= 0 and MEAN > 0"
         shift, mean = _args(term, "shifted-exp", 2, needs)
         if not (shift >= 0 and mean > 0):
-            raise ValueError(f"straggler {needs}, got {term!r}")
+            raise OptionError("straggler", f"{needs}, got {term!r}")
         return ShiftedExponential(shift, mean)
     needs = "pareto:SHAPE,SCALE needs SHAPE > 0 and SCALE > 0"
     shape, scale = _args(term, "pareto", 2, needs)
     if not (shape > 0 and scale > 0):
-        raise ValueError(f"straggler {needs}, got {term!r}")
+        raise OptionError("straggler", f"{needs}, got {term!r}")
     return Pareto(shape, scale)
 
 
@@ -246,11 +250,11 @@ def _slow(term: str) -> tuple[tuple[int, float], ...]:
                 raise ValueError(item)
             w, f = int(worker), _number(factor)
         except ValueError:
-            raise ValueError(f"straggler {needs}, got {term!r}") from None
+            raise OptionError("straggler", f"{needs}, got {term!r}") from None
         if not f >= 1:
-            raise ValueError(f"straggler {needs}, got {term!r}")
+            raise OptionError("straggler", f"{needs}, got {term!r}")
         if w in out:
-            raise ValueError(f"straggler slow: names worker {w} twice, got {term!r}")
+            raise OptionError("straggler", f"slow: names worker {w} twice, got {term!r}")
         out[w] = f
     return tuple(sorted(out.items()))
 
@@ -258,51 +262,51 @@ def _slow(term: str) -> tuple[tuple[int, float], ...]:
 def parse_compute(spec: str | None) -> Compute | None:
     """The :class:`Compute` model of ``spec`` (module docstring); None for None or "".
 
-    Raises ``ValueError("straggler must be ..., got '...'")`` naming the bad text.
+    Raises :class:`~mpisgd.errors.OptionError` ``straggler must be ..., got '...'``.
     """
     if spec is None or (isinstance(spec, str) and not spec.strip()):
         return None
     if not isinstance(spec, str):
-        raise ValueError(f"straggler must be {COMPUTE_MUST}, got {spec!r}")
+        raise OptionError("straggler", f"must be {COMPUTE_MUST}, got {spec!r}")
     dist, slow = None, None
     for term in (t.strip() for t in spec.split("+")):
         if term.startswith(("exp:", "shifted-exp:", "pareto:")):
             if dist is not None:
-                raise ValueError(f"straggler takes at most one of exp, shifted-exp, pareto, "
+                raise OptionError("straggler", f"takes at most one of exp, shifted-exp, pareto, "
                                  f"got {spec!r}")
             dist = _distribution(term)
         elif term.startswith("slow:"):
             if slow is not None:
-                raise ValueError(f"straggler takes at most one slow: term, got {spec!r}")
+                raise OptionError("straggler", f"takes at most one slow: term, got {spec!r}")
             slow = _slow(term)
         else:
             where = f" in {spec!r}" if term != spec.strip() else ""
-            raise ValueError(f"straggler must be {COMPUTE_MUST}, got {term!r}{where}")
+            raise OptionError("straggler", f"must be {COMPUTE_MUST}, got {term!r}{where}")
     return Compute(dist, slow or ())
 
 
-def parse_comm(spec: str | None) -> Comm | None:
-    """The :class:`Comm` model of ``spec``: ``SECONDS`` or ``exp:MEAN``; None for None, "", 0.
+def parse_comm(spec: str | None) -> CommDelay | None:
+    """The :class:`CommDelay` model of ``spec``: ``SECONDS`` or ``exp:MEAN``; None for None, "", 0.
 
-    Raises ``ValueError("comm_delay must be SECONDS >= 0 or exp:MEAN, got '...'")``.
+    Raises :class:`~mpisgd.errors.OptionError` ``comm_delay must be SECONDS >= 0 or exp:MEAN, got '...'``.
     """
     if spec is None or (isinstance(spec, str) and not spec.strip()):
         return None
     if not isinstance(spec, str):
-        raise ValueError(f"comm_delay must be {COMM_MUST}, got {spec!r}")
+        raise OptionError("comm_delay", f"must be {COMM_MUST}, got {spec!r}")
     text = spec.strip()
     try:
         if text.startswith("exp:"):
             mean = _number(text[len("exp:"):])
             if not mean > 0:
                 raise ValueError(text)
-            return Comm(Exponential(mean))
+            return CommDelay(Exponential(mean))
         seconds = _number(text)
         if not seconds >= 0:
             raise ValueError(text)
     except ValueError:
-        raise ValueError(f"comm_delay must be {COMM_MUST}, got {spec!r}") from None
-    return None if seconds == 0 else Comm(Constant(seconds))
+        raise OptionError("comm_delay", f"must be {COMM_MUST}, got {spec!r}") from None
+    return None if seconds == 0 else CommDelay(Constant(seconds))
 
 
 # ---- the per-worker injector -------------------------------------------------
@@ -329,13 +333,12 @@ class Stragglers:
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
         self.compute_model = compute if isinstance(compute, Compute) else parse_compute(compute)
-        self.comm_model = comm if isinstance(comm, Comm) else parse_comm(comm)
+        self.comm_model = comm if isinstance(comm, CommDelay) else parse_comm(comm)
         self.seed, self.worker, self.shared_comm = int(seed), int(worker), bool(shared_comm)
         self._factor = self.compute_model.factor(self.worker) if self.compute_model else 1.0
-        self._compute_rng = np.random.Generator(np.random.PCG64(
-            np.random.SeedSequence([self.seed, self.worker, 1])))
-        comm_key = [self.seed, 2] if self.shared_comm else [self.seed, self.worker, 2]
-        self._comm_rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(comm_key)))
+        self._compute_rng = generator(self.seed, self.worker, streams.COMPUTE_DELAY)
+        self._comm_rng = (generator(self.seed, streams.COMM_DELAY) if self.shared_comm else
+                          generator(self.seed, self.worker, streams.COMM_DELAY))
         self._totals = {"compute": [0.0, 0, 0.0], "comm": [0.0, 0, 0.0]}   # total, count, max
 
     @property
@@ -347,7 +350,7 @@ class Stragglers:
         """``ValueError`` if a ``slow:`` term names a worker index >= ``workers``."""
         for w, f in (self.compute_model.slow if self.compute_model else ()):
             if w >= workers:
-                raise ValueError(f"straggler slow:{w}={_fmt(f)} names worker {w}, but there "
+                raise OptionError("straggler", f"slow:{w}={_fmt(f)} names worker {w}, but there "
                                  f"are {workers} workers (0..{workers - 1})")
 
     def _record(self, kind: str, seconds: float) -> float:

@@ -1,12 +1,16 @@
-"""What every algorithm shares: options, flat storage, agreement, counters.
+"""What every algorithm shares: the spec, flat storage, agreement, counters, the public API.
 
-An :class:`Algorithm` wraps a model and its ``torch.optim`` optimizer
-(composition, never a subclass of the optimizer). Construction, on every
-rank, in this order:
+An algorithm is made in two steps. :meth:`Algorithm.spec` resolves and
+validates its options, purely (no model, no communicator, no MPI):
+an :class:`AlgorithmSpec`, frozen, that raises
+:class:`~mpisgd.errors.OptionError` naming a bad option. :meth:`AlgorithmSpec.bind`
+then wraps a model and its ``torch.optim`` optimizer (composition, never a
+subclass of the optimizer) on a communicator. Binding, on every rank, in
+this order:
 
-1. resolve and validate the options (``ValueError`` naming the option, on
-   every rank, before any communication; a rank that fails alone, say on a
-   file the others can read, ends every rank with its message);
+1. :meth:`Algorithm.validate`: what needs the rank count, the optimizer or
+   files (a rank that fails alone, say on a file the others can read, ends
+   every rank with its message, before any other communication);
 2. move parameters and gradients into one :class:`~mpisgd.flat.ParamBuffer`;
 3. agree: one ``allgather`` of a digest of the algorithm, options,
    :meth:`agreement` (W), parameter shapes and optimizer settings; ranks
@@ -15,10 +19,14 @@ rank, in this order:
 """
 from __future__ import annotations
 
+import abc
 import sys
 import time
 import traceback
 import warnings
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Mapping
 
 import torch
 
@@ -28,25 +36,54 @@ from .. import device as placement
 from ..comm import Comm, check_reducible
 from ..errors import agree, digest
 from ..flat import ParamBuffer
-from ..options import Option, resolve
-from ..stragglers import Stragglers, parse_comm, parse_compute, wait
-
-#: Options every algorithm accepts: injected delays (:mod:`mpisgd.stragglers`).
-COMMON = (
-    Option("straggler", None, "injected compute delay per step: exp:MEAN, shifted-exp:SHIFT,MEAN, "
-           "pareto:SHAPE,SCALE, slow:W=FACTOR,... (joined by +)", str,
-           check=lambda v: parse_compute(v) is not None or True),
-    Option("comm_delay", None, "injected delay per communication round: SECONDS or exp:MEAN", str,
-           check=lambda v: parse_comm(v) is not None or True),
-    Option("straggler_seed", None, "seed of the injected delays (the CLI: --seed)", int,
-           check=lambda v: v >= 0, must="a non-negative integer"),
-)
+from ..stragglers import Stragglers, wait
+from .options import STRAGGLERS, Option, resolve
 
 
-class Algorithm:
+@dataclass(frozen=True)
+class AlgorithmSpec:
+    """An algorithm and its resolved, validated options; no model, no communicator.
+
+    Made by :func:`mpisgd.spec` (``mpisgd.spec("gossip", topology="ring", tau=2)``);
+    :meth:`bind` makes the algorithm. Equal specs make the same algorithm on
+    any model, so one spec can be bound many times (a study, a test on
+    several communicators).
+    """
+    cls: type
+    options: Mapping
+
+    @property
+    def name(self) -> str:
+        return self.cls.name
+
+    def workers(self, size: int) -> int:
+        """Workers among ``size`` ranks; :class:`~mpisgd.errors.OptionError` if there are none."""
+        return self.cls.worker_count(size, self.options)
+
+    def bind(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, comm=None,
+             device=None) -> "Algorithm":
+        """The algorithm on ``model`` and ``optimizer`` over ``comm`` (default
+        ``MPI.COMM_WORLD``); collective. ``device``: see :func:`mpisgd.build`."""
+        return self.cls(model, optimizer, comm, device=device, spec=self)
+
+
+def _outside_frame() -> int:
+    """The ``stacklevel`` of the first caller outside the mpisgd package (for warnings)."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("mpisgd."):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+class Algorithm(abc.ABC):
     """Base of all algorithms: the public API of DESIGN.md.
 
-    Subclasses set ``name`` and ``options`` and implement :meth:`step`.
+    A new algorithm sets :attr:`name` and :attr:`options` (from
+    :mod:`mpisgd.algorithms.options`) and implements :meth:`_step`; it may
+    implement the other hooks below (each says when it runs), and is listed
+    in the registry (:data:`mpisgd.algorithms.ALGORITHMS`). Periodic
+    parameter mixing needs only a round: see
+    :class:`~mpisgd.algorithms.scheduled.Scheduled`.
     """
 
     name = ""
@@ -58,8 +95,16 @@ class Algorithm:
 
     @classmethod
     def declared(cls) -> tuple[Option, ...]:
-        """Every option the algorithm accepts: its own, then :data:`COMMON`."""
-        return cls.options + COMMON
+        """Every option the algorithm accepts: its own, then the injected delays."""
+        return cls.options + STRAGGLERS
+
+    @classmethod
+    def spec(cls, **options) -> AlgorithmSpec:
+        """Resolve and validate ``options`` purely (:meth:`check`); raises
+        :class:`~mpisgd.errors.OptionError` naming the first bad one."""
+        opts = resolve(cls.name, cls.declared(), options)
+        cls.check(opts)
+        return AlgorithmSpec(cls, MappingProxyType(opts))
 
     @classmethod
     def worker_count(cls, size: int, opts: dict) -> int:
@@ -67,8 +112,13 @@ class Algorithm:
         return size
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                 comm=None, device=None, **options):
-        self.opts = resolve(self.name, self.declared(), options)
+                 comm=None, device=None, spec: AlgorithmSpec | None = None, **options):
+        if spec is None:
+            spec = self.spec(**options)
+        elif options or spec.cls is not type(self):
+            raise TypeError(f"give {self.name} a spec of its own or options, not both")
+        #: The resolved options (a copy of the spec's).
+        self.opts = dict(spec.options)
         comm = MPI.COMM_WORLD if comm is None else comm
         self.size, self.rank = comm.Get_size(), comm.Get_rank()   # local queries: no traffic
         self.optimizer = optimizer
@@ -78,7 +128,7 @@ class Algorithm:
                 device = placement.parse(device)
                 placement.check_available(device)
         except ValueError as err:
-            agree(comm, str(err))
+            agree(comm, err)
         self.stragglers = None
         if self.opts["straggler"] or self.opts["comm_delay"]:
             delays = Stragglers(self.opts["straggler"], self.opts["comm_delay"],
@@ -109,7 +159,7 @@ class Algorithm:
             check_reducible(self.flat.dtype)
         except Exception as err:        # noqa: BLE001 - every rank hears it, then raises
             if isinstance(err, ValueError):
-                failed = str(err)
+                failed = err
             else:                       # not a bad option: this rank shows where it came from
                 failed = f"{type(err).__name__}: {err}"
                 sys.stderr.write("".join(f"[rank {self.rank}] {line}\n"
@@ -135,9 +185,16 @@ class Algorithm:
 
     # ---- hooks for subclasses -----------------------------------------
 
+    @classmethod
+    def check(cls, opts: dict) -> None:
+        """Check option combinations that need nothing but the resolved ``opts`` (pure:
+        no model, no communicator); raise :class:`~mpisgd.errors.OptionError`, warn on
+        legal but degenerate settings. Runs in :meth:`spec`."""
+
     def validate(self) -> None:
-        """Check option combinations (``self.opts`` resolved, ``self.size``,
-        ``self.rank`` and ``self.optimizer`` set); raise ``ValueError``.
+        """Check what needs the ranks or the optimizer (``self.opts``, ``self.size``,
+        ``self.rank`` and ``self.optimizer`` set); raise ``ValueError`` (an
+        :class:`~mpisgd.errors.OptionError` when an option is to blame). Runs in :meth:`bind`.
 
         It may read files: a rank that fails while others pass ends them
         all with its message (one ``allgather``, before any other traffic)."""
@@ -153,7 +210,13 @@ class Algorithm:
 
     @staticmethod
     def warn(message: str) -> None:
-        warnings.warn(message, UserWarning, stacklevel=4)
+        """A ``UserWarning`` pointing at the user's line (the first frame outside mpisgd)."""
+        warnings.warn(message, UserWarning, stacklevel=_outside_frame())
+
+    @abc.abstractmethod
+    def _step(self) -> None:
+        """One local step and whatever communication follows it (:meth:`step` calls it,
+        after the injected compute delay); counts :attr:`steps` and :attr:`rounds`."""
 
     # ---- the public API ----------------------------------------------
 
@@ -161,6 +224,23 @@ class Algorithm:
     def device(self) -> torch.device:
         """The device of the model, its flat buffer and everything the algorithm keeps."""
         return self.flat.device
+
+    @property
+    def telemetry(self):
+        """A :class:`~mpisgd.comm.Comm` on the algorithm's communicator whose traffic is not
+        counted (log points, evaluation), posted in the same order as the algorithm's."""
+        return self._telemetry
+
+    @property
+    def period(self) -> int:
+        """Local steps per communication round now (1 when every step communicates)."""
+        return 1
+
+    @property
+    def rounds_based(self) -> bool:
+        """Whether workers take different numbers of steps per round (a wall-clock budget):
+        a training loop then counts :attr:`rounds`, not steps."""
+        return False
 
     @property
     def workers(self) -> int:
@@ -196,9 +276,6 @@ class Algorithm:
             wait(self.stragglers.compute(compute), self._cancellation())
         self._step()
         self._stepped = time.perf_counter()
-
-    def _step(self) -> None:
-        raise NotImplementedError
 
     def take_loss(self) -> tuple[float, int, float]:
         """The sum, count and first of the losses given to :meth:`step` since the last call."""
@@ -286,8 +363,8 @@ class Algorithm:
         """Free the MPI objects the algorithm made (a private Dup of ``comm``; a gossip
         graph communicator and its persistent requests). Collective; call it once, last:
         MPI allows only so many communicators per process (MPICH: about 2000)."""
-        if self.private_comm and self.comm.comm != MPI.COMM_NULL:
-            self.comm.comm.Free()
+        if self.private_comm and self.comm.mpi != MPI.COMM_NULL:
+            self.comm.mpi.Free()
 
     def stats(self) -> dict:
         """This rank's counters: steps, rounds, bytes sent, seconds in/blocked on communication."""
@@ -307,7 +384,7 @@ class Algorithm:
         ``train_time``: seconds of training (log points excluded).
         """
         mine = (self.worker_index, self.worker_series()) if self.is_worker else None
-        gathered = self._telemetry.comm.gather(mine, root=0)
+        gathered = self._telemetry.gather(mine, root=0)
         if gathered is None:
             return {}
         rows = sorted(g for g in gathered if g is not None)

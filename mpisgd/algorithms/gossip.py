@@ -35,6 +35,9 @@ unmixed x_s and is applied in step s + 1, whose gradient was taken at x_s:
 without overlap). :meth:`finish` applies a round still pending. The cost:
 one more copy of the model (the snapshot).
 
+Both are presets: a :class:`~mpisgd.algorithms.rounds.Mix` round under a
+schedule (:class:`~mpisgd.algorithms.scheduled.Scheduled`).
+
 The output (:meth:`consensus`) is u = (sum_i x_i + sum_a z_a) / (m + v),
 the average of all columns, which doubly stochastic mixing preserves
 (Wang & Joshi analyse it); for v = 0 the workers' average.
@@ -56,32 +59,15 @@ import hashlib
 
 import torch
 
-from .. import schedule, topology as topologies
-from ..mixing import EXCHANGES, Mixer, is_averaging
-from ..options import Option
-from ..staging import upload
-from .elastic import elastic_options
+from .. import topology as topologies
+from ..errors import OptionError
+from ..topology.spectral import is_averaging
+from .options import AUX, ELASTIC, GOSSIP, OVERLAP, SCHEDULE, TAU, TOPOLOGY
+from .rounds import Mix
 from .scheduled import Scheduled
 
-
-def gossip_options(default_topology: str) -> tuple[Option, ...]:
-    """The options of the gossip family (topology and how rounds run)."""
-    return schedule.options(1, "gossip, cooperative") + (
-        Option("topology", default_topology, "the graph or W: " + ", ".join(topologies.TOPOLOGIES)
-               + ", easgd (cooperative), or a .npy/.csv/edge-list file (gossip, cooperative)", str),
-        Option("weights", "metropolis", "mixing weights of a graph (gossip, cooperative)", str,
-               choices=topologies.WEIGHTS),
-        Option("graph_p", None, "erdos-renyi: edge probability (default 2 ln n / n)", float,
-               check=lambda v: 0 < v <= 1, must="in (0, 1]"),
-        Option("matcha", None, "MATCHA: turn the graph into random matchings, each active "
-               "with this probability per round", float, check=lambda v: 0 < v <= 1, must="in (0, 1]"),
-        Option("topology_seed", None, "seed of random graphs and matchings (the CLI: --seed)", int,
-               check=lambda v: v >= 0, must="a non-negative integer"),
-        Option("overlap", False, "overlap each round's exchange with the next local step "
-               "(gossip, cooperative)", bool),
-        Option("exchange", "auto", "how neighbours exchange: auto, neighbor (collective), "
-               "persistent (requests) or allreduce (W = 11^T/m)", str, choices=EXCHANGES),
-    )
+#: Rounds of a random time-varying topology whose W_k every rank must agree on.
+AGREED_ROUNDS = 4
 
 
 class Gossip(Scheduled):
@@ -96,33 +82,38 @@ class Gossip(Scheduled):
     """
 
     name = "gossip"
-    options = gossip_options("ring")
+    options = (TAU, *SCHEDULE, TOPOLOGY, *GOSSIP, OVERLAP)
     symmetric = False          # D-PSGD needs W doubly stochastic, not symmetric
+    aux_allowed = False
+
+    @classmethod
+    def check(cls, opts: dict) -> None:
+        super().check(opts)
+        varying = opts["topology"] == "one-peer-exponential" or opts["matcha"] is not None
+        if opts["exchange"] == "neighbor" and varying:
+            raise OptionError("exchange", f"neighbor needs a static W; topology {opts['topology']}"
+                              f"{' with matcha' if opts['matcha'] is not None else ''} changes "
+                              "every round: use persistent")
 
     def validate(self) -> None:
-        super().validate()
         o = self.opts
-        self.topology = topologies.build(
+        self.topology = topologies.build(         # its errors name the topology or the file
             o["topology"], self.size + self.aux_count(), weights=o["weights"], p=o["graph_p"],
             matcha=o["matcha"], seed=o["topology_seed"] or 0, **self.elastic())
         n, m = self.topology.n, self.size
         if n < m or (n > m and not self.aux_allowed):
-            raise ValueError(f"topology {o['topology']} has {n} nodes but the job has {m} ranks "
-                             f"(one worker per rank{'' if self.aux_allowed else ', no auxiliary variables'})")
+            raise OptionError("topology", f"{o['topology']} has {n} nodes but the job has {m} "
+                              f"ranks (one worker per rank"
+                              f"{'' if self.aux_allowed else ', no auxiliary variables'})")
         if self.symmetric and not self.topology.symmetric:
-            raise ValueError(f"topology {o['topology']} is not symmetric; {self.name} needs a "
-                             "symmetric W (Cooperative SGD), use --algo gossip")
+            raise OptionError("topology", f"{o['topology']} is not symmetric; {self.name} needs "
+                              "a symmetric W (Cooperative SGD), use --algo gossip")
         if self.symmetric and not self.topology.time_varying:
             topologies.validate(self.topology.matrix(0), symmetric=True)
-        if o["exchange"] == "neighbor" and self.topology.time_varying:
-            raise ValueError(f"exchange neighbor needs a static W; topology {o['topology']} "
-                             "changes every round: use persistent")
         if o["exchange"] == "allreduce" and (self.topology.time_varying or n > m or not
                                              is_averaging(self.topology.matrix(0))):
-            raise ValueError("exchange allreduce needs W = 11^T/m over the workers "
-                             "(topology complete); use neighbor")
-
-    aux_allowed = False
+            raise OptionError("exchange", "allreduce needs W = 11^T/m over the workers "
+                              "(topology complete); use neighbor")
 
     def aux_count(self) -> int:
         return 0
@@ -133,73 +124,29 @@ class Gossip(Scheduled):
     def agreement(self) -> dict:
         """W itself (its first rounds' matrices), so a file that differs between ranks is caught."""
         t = self.topology
-        rounds = (t.period or 4) if t.time_varying else 1
+        rounds = (t.period or AGREED_ROUNDS) if t.time_varying else 1
         h = hashlib.sha256()
         for k in range(rounds):
             h.update(t.matrix(k).contiguous().numpy().tobytes())
         return {"W": h.hexdigest()[:16]}
 
-    def __init__(self, model, optimizer, comm=None, **options):
-        super().__init__(model, optimizer, comm, **options)
-        self.v = self.topology.n - self.size
-        self.mixer = Mixer(self.comm, self.topology, self.flat.data, self.opts["exchange"],
-                           snapshot=self.opts["overlap"])
-        d = self.flat.data.numel()
-        self.aux = self.flat.data.expand(self.v, d).clone()         # z_a = x_0, replicated
-        self._contrib = torch.empty_like(self.aux)
-        self._pending = None      # the round in flight: (mixer handle, auxiliary handle or None)
+    def make_round(self) -> Mix:
+        return Mix(self.comm, self.topology, self.flat.data, self.opts["exchange"],
+                   snapshot=self.opts["overlap"])
 
-    # ---- rounds ---------------------------------------------------------
+    @property
+    def mixer(self):
+        return self.round.mixer
 
-    def _local_step(self) -> None:
-        self.optimizer.step()
-        self._complete()
+    @property
+    def v(self) -> int:
+        """The number of auxiliary variables."""
+        return self.round.v
 
-    def _round_step(self) -> None:
-        """The local step, then this round's mixing (overlap: posted, applied next step)."""
-        self.optimizer.step()
-        self._complete()
-        self._round_delay()
-        self._pending = self._post(self.rounds)
-        self.rounds += 1
-        if not self.opts["overlap"]:
-            self._complete()
-
-    def _post(self, k: int):
-        """Start round k: the neighbour exchange and, with v > 0, the auxiliary contributions."""
-        handle = self.mixer.start(k)
-        aux = None
-        if self.v:
-            W = self.topology.matrix(k).to(self.flat.dtype)
-            sent = self.mixer.send
-            m, i = self.size, self.rank
-            torch.mul(upload(W[m:, i], sent.device)[:, None], sent[None, :], out=self._contrib)
-            aux = self.comm.iallreduce(self._contrib)
-            self._aux_weights = upload(W[i, m:], sent.device), upload(W[m:, m:], sent.device)
-        return handle, aux
-
-    def _complete(self) -> None:
-        """Apply the round in flight, if any."""
-        if self._pending is None:
-            return
-        handle, aux = self._pending
-        self._pending = None
-        self.mixer.finish(handle)
-        if aux is not None:
-            to_worker, among = self._aux_weights
-            self.flat.data.addmv_(self.aux.t(), to_worker)           # + sum_a W[i, m+a] z_a (old z)
-            aux.wait()
-            self.aux.copy_(torch.addmm(self._contrib, among, self.aux))   # z <- C + W_zz z
-
-    def finish(self) -> None:
-        """Apply a round still in flight (overlap); afterwards :meth:`consensus` is final."""
-        self._complete()
-        super().finish()
-
-    def close(self) -> None:
-        self._complete()
-        self.mixer.close()
-        super().close()
+    @property
+    def aux(self) -> torch.Tensor:
+        """The auxiliary variables z_a (v x d, replicated on every worker)."""
+        return self.round.aux
 
     # ---- output and telemetry ------------------------------------------
 
@@ -234,20 +181,19 @@ class Cooperative(Gossip):
     """
 
     name = "cooperative"
-    options = gossip_options("complete") + (
-        Option("aux", 0, "cooperative: auxiliary variables v, the last v nodes of W", int,
-               check=lambda v: v >= 0, must="a non-negative integer"),
-    ) + elastic_options("")[1:]
+    options = (TAU, *SCHEDULE, TOPOLOGY.but(default="complete"), *GOSSIP, OVERLAP, AUX, *ELASTIC)
     symmetric = True
     aux_allowed = True
 
+    @classmethod
+    def check(cls, opts: dict) -> None:
+        super().check(opts)
+        if opts["topology"] == "easgd" and opts["aux"] not in (0, 1):
+            raise OptionError("aux", f"must be 1 with topology easgd (W_alpha has one centre), "
+                              f"got {opts['aux']}")
+
     def aux_count(self) -> int:
-        if self.opts["topology"] == "easgd":
-            if self.opts["aux"] not in (0, 1):
-                raise ValueError(f"aux must be 1 with topology easgd (W_alpha has one centre), "
-                                 f"got {self.opts['aux']}")
-            return 0        # build("easgd", m) adds the centre
-        return self.opts["aux"]
+        return 0 if self.opts["topology"] == "easgd" else self.opts["aux"]   # easgd adds the centre
 
     def elastic(self) -> dict:
         return {"alpha": self.opts["alpha"], "beta": self.opts["beta"]}

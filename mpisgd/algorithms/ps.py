@@ -5,7 +5,7 @@ Ranks ``0..S-1`` are the servers (``servers=S``, default 1; each holds a
 contiguous 1/S slice of the parameters), the others are workers. A worker's
 step: its gradient (taken by the caller's backward) goes to every server,
 tagged with the version of the parameters it was computed at; the servers
-update as :mod:`mpisgd.paramserver` describes and send parameters back. The
+update as :mod:`mpisgd.server.params` describes and send parameters back. The
 worker's optimizer is not stepped on the workers: the servers run a copy of
 it (class and settings) on their slices.
 
@@ -33,54 +33,38 @@ from __future__ import annotations
 
 import torch
 
-from ..options import Option, positive_int
-from ..paramserver import SYNC_PROTOCOLS, ParameterClient, ParameterServer
-from .served import SERVERS, Served
-
-
-def _staleness_lr(value: str):
-    """``"C,ETA_MAX"`` -> ``(C, eta_max)``; ``ValueError`` naming the option."""
-    try:
-        c, eta = (float(v) for v in str(value).split(","))
-    except ValueError:
-        raise ValueError(f"staleness_lr must be C,ETA_MAX (two positive numbers), "
-                         f"got {value!r}") from None
-    if not (c > 0 and eta > 0):
-        raise ValueError(f"staleness_lr must be C,ETA_MAX with C > 0 and ETA_MAX > 0, "
-                         f"got {value!r}")
-    return c, eta
-
-
-K = Option("k", None, "K: gradients (k-batch-*) or distinct workers (k-sync, k-async) per "
-                      "server update (default: all workers for k-sync, k-async; 1 otherwise)",
-           int, check=lambda v: v >= 1, must="a positive integer")
-STALENESS_LR = Option("staleness_lr", None, "staleness-adaptive rate C,ETA_MAX: gradient i's "
-                                            "rate min(C/||w - w_tau(i)||^2, ETA_MAX)", str,
-                      check=lambda v: _staleness_lr(v) is not None)
+from ..errors import OptionError
+from ..server.params import PROTOCOLS, ParameterClient, ParameterServer
+from .options import K, SERVERS, STALENESS_LR, parse_staleness_lr
+from .served import Served
 
 
 class ParameterServerSGD(Served):
-    """The family's common worker step; subclasses set :attr:`protocol`."""
+    """The family's common worker step; subclasses set :attr:`protocol`
+    (a :class:`~mpisgd.server.params.Protocol`)."""
 
-    protocol = ""
-    default_k = "all"        # K when not given: "all" (the workers) or 1
+    protocol = PROTOCOLS["k-sync"]
+    k_all = True             # K when not given: every worker (else 1)
     options = (K, STALENESS_LR, SERVERS)
 
     def k_for(self, workers: int) -> int:
-        """K: the option, else all workers or 1 (:attr:`default_k`)."""
+        """K: the option, else all workers or 1 (:attr:`k_all`)."""
         k = self.opts.get("k")
-        return k if k is not None else (workers if self.default_k == "all" else 1)
+        return k if k is not None else (workers if self.k_all else 1)
+
+    @classmethod
+    def check(cls, opts: dict) -> None:
+        if opts.get("staleness_lr") is not None and opts["servers"] > 1:
+            raise OptionError("staleness_lr", "needs the whole ||w - w_tau||^2 on one server: "
+                              "use it with servers 1")
 
     def validate(self):
         super().validate()
         workers = self.worker_count(self.size, self.opts)
         k = self.opts.get("k")
-        if self.protocol in ("k-sync", "k-async") and k is not None and k > workers:
-            raise ValueError(f"k must be at most the number of workers ({workers}) for "
-                             f"{self.name}: the server waits for K distinct workers, got {k}")
-        if self.opts.get("staleness_lr") is not None and self.opts["servers"] > 1:
-            raise ValueError("staleness_lr needs the whole ||w - w_tau||^2 on one server: "
-                             "use it with servers 1")
+        if self.protocol.distinct_workers and k is not None and k > workers:
+            raise OptionError("k", f"must be at most the number of workers ({workers}) for "
+                              f"{self.name}: the server waits for K distinct workers, got {k}")
         groups = [{key: v for key, v in g.items() if key != "params"}
                   for g in self.optimizer.param_groups]
         if any(g != groups[0] for g in groups):
@@ -101,7 +85,7 @@ class ParameterServerSGD(Served):
             self.server = ParameterServer(
                 self.comm, self.shards.slice(self.flat.data, self.rank), optimizer,
                 self.protocol, self.k, self.remote, self.index,
-                _staleness_lr(rate) if rate is not None else None)
+                parse_staleness_lr(rate) if rate is not None else None)
         if self.is_worker:
             self.client = ParameterClient(self.comm, self.shards, self.flat.data)
         self.abandoned = 0       # computations cancelled by a newer version
@@ -110,24 +94,22 @@ class ParameterServerSGD(Served):
         return self.server.w
 
     def _cancellation(self):
-        return self.client.arrived if self.protocol in SYNC_PROTOCOLS else None
+        return self.client.arrived if self.protocol.drop_stale else None
 
     def _step(self) -> None:
         """Push this step's gradient (unless a newer version cancelled it) and adopt
         the parameters the protocol sends back."""
         self._check_stepping()
         self.steps += 1
-        client = self.client
-        if self.protocol in SYNC_PROTOCOLS and client.adopt(wait=False):
+        client, protocol = self.client, self.protocol
+        if protocol.drop_stale and client.adopt(wait=False):
             self.abandoned += 1         # computed at a version that is gone: drop it
             return
         self._round_delay()
         client.push(self.flat.flat_grad())
         self.rounds += 1
-        if self.protocol == "k-sync":
-            client.adopt(wait=True)     # the next version (it cancels the slower workers)
-        elif self.protocol == "k-batch-sync":
-            client.adopt(wait=False)    # go on at this version until the next arrives
+        if protocol.drop_stale:         # k-sync: wait for the next version (it cancels the
+            client.adopt(wait=protocol.wait_version)   # slower workers); else go on at this one
         else:
             client.reply()
         client.settle()                 # the gradient buffer is the next backward's
@@ -139,41 +121,41 @@ class ParameterServerSGD(Served):
 class PSSync(ParameterServerSGD):
     """Fully synchronous parameter server: every worker's gradient at w_j (k-sync, K = P)."""
 
-    name, protocol = "ps-sync", "k-sync"
+    name, protocol = "ps-sync", PROTOCOLS["k-sync"]
     options = (SERVERS,)
 
 
 class Async(ParameterServerSGD):
     """Asynchronous SGD: every gradient updates w at once, stale ones too (K = 1)."""
 
-    name, protocol, default_k = "async", "k-batch-async", "one"
+    name, protocol, k_all = "async", PROTOCOLS["k-batch-async"], False
     options = (STALENESS_LR, SERVERS)
 
 
 class KSync(ParameterServerSGD):
     """The first K workers' gradients at w_j; the others are cancelled."""
 
-    name, protocol = "k-sync", "k-sync"
+    name, protocol = "k-sync", PROTOCOLS["k-sync"]
     options = (K, SERVERS)
 
 
 class KAsync(ParameterServerSGD):
     """The first K distinct workers' gradients, stale ones too; no cancelling."""
 
-    name, protocol = "k-async", "k-async"
+    name, protocol = "k-async", PROTOCOLS["k-async"]
 
 
 class KBatchSync(ParameterServerSGD):
     """Any K gradients at w_j (a fast worker may give several); the rest cancelled."""
 
-    name, protocol, default_k = "k-batch-sync", "k-batch-sync", "one"
+    name, protocol, k_all = "k-batch-sync", PROTOCOLS["k-batch-sync"], False
     options = (K, SERVERS)
 
 
 class KBatchAsync(ParameterServerSGD):
     """Any K gradients, stale ones too; each push is answered at once with the current w."""
 
-    name, protocol, default_k = "k-batch-async", "k-batch-async", "one"
+    name, protocol, k_all = "k-batch-async", PROTOCOLS["k-batch-async"], False
 
 
 FAMILY = (PSSync, Async, KSync, KAsync, KBatchSync, KBatchAsync)

@@ -1,10 +1,16 @@
-"""Algorithms whose communication rounds a schedule times: local, gossip, easgd.
+"""A round, a schedule that says when, and an optimizer-state policy: A(tau, W, v).
 
 A :class:`Scheduled` algorithm takes one local optimizer step per
 :meth:`~mpisgd.algorithms.base.Algorithm.step` and asks its schedule
-(:mod:`mpisgd.schedule`) whether a round follows. Subclasses say what a
-round is (:meth:`_round_step`: the local update together with the round's
-communication) and what a plain step is (:meth:`_local_step`).
+(:mod:`mpisgd.schedule`) whether a round follows. The round is an object of
+:mod:`mpisgd.algorithms.rounds` that the algorithm makes
+(:meth:`Scheduled.make_round`); after each round the state policy
+(:mod:`mpisgd.algorithms.state`) runs. A step that ends a round is
+
+* ``simultaneous`` rounds (EASGD): ``start``, the local step, ``finish``;
+* the others: the local step, then ``start`` and ``finish``; with
+  ``deferred`` (gossip's ``overlap``), ``finish`` waits for the next step,
+  so the exchange hides behind that step's computation.
 
 Schedules that decide from what the workers see (AdaComm reads the training
 loss, the wall-clock budget of PR-SGD Algorithm 3 the step times) get it in
@@ -12,36 +18,65 @@ the round itself: each worker's report (:data:`mpisgd.schedule.STAT_FIELDS`)
 travels in an ``Iallgather`` posted before the round's own communication
 and completed after it, so every worker takes the same decision from the
 same figures, at the cost of one small collective overlapped with the round.
+
+A new algorithm of this kind is a preset: its options, :meth:`make_round`,
+and what it outputs (:meth:`consensus`), as ``local.py`` shows.
 """
 from __future__ import annotations
+
+import abc
 
 import torch
 
 from .. import schedule as schedules
+from . import state
 from .base import Algorithm
+from .rounds import Round
 
 
 class Scheduled(Algorithm):
-    """Base of the algorithms with a schedule option set (:func:`mpisgd.schedule.options`)."""
+    """Base of the algorithms whose rounds a schedule times (options ``tau`` and
+    :data:`mpisgd.algorithms.options.SCHEDULE`)."""
+
+    #: :meth:`finish` runs one more round unless the last step ended one (local SGD's output).
+    final_round = False
+
+    @classmethod
+    def check(cls, opts: dict) -> None:
+        schedules.make(opts)                      # a missing or bad schedule option
+        if opts["tau"] == 1 and opts["schedule"] == "adacomm":
+            cls.warn("adacomm with tau = 1 cannot adapt (tau never increases): give --tau tau_0 > 1")
+        if opts["tau"] == 1 and opts["schedule"] == "budget" and opts["round_budget"] is None:
+            cls.warn("budget with tau = 1 and no --round-budget gives each round one step of the "
+                     "fastest worker, so every worker takes one step: raise --tau or give "
+                     "--round-budget")
 
     def __init__(self, model, optimizer, comm=None, **options):
         super().__init__(model, optimizer, comm, **options)
         self.schedule = schedules.make(self.opts)
+        #: This algorithm's round (:mod:`mpisgd.algorithms.rounds`).
+        self.round: Round = self.make_round()
+        self.state = state.policy(self.opts.get("momentum_policy", "local"), optimizer,
+                                  self.flat, self.comm)
+        self.deferred = bool(self.opts.get("overlap", False)) and not self.round.simultaneous
+        self._pending = None       # a deferred round in flight
         self._base_lr = [g["lr"] for g in optimizer.param_groups]
         self._since = 0            # local steps since the last round
         self._round_start = 0.0    # clock when the last round ended (0: training began)
         self._report = torch.zeros(len(schedules.STAT_FIELDS), dtype=torch.float64)
         self._reports = torch.zeros(self.workers, len(schedules.STAT_FIELDS), dtype=torch.float64)
 
-    def validate(self):
-        schedules.make(self.opts)                      # a missing or bad schedule option
-        o = self.opts
-        if o["tau"] == 1 and o["schedule"] == "adacomm":
-            self.warn("adacomm with tau = 1 cannot adapt (tau never increases): give --tau tau_0 > 1")
-        if o["tau"] == 1 and o["schedule"] == "budget" and o["round_budget"] is None:
-            self.warn("budget with tau = 1 and no --round-budget gives each round one step of the "
-                      "fastest worker, so every worker takes one step: raise --tau or give "
-                      "--round-budget")
+    @abc.abstractmethod
+    def make_round(self) -> Round:
+        """The round (on ``self.comm`` and ``self.flat``), made once at construction."""
+
+    @property
+    def period(self) -> int:
+        return self.schedule.period(self.steps)
+
+    @property
+    def rounds_based(self) -> bool:
+        return self.schedule.rounds_based
 
     def _step(self) -> None:
         """One local step; a round when the schedule says so; the next step's learning rate."""
@@ -51,7 +86,7 @@ class Scheduled(Algorithm):
         now = self.clock()
         if self.schedule.communicate(self.steps, now):
             pending = self._post_report(now) if self.schedule.needs_stats else None
-            self._round_step()
+            self._round(local_step=True)
             self._since = 0
             stats = None
             if pending is not None:
@@ -61,11 +96,40 @@ class Scheduled(Algorithm):
             self.schedule.round_done(self.steps, self._round_start, stats,
                                      self.optimizer.param_groups[0]["lr"])
         else:
-            self._local_step()
-        if self.opts["schedule"] == "time-varying":       # PR-SGD Algorithm 2's rates
+            self.optimizer.step()
+            self._settle()
+        if self.schedule.scales_lr:               # PR-SGD Algorithm 2's rates
             scale = self.schedule.lr_scale(self.steps)
             for group, lr in zip(self.optimizer.param_groups, self._base_lr):
                 group["lr"] = lr * scale
+
+    def _round(self, local_step: bool) -> None:
+        """A round (with this step's local update, if ``local_step``), then the state policy."""
+        r = self.round
+        if r.simultaneous:
+            self._round_delay()
+            pending = r.start(self.rounds)
+            if local_step:
+                self.optimizer.step()
+            r.finish(pending)
+        else:
+            if local_step:
+                self.optimizer.step()
+            self._settle()
+            self._round_delay()
+            pending = r.start(self.rounds)
+            if self.deferred:
+                self._pending = pending
+            else:
+                r.finish(pending)
+        self.rounds += 1
+        self.state.after_round()
+
+    def _settle(self) -> None:
+        """Apply the deferred round in flight, if any."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            self.round.finish(pending)
 
     def _post_report(self, now: float):
         """Start gathering every worker's report on the round that ends now."""
@@ -74,29 +138,22 @@ class Scheduled(Algorithm):
         r[3], r[4], r[5] = self._since, now - self._round_start, now
         return self.comm.iallgather(r, self._reports)
 
-    def _local_step(self) -> None:
-        """A step without a round: the optimizer's."""
-        self.optimizer.step()
+    def finish(self) -> None:
+        """Apply a round still in flight; with :attr:`final_round`, one more round unless
+        the last step ended one. Afterwards :meth:`consensus` is final."""
+        self._settle()
+        if self.final_round and not self.finished and self._since:
+            self._round(local_step=False)
+            self._settle()
+        super().finish()
 
-    def _round_step(self) -> None:
-        """The step that ends a round: the update and the round's communication."""
-        raise NotImplementedError
-
-    def schedule_series(self) -> dict:
-        """The schedule's decisions for the run record (AdaComm: ``/schedule/*``)."""
-        history = getattr(self.schedule, "history", None)
-        if not history:
-            out = {}
-        else:
-            elapsed, tau, loss = zip(*history)
-            out = {"schedule/time": list(elapsed), "schedule/tau": list(tau),
-                   "schedule/loss": list(loss)}
-        if isinstance(self.schedule, schedules.Budget) and self.schedule.seconds is not None:
-            out["schedule/round_budget"] = [self.schedule.seconds]
-        return out
+    def close(self) -> None:
+        self._settle()
+        self.round.close()
+        super().close()
 
     def series(self, train_time: float) -> dict:
         out = super().series(train_time)
         if self.rank == 0:
-            out.update(self.schedule_series())
+            out.update(self.schedule.series())
         return out

@@ -1,25 +1,21 @@
 """Algorithms whose shared variable lives on server ranks: roles, rendezvous, shutdown.
 
 Ranks ``0..S-1`` are servers (``servers=S``), each holding the contiguous
-slice ``s`` of the shared flat vector (:class:`~mpisgd.center.Shards`); the
+slice ``s`` of the shared flat vector (:class:`~mpisgd.server.protocol.Shards`); the
 other ranks are workers ``0..P-1`` (worker ``i`` is rank ``S + i``). Servers
 call :meth:`serve`, workers :meth:`step` and :meth:`finish`. The shared
 vector — the centre of asynchronous EASGD, the parameters of a parameter
 server — is what :meth:`consensus` returns, assembled from the slices.
 
-Subclasses build :attr:`server` (a :class:`~mpisgd.center.Server`, on server
+Subclasses build :attr:`server` (a :class:`~mpisgd.server.protocol.Server`, on server
 ranks) and :attr:`client` (on workers, with ``sync()`` and ``done()``).
 """
 from __future__ import annotations
 
 import torch
 
-from ..center import Shards
-from ..options import positive_int
+from ..server.protocol import Shards
 from .base import Algorithm
-
-SERVERS = positive_int("servers", 1, "dedicated server ranks, each holding a 1/S slice "
-                                     "of the shared vector")
 
 
 class Served(Algorithm):
@@ -39,15 +35,15 @@ class Served(Algorithm):
         servers = cls.server_ranks(opts)
         if size <= servers:
             serving = "rank 0 serves" if servers == 1 else f"ranks 0..{servers - 1} serve"
-            raise ValueError(f"{cls.needs(opts)} needs at least {servers + 1} ranks ({serving}, "
-                             f"the others are workers), got {size}")
+            raise cls.too_few(opts, f"needs at least {servers + 1} ranks ({serving}, the others "
+                                    f"are workers), got {size}")
         return size - servers
 
     @classmethod
-    def needs(cls, opts: dict) -> str:
-        """What asks for the server ranks, in an error message."""
-        return f"algorithm {cls.name}" + (f" with servers {opts['servers']}"
-                                          if opts["servers"] > 1 else "")
+    def too_few(cls, opts: dict, problem: str) -> ValueError:
+        """The error for too few ranks, naming what asks for the server ranks."""
+        servers = f" with servers {opts['servers']}" if opts["servers"] > 1 else ""
+        return ValueError(f"algorithm {cls.name}{servers} {problem}")
 
     def validate(self):
         self.worker_count(self.size, self.opts)
@@ -132,7 +128,7 @@ class Served(Algorithm):
         server's scalar figures as arrays over servers, under ``/{group}``."""
         out = super().series(train_time)
         mine = self.server_series(train_time) if self.server is not None else None
-        gathered = self._telemetry.comm.gather(mine, root=0)
+        gathered = self._telemetry.gather(mine, root=0)
         if gathered is None:
             return out
         servers = [g for g in gathered if g is not None]

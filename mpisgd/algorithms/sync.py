@@ -26,11 +26,15 @@ For gradient accumulation, wrap all but the last backward in
 from __future__ import annotations
 
 import contextlib
+import os
+import time
+
+import torch
 
 from .._mpi import MPI
 
-from ..options import Option, positive_float
 from .base import Algorithm
+from .options import BUCKET_MB, OVERLAP
 
 
 class SyncSGD(Algorithm):
@@ -43,11 +47,7 @@ class SyncSGD(Algorithm):
     """
 
     name = "sync"
-    options = (
-        positive_float("bucket_mb", 25.0, "gradient bucket size in MB (sync)"),
-        Option("overlap", True, "start bucket Allreduces during backward (sync)", bool,
-               must="true or false"),
-    )
+    options = (BUCKET_MB, OVERLAP.but(default=True))
 
     def __init__(self, model, optimizer, comm=None, **options):
         super().__init__(model, optimizer, comm, **options)
@@ -58,6 +58,9 @@ class SyncSGD(Algorithm):
             self.warn("the MPI library gives less than MPI_THREAD_SERIALIZED, and autograd runs "
                       "CUDA gradient hooks on its own threads: overlap is off")
             self.opts["overlap"] = False
+        self._scale = 1.0 / self.comm.size
+        self._views = [self.flat.grad_view(i) for i in range(len(self.flat.params))]
+        self._specs = {}                              # bucket -> (address, MPI buffer spec)
         self._reset()
         self._accumulating = False
         for i, p in enumerate(self.flat.params):
@@ -92,7 +95,7 @@ class SyncSGD(Algorithm):
                     "a second gradient arrived for a parameter before algo.step(): call "
                     "algo.step() after each backward(), or wrap the earlier backward "
                     "passes of an accumulation in `with algo.no_sync():`")
-            self.flat.adopt_grad(i)
+            self._adopt(i)
             self._fired[i] = True
             self._ready[k] += 1
             if self.opts["overlap"]:
@@ -114,10 +117,73 @@ class SyncSGD(Algorithm):
                 self._ready[len(self._handles)] == self._sizes[len(self._handles)]:
             self._launch(len(self._handles))
 
+    def _adopt(self, i: int) -> None:
+        """Put parameter ``i``'s final gradient in its slot of the flat buffer, divided by P.
+
+        The mean's 1/P is applied here, while the gradient is hot in cache (backward has just
+        accumulated it), instead of a separate pass over the whole bucket before its
+        Allreduce: a fresh gradient (after ``zero_grad(set_to_none=True)``) is scaled as it is
+        copied in, one already in its slot in place. Elementwise the same ``g * (1/P)`` as
+        ``Comm.iallreduce(average=True)``'s pre-division, so the sums are bitwise equal.
+        """
+        flat = self.flat
+        if not flat.trainable[i]:       # frozen: no gradient, the slot stays zero
+            return
+        p, view = flat.params[i], self._views[i]
+        g = p.grad
+        if g is None:                   # unused parameter: a zero gradient
+            view.zero_()
+        elif g.data_ptr() != view.data_ptr():
+            if self._scale == 1.0:
+                view.copy_(g)
+            else:
+                torch.mul(g, self._scale, out=view)
+        elif self._scale != 1.0:
+            view.mul_(self._scale)
+        p.grad = view
+
     def _launch(self, k: int, blocking: bool = False) -> None:
         b = self.flat.buckets[k]
-        self._handles.append(self.comm.iallreduce(self.flat.grad[b.start:b.end], average=True,
-                                                  blocking=blocking))
+        grad = self.flat.grad[b.start:b.end]
+        if blocking and self._direct(grad):
+            self._allreduce_now(k, grad)
+            return
+        # the gradients are already divided by P (_adopt): the sum is the mean
+        self._handles.append(self.comm.iallreduce(grad, blocking=blocking))
+
+    def _direct(self, grad) -> bool:
+        """Whether the last bucket can go straight to MPI (a CPU buffer that needs no staging),
+        skipping Comm's handle: the same MPI call, without its per-call Python."""
+        comm = self.comm
+        return comm.size > 1 and grad.device.type == "cpu" and not comm._needs_staging(grad)
+
+    def _allreduce_now(self, k: int, grad) -> None:
+        """Sum bucket ``k`` over ranks now, as ``Comm.iallreduce(grad, blocking=True)`` would:
+        the blocking ``MPI_Allreduce``, or when waits yield an ``MPI_Iallreduce`` waited with
+        ``sched_yield``; Comm's counters count it the same way."""
+        comm = self.comm
+        comm.flush()                     # every rank posts in the same order
+        comm._claim(grad)                # refuse memory a pending operation owns
+        spec = self._specs.get(k)
+        if spec is None or spec[0] != grad.data_ptr():
+            spec = self._specs[k] = (grad.data_ptr(), comm.spec(grad))
+        nbytes = grad.numel() * grad.element_size()
+        comm.bytes_sent += 2.0 * (comm.size - 1) / comm.size * nbytes
+        raw = comm.mpi
+        t0 = time.perf_counter()
+        if comm.yield_wait:
+            request = raw.Iallreduce(MPI.IN_PLACE, spec[1])
+            t1 = time.perf_counter()
+            while not request.Test():
+                os.sched_yield()
+            t2 = time.perf_counter()
+            comm.comm_time += t2 - t0
+            comm.wait_time += t2 - t1
+        else:
+            raw.Allreduce(MPI.IN_PLACE, spec[1])
+            dt = time.perf_counter() - t0
+            comm.comm_time += dt
+            comm.wait_time += dt
 
     def synchronize(self) -> None:
         """Wait until every gradient is the average over workers (as Horovod's).
@@ -132,7 +198,7 @@ class SyncSGD(Algorithm):
         self._round_delay()
         for i, fired in enumerate(self._fired):
             if not fired:     # unused parameter, or no_sync accumulation
-                self.flat.adopt_grad(i)
+                self._adopt(i)
         # Every rank issues the same sequence: buckets 0 .. last-1 (from hooks or
         # here), the buffers, the last bucket. How many buckets the hooks
         # launched differs between ranks; this order does not.

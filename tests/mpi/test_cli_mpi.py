@@ -9,9 +9,9 @@ import pytest
 import torch
 from mpi4py import MPI
 
-from mpisgd import cli, train
-from mpisgd.config import from_sources
-from mpisgd.record import METRICS, RANK_FIELDS
+from mpisgd.app import cli, train
+from mpisgd.app.config import from_sources
+from mpisgd.app.record import METRICS, RANK_FIELDS
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import torch
 from mpi4py import MPI
 
 import mpisgd
-from mpisgd.paramserver import ParameterClient
+from mpisgd.server.params import ParameterClient
 from helpers import D, regression_loss, regression_model
 
 ETA = 0.05
@@ -208,7 +208,7 @@ def test_time_per_update_matches_the_closed_form(name):
 @pytest.fixture
 def trajectory(monkeypatch):
     """The server records (seconds, ||w||^2) after every update (the optimum is w = 0)."""
-    from mpisgd.paramserver import ParameterServer
+    from mpisgd.server.params import ParameterServer
     original = ParameterServer._update
 
     def update(self):

@@ -9,6 +9,7 @@ AdaComm navigates. Time is real: injected communication delays (and, for
 Algorithm 3, injected compute delays) dominate the step cost, and the
 clock the schedules read stops while the test evaluates the loss.
 """
+import contextlib
 import math
 import time
 
@@ -86,7 +87,7 @@ def test_adacomm_beats_the_worst_fixed_period_and_stays_near_the_best():
     checkpoints = [horizon * f for f in (0.25, 0.5, 0.75, 1.0)]
     fixed = {}
     for tau in (1, 4, 16):
-        with pytest.warns(UserWarning) if tau == 1 else _nothing():
+        with pytest.warns(UserWarning) if tau == 1 else contextlib.nullcontext():
             fixed[tau], _ = train(problem, horizon=horizon, tau=tau, comm_delay=delay)
     ada, algo = train(problem, horizon=horizon, tau=16, comm_delay=delay, schedule="adacomm",
                       adacomm_interval=horizon / 4)
@@ -149,10 +150,3 @@ def test_prsgd_algorithm3_rounds_beat_algorithm1_with_a_slow_worker():
     assert min(fast) >= 6 * a3.rounds                     # the others about tau = 8 per round
     assert a1.steps == 8 * rounds
 
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False

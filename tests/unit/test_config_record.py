@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from mpisgd import cli, record, report, train
-from mpisgd.config import from_sources
+from mpisgd.app import cli, record, report, train
+from mpisgd.app.config import from_sources
 from mpisgd.errors import ConfigError
 
 

@@ -2,8 +2,9 @@
 import pytest
 import torch
 
-from mpisgd import cli, topology
-from mpisgd.algorithms.elastic import moving_rate, stability_warning
+from mpisgd import topology
+from mpisgd.app import cli
+from mpisgd.algorithms.easgd import moving_rate, stability_warning
 from mpisgd.reference import elastic_matrix
 
 
@@ -56,7 +57,7 @@ def test_stability_warning(eta, alpha, workers, sync, warns):
 
 
 def test_eamsgd_refuses_a_momentum_flag_and_records_zero():
-    from mpisgd.config import from_sources
+    from mpisgd.app.config import from_sources
     from mpisgd.errors import ConfigError
     with pytest.raises(ConfigError, match="--momentum does not apply to --algo eamsgd"):
         from_sources(None, {"algo": "eamsgd", "momentum": 0.5})

@@ -41,7 +41,7 @@ NO_MPI = "\nimport sys\nassert 'mpi4py.MPI' not in sys.modules, 'mpi4py.MPI was 
 
 
 def cli(*args: str) -> str:
-    return ("import contextlib, io\nfrom mpisgd.cli import main\n"
+    return ("import contextlib, io\nfrom mpisgd.app.cli import main\n"
             "with contextlib.redirect_stdout(io.StringIO()):\n"
             "    try:\n"
             f"        code = main({list(args)!r})\n"
@@ -53,7 +53,7 @@ def cli(*args: str) -> str:
 @pytest.fixture(scope="module")
 def record(tmp_path_factory):
     """A small completed run record (written here, no MPI)."""
-    from mpisgd.record import RANK_FIELDS, RunRecord
+    from mpisgd.app.record import RANK_FIELDS, RunRecord
     path = str(tmp_path_factory.mktemp("rec") / "run.h5")
     rec = RunRecord(path, {"algo": "sync"}, 2, 2, "none", "0")
     rec.log(step=1, wall_time=0.1, train_loss=1.0, test_loss=1.0, test_error=0.5, rounds=1,
@@ -77,7 +77,7 @@ def test_login_node_commands_leave_mpi_unloaded(what, record, tmp_path):
 def test_the_mpi_check_sees_mpi_when_it_loads(tmp_path):
     """The assertion above can fail: the first use of MPI in the library imports it."""
     out = python("import sys, mpisgd\nmpisgd.build\nprint('mpi4py.MPI' in sys.modules)\n"
-                 "from mpisgd.comm import mpi_library\nmpi_library()\n"
+                 "from mpisgd.mpienv import mpi_library\nmpi_library()\n"
                  "print('mpi4py.MPI' in sys.modules)", tmp_path)
     assert out.split() == ["False", "True"]
 

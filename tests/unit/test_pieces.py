@@ -6,6 +6,7 @@ import torch
 from mpi4py import MPI
 
 from mpisgd import algorithms, reference
+from mpisgd.errors import OptionError
 from mpisgd.comm import Comm
 from mpisgd.flat import ParamBuffer
 from mpisgd.schedule import Periodic, TimeVarying
@@ -22,23 +23,25 @@ from helpers import classifier
     ("sync", {"overlap": [1]}, "overlap must be true or false"),
     ("local", {"schedule": "weekly"}, "schedule must be one of periodic, time-varying"),
     ("local", {"momentum_policy": "keep"}, "momentum_policy must be one of local, average, reset"),
-    ("sync", {"tau": 4}, "option tau does not apply to algorithm 'sync'"),
+    ("sync", {"tau": 4}, "tau does not apply to algorithm 'sync'"),
     ("sync", {"bucket_mb": -1}, "bucket_mb must be a positive number, got -1"),
     ("sync", {"overlap": "maybe"}, "overlap must be true or false"),
     ("bogus", {}, "unknown algorithm 'bogus'"),
 ])
 def test_option_errors_name_the_option(name, options, message):
     if message is None:                     # accepted, as the general flags accept it
-        assert algorithms.validate(name, options)["tau"] == 1000
+        assert algorithms.spec(name, **options).options["tau"] == 1000
         return
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("[", r"\[")):
-        algorithms.validate(name, options)
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("[", r"\[")) as err:
+        algorithms.spec(name, **options)
+    if name != "bogus":                     # the option's name, not parsed from the text
+        assert isinstance(err.value, OptionError) and err.value.name == next(iter(options))
 
 
 def test_options_resolve_defaults_and_strings():
-    assert algorithms.validate("local", {"tau": "4"})["tau"] == 4
-    assert algorithms.validate("sync", {"overlap": "false"})["overlap"] is False
-    assert algorithms.validate("sync", {})["bucket_mb"] == 25.0
+    assert algorithms.spec("local", tau="4").options["tau"] == 4
+    assert algorithms.spec("sync", overlap="false").options["overlap"] is False
+    assert algorithms.spec("sync").options["bucket_mb"] == 25.0
 
 
 def test_build_raises_before_any_communication():
@@ -133,7 +136,7 @@ def test_staging_env_validated(monkeypatch):
 
 
 def test_cuda_aware_override(monkeypatch):
-    from mpisgd.comm import cuda_aware
+    from mpisgd.mpienv import cuda_aware
     monkeypatch.setenv("MPISGD_CUDA_AWARE", "1")
     assert cuda_aware() is True
     monkeypatch.setenv("MPISGD_CUDA_AWARE", "0")
@@ -147,7 +150,7 @@ def test_cuda_aware_override(monkeypatch):
     ({"MPISGD_WAIT": "yield"}, True),
 ])
 def test_waits_yield_only_when_oversubscribed(monkeypatch, env, expected):
-    from mpisgd.comm import yield_when_waiting
+    from mpisgd.mpienv import yield_when_waiting
     for var in ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "SLURM_STEP_TASKS_PER_NODE",
                 "MPISGD_WAIT"):
         monkeypatch.delenv(var, raising=False)
@@ -158,7 +161,7 @@ def test_waits_yield_only_when_oversubscribed(monkeypatch, env, expected):
 
 
 def test_wait_mode_validated(monkeypatch):
-    from mpisgd.comm import yield_when_waiting
+    from mpisgd.mpienv import yield_when_waiting
     monkeypatch.setenv("MPISGD_WAIT", "nap")
     with pytest.raises(ValueError, match="MPISGD_WAIT must be"):
         yield_when_waiting()

@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from mpisgd.stragglers import (Comm, Compute, Constant, Exponential, Pareto, ShiftedExponential,
+from mpisgd.stragglers import (CommDelay, Compute, Constant, Exponential, Pareto, ShiftedExponential,
                                Stragglers, parse_comm, parse_compute, wait)
 
 N = 20000
@@ -83,9 +83,9 @@ def test_parse_compute_errors(spec, message):
 
 
 @pytest.mark.parametrize("spec, model", [
-    ("0.01", Comm(Constant(0.01))),
-    ("2", Comm(Constant(2.0))),
-    ("exp:0.005", Comm(Exponential(0.005))),
+    ("0.01", CommDelay(Constant(0.01))),
+    ("2", CommDelay(Constant(2.0))),
+    ("exp:0.005", CommDelay(Exponential(0.005))),
     (None, None), ("", None), ("0", None), ("0.0", None),
 ])
 def test_parse_comm_forms(spec, model):

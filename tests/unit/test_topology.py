@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from mpisgd import cli, topology as T
-from mpisgd.topologies_tv import Matcha, OnePeerExponential, _matchings
+from mpisgd import topology as T
+from mpisgd.app import cli
+from mpisgd.topology.varying import Matcha, OnePeerExponential, _matchings
 
 
 def J(n):

@@ -1,7 +1,7 @@
 """The parameter server: K-sync, K-batch-sync, K-async and K-batch-async on server ranks.
 
 Dutta, Joshi et al. (AISTATS 2018), P workers, the parameters ``w`` on the
-servers (each server ``s`` owns slice ``s``, :class:`~mpisgd.center.Shards`),
+servers (each server ``s`` owns slice ``s``, :class:`~mpisgd.server.protocol.Shards`),
 at version ``j`` (updates applied). A worker computes a gradient at the
 ``w`` it holds, of version ``v``, and sends it (tag GRAD, carrying ``v``);
 staleness is ``j - v``. An update is
@@ -45,14 +45,46 @@ server updates ``w`` while earlier versions are still on the wire.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import torch
 
-from .center import BYE, DONE, GRAD, PARAMS, RESUME, SPAN, SYNC, Client, Server, Shards, tag
-from .comm import Comm
+from ..comm import Comm
+from .protocol import BYE, DONE, GRAD, PARAMS, RESUME, SPAN, SYNC, Client, Server, Shards, tag
 
-SYNC_PROTOCOLS = ("k-sync", "k-batch-sync")
-ASYNC_PROTOCOLS = ("k-async", "k-batch-async")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How a parameter server batches gradients, whom it answers, and what a worker waits for.
+
+    Attributes:
+        name: ``k-sync``, ``k-batch-sync``, ``k-async`` or ``k-batch-async``.
+        distinct_workers: an update waits for K distinct workers (as many as
+            still train, if fewer), not for any K gradients.
+        drop_stale: only fresh gradients count (computed at ``w_j``): a stale
+            one is dropped, and a newer version cancels a worker's computation.
+            The new version goes to every training worker.
+        reply_each: every gradient is answered at once with the current ``w``
+            (otherwise an update is answered: by ``drop_stale``, to every
+            training worker, else to the batch's workers).
+        wait_version: after a push the worker waits for the next version
+            (otherwise it goes on at the one it holds until the next arrives,
+            or, without ``drop_stale``, waits for the server's answer).
+    """
+    name: str
+    distinct_workers: bool
+    drop_stale: bool
+    reply_each: bool = False
+    wait_version: bool = False
+
+
+PROTOCOLS = {p.name: p for p in (
+    Protocol("k-sync", distinct_workers=True, drop_stale=True, wait_version=True),
+    Protocol("k-batch-sync", distinct_workers=False, drop_stale=True),
+    Protocol("k-async", distinct_workers=True, drop_stale=False),
+    Protocol("k-batch-async", distinct_workers=False, drop_stale=False, reply_each=True),
+)}
 
 
 class Outbox:
@@ -119,7 +151,7 @@ class ParameterServer(Server):
         w: this server's slice of the parameters (updated in place).
         optimizer: the worker's optimizer, whose class and settings the
             server uses on ``w`` (the first parameter group's).
-        protocol: ``k-sync``, ``k-batch-sync``, ``k-async`` or ``k-batch-async``.
+        protocol: a :class:`Protocol` (:data:`PROTOCOLS`).
         k: K.
         workers, index: the remote workers' ranks and rank -> worker index.
         staleness_lr: ``(C, eta_max)`` or ``None``.
@@ -128,7 +160,7 @@ class ParameterServer(Server):
     kinds = (GRAD, SYNC, DONE)
 
     def __init__(self, comm: Comm, w: torch.Tensor, optimizer: torch.optim.Optimizer,
-                 protocol: str, k: int, workers: list[int], index: dict[int, int],
+                 protocol: Protocol, k: int, workers: list[int], index: dict[int, int],
                  staleness_lr: tuple[float, float] | None = None):
         super().__init__(comm, w, workers, index)
         self.w, self.protocol, self.k = w, protocol, k
@@ -160,7 +192,7 @@ class ParameterServer(Server):
         self.staleness.extend([0] * (stale + 1 - len(self.staleness)))
         self.staleness[stale] += 1
         i = self.index[source]
-        if stale and self.protocol in SYNC_PROTOCOLS:
+        if stale and self.protocol.drop_stale:
             self.dropped[i] += 1
             return
         self.applied[i] += 1
@@ -172,7 +204,7 @@ class ParameterServer(Server):
         else:
             self.acc.copy_(self.buffer)
         self.batch.append(source)
-        if self.protocol == "k-batch-async":
+        if self.protocol.reply_each:
             if len(self.batch) >= self.k:
                 self._update()
             self._send(source, PARAMS)
@@ -197,7 +229,7 @@ class ParameterServer(Server):
     def _needed(self) -> int:
         """Gradients the next update waits for: K, or, in the distinct-worker protocols,
         as many workers as still train (a worker waiting for its reply trains)."""
-        if self.protocol in ("k-sync", "k-async"):
+        if self.protocol.distinct_workers:
             return max(1, min(self.k, self.active()))
         return self.k
 
@@ -206,7 +238,7 @@ class ParameterServer(Server):
         if not self.batch or len(self.batch) < self._needed():
             return
         batch = self._update()
-        if self.protocol in SYNC_PROTOCOLS:      # the new version, and the cancellation
+        if self.protocol.drop_stale:          # the new version, and the cancellation
             for r in sorted(self.remote - self.done - self.synced):
                 self._send(r, PARAMS)
         else:                                    # k-async: the batch's workers

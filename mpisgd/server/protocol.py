@@ -1,7 +1,7 @@
-"""Variables held by server ranks, and the protocol workers use to reach them.
+"""The server protocol: variables held by server ranks, and how workers reach them.
 
 Asynchronous EASGD, EAMSGD and DOWNPOUR keep a centre variable ``c``, and the
-parameter-server family (:mod:`mpisgd.paramserver`) the parameters ``w``, on
+parameter-server family (:mod:`mpisgd.server.params`) the parameters ``w``, on
 ``S`` server ranks: server ``s`` owns the contiguous slice ``s`` of the flat
 vector (:class:`Shards`), and a worker exchanges its slices with all servers
 at once, with nonblocking point-to-point messages. One message loop
@@ -28,8 +28,8 @@ and serves each message completely before it posts the next: messages are
 served in arrival order, never in lock-step, and those of one worker in the
 order it sent them (MPI's non-overtaking rule), so a worker's PUSH is
 applied before its next PULL is answered. Every PUSH is applied exactly
-once: :class:`CenterServer` counts them per worker, :class:`CenterClient`
-counts what it sent, and the two agree at the end. A worker sends DONE last
+once: :class:`~mpisgd.server.center.CenterServer` counts them per worker, and a
+worker counts what it sent, and the two agree at the end. A worker sends DONE last
 and a server posts no receive once every worker is done, so shutdown
 leaves no message unmatched.
 
@@ -42,10 +42,9 @@ from __future__ import annotations
 import time
 
 import torch
-from ._mpi import MPI
+from .._mpi import MPI
 
-from . import ops
-from .comm import Comm
+from ..comm import Comm
 
 PULL, PUSH, PUSH_PULL, GRAD, SYNC, DONE = 1, 2, 3, 4, 5, 6      # worker -> server
 REPLY, PARAMS, RESUME, BYE = 8, 9, 10, 11                        # server -> worker
@@ -56,7 +55,7 @@ NAMES = {PULL: "pull", PUSH: "push", PUSH_PULL: "push_pull", GRAD: "grad", SYNC:
 
 def window(comm: Comm) -> int:
     """Versions a tag tells apart: ``(MPI_TAG_UB + 1) // SPAN`` (MPI guarantees 32767)."""
-    return (int(comm.comm.Get_attr(MPI.TAG_UB)) + 1) // SPAN
+    return (int(comm.mpi.Get_attr(MPI.TAG_UB)) + 1) // SPAN
 
 
 def tag(kind: int, version: int, span: int) -> int:
@@ -228,151 +227,3 @@ class Client:
         """An empty message to every server, sent and completed (nothing stays in flight)."""
         self.send(kind)
         self.settle()
-
-
-class CenterServer(Server):
-    """The centre side: slice ``center`` of ``c`` (a flat tensor) served to ``workers``.
-
-    The centre's own worker, if it trains too (``--center rank0``), updates
-    ``center`` directly (:class:`LocalCenter`).
-    """
-
-    kinds = (PULL, PUSH, PUSH_PULL, SYNC, DONE)
-
-    def __init__(self, comm: Comm, center: torch.Tensor, workers: list[int], index: dict[int, int]):
-        self.center = center
-        super().__init__(comm, center, workers, index)
-
-    def handle(self, source: int, kind: int, mod: int) -> None:
-        if kind in (PUSH, PUSH_PULL):
-            self.center.add_(self.buffer)
-        if kind in (PULL, PUSH_PULL):
-            self.comm.isend(self.center, source, REPLY).wait()
-
-    def updates(self) -> int:
-        """Updates applied to the centre (PUSH and PUSH_PULL), the centre's own included."""
-        return sum(self.counts["push"]) + sum(self.counts["push_pull"])
-
-    def series(self, train_time: float) -> dict:
-        """Counters and timing; ``exchanges_per_s``: updates applied per second of training."""
-        return {**super().series(train_time),
-                "exchanges_per_s": self.updates() / train_time if train_time > 0 else 0.0}
-
-
-class CenterClient(Client):
-    """The worker side: one outstanding PUSH at most, replies into one buffer.
-
-    ``pull()`` and ``push_pull()`` block until every server's reply arrived
-    (the reply is what the worker needs next); ``push()`` returns at once
-    and the sends complete while the worker computes (``progress()`` helps
-    them along; the next message waits for them).
-    """
-
-    def __init__(self, comm: Comm, shards: Shards, like: torch.Tensor, audit: bool = False):
-        super().__init__(comm, shards)
-        self.reply = torch.empty_like(like)
-        self.audit = Audit(like, audit)
-
-    def _exchange(self, kind: int, delta: torch.Tensor | None = None) -> torch.Tensor:
-        slices = self.shards.slices(self.reply)
-        recvs = [self.comm.irecv(slices[s], s, REPLY) for s in self.servers]
-        self.send(kind, None if delta is None else self.shards.slices(delta))
-        for r in recvs:
-            r.wait()
-        self.settle()              # the replies mean the servers have it: completes at once
-        return self.reply
-
-    def pull(self) -> torch.Tensor:
-        """The centre's current value (in :attr:`reply`)."""
-        return self._exchange(PULL)
-
-    def push(self, delta: torch.Tensor) -> None:
-        """``c += delta`` at the centre; ``delta`` must not change until the next message."""
-        self.send(PUSH, self.shards.slices(delta))
-        self.audit.add(delta)
-
-    def push_pull(self, delta: torch.Tensor) -> torch.Tensor:
-        """``c += delta`` at the centre, then its new value (in :attr:`reply`)."""
-        self.audit.add(delta)
-        return self._exchange(PUSH_PULL, delta)
-
-    def elastic(self, x: torch.Tensor, e: torch.Tensor, alpha: float) -> None:
-        """One elastic round: read c; e = alpha (x - c); x -= e; c += e at the centre.
-
-        ``e`` may still be in flight from the previous round until the PULL
-        below is sent (sends complete in order), so it is written only after.
-        """
-        c = self.pull()
-        ops.elastic(x, c, e, alpha)
-        self.push(e)
-
-    def sync(self) -> None:
-        """Tell the centre this worker waits at a rendezvous."""
-        self.signal(SYNC)
-
-    def done(self) -> None:
-        """Tell the centre this worker has finished (its last message)."""
-        self.signal(DONE)
-
-
-class Audit:
-    """What a worker pushed: a count, and (when enabled) the float64 sum of the pushes.
-
-    The centre's final value minus its initial one equals the sum of every
-    worker's pushes: the test that no update was lost or applied twice.
-    """
-
-    def __init__(self, like: torch.Tensor, enabled: bool):
-        self.pushes = 0
-        self.total = torch.zeros_like(like, dtype=torch.float64) if enabled else None
-
-    def add(self, delta: torch.Tensor) -> None:
-        """Count a push of ``delta`` (summed only when enabled)."""
-        self.pushes += 1
-        if self.total is not None:
-            self.total += delta
-
-
-class LocalCenter:
-    """The centre's own worker (``--center rank0``): the client interface, without messages."""
-
-    def __init__(self, server: CenterServer, audit: bool = False):
-        self.server, self.center = server, server.center
-        self.audit = Audit(self.center, audit)
-
-    def pull(self) -> torch.Tensor:
-        self.server.counts["pull"][0] += 1
-        return self.center
-
-    def push(self, delta: torch.Tensor) -> None:
-        self.server.counts["push"][0] += 1
-        self.audit.add(delta)
-        self.center.add_(delta)
-
-    def push_pull(self, delta: torch.Tensor) -> torch.Tensor:
-        self.server.counts["push_pull"][0] += 1
-        self.audit.add(delta)
-        return self.center.add_(delta)
-
-    def elastic(self, x: torch.Tensor, e: torch.Tensor, alpha: float) -> None:
-        """One elastic round on the local centre, fused: c += e in the same pass."""
-        self.server.counts["pull"][0] += 1
-        self.server.counts["push"][0] += 1
-        before = self.center.clone() if self.audit.total is not None else None
-        ops.elastic(x, self.center, self.center, alpha, accumulate=True)
-        self.audit.add(self.center - before if before is not None else self.center)
-
-    def progress(self) -> None:
-        """Serve the remote workers' messages that have arrived (between own steps)."""
-        self.server.poll()
-
-    def sync(self) -> None:
-        """Serve until every remote worker waits at the rendezvous (or is done)."""
-        self.server.counts["sync"][0] += 1
-        self.server.serve_until(self.server.gathered)
-        self.server.synced.clear()
-
-    def done(self) -> None:
-        """Serve until every remote worker is done."""
-        self.server.counts["done"][0] += 1
-        self.server.serve_until(self.server.all_done)

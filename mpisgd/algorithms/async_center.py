@@ -2,7 +2,7 @@
 
 Each worker runs on its own clock t_i and, in every tau-th of its own steps,
 exchanges with a centre variable c held by rank 0 (the protocol of
-:mod:`mpisgd.center`: nonblocking Isend/Irecv, served in arrival order):
+:mod:`mpisgd.server.protocol`: nonblocking Isend/Irecv, served in arrival order):
 
 * ``async-easgd`` (Zhang et al. 2015, Algorithm 1), at the x_i where this
   step's gradient was taken: read c; e = alpha (x_i - c); x_i -= e;
@@ -28,6 +28,10 @@ of c, exchanged with every worker concurrently), the others are workers
 messages that have arrived between its own steps, never blocking on them;
 its own exchanges touch c directly. Either way :meth:`consensus` is c.
 
+The update rules live here; the centre (:mod:`mpisgd.server.center`) only
+reads c and adds to it. "Every tau-th step" is a :class:`mpisgd.schedule.Periodic`
+on each worker's own clock.
+
 Example (every rank runs it)::
 
     algo = mpisgd.build("async-easgd", model, opt, tau=4)
@@ -46,20 +50,20 @@ from __future__ import annotations
 import torch
 
 from .. import ops
-from ..center import CenterClient, CenterServer, LocalCenter
-from ..options import Option, positive_int
-from .elastic import center_option, checked_moving_rate, elastic_options
-from .served import SERVERS, Served
+from ..errors import OptionError
+from ..schedule import Periodic
+from ..server.center import CenterClient, CenterServer, LocalCenter
+from .easgd import checked_moving_rate
+from .options import CENTER, DELTA, ELASTIC, SERVERS, TAU
+from .served import Served
 
-CENTER = center_option("dedicated", ("dedicated", "rank0"))
+DEDICATED = CENTER.but(default="dedicated", choices=("dedicated", "rank0"))
 
 
 class CenterAlgorithm(Served):
     """The centre on server ranks (or rank 0, training too); subclasses define :meth:`local_step`."""
 
-    options = (positive_int("tau", 1, "local steps between exchanges with the centre"), CENTER,
-               SERVERS)
-    audit = False            # workers keep the float64 sum of their pushes (tests)
+    options = (TAU, DEDICATED, SERVERS)
     group = "center"
 
     @classmethod
@@ -67,15 +71,15 @@ class CenterAlgorithm(Served):
         return opts["servers"] if opts["center"] == "dedicated" else 0
 
     @classmethod
-    def needs(cls, opts: dict) -> str:
-        servers = opts["servers"]
-        return "center dedicated" + (f" with servers {servers}" if servers > 1 else "")
+    def too_few(cls, opts: dict, problem: str) -> ValueError:
+        servers = f" with servers {opts['servers']}" if opts["servers"] > 1 else ""
+        return OptionError("center", f"dedicated{servers} {problem}")
 
-    def validate(self):
-        if self.opts["center"] != "dedicated" and self.opts["servers"] != 1:
-            raise ValueError(f"servers {self.opts['servers']} needs center dedicated (with "
-                             "center rank0 rank 0 holds the whole centre and trains too)")
-        super().validate()
+    @classmethod
+    def check(cls, opts: dict) -> None:
+        if opts["center"] != "dedicated" and opts["servers"] != 1:
+            raise OptionError("servers", f"{opts['servers']} needs center dedicated (with "
+                              "center rank0 rank 0 holds the whole centre and trains too)")
 
     @property
     def dedicated(self) -> bool:
@@ -83,6 +87,7 @@ class CenterAlgorithm(Served):
 
     def __init__(self, model, optimizer, comm=None, **options):
         super().__init__(model, optimizer, comm, **options)
+        self.schedule = Periodic(self.opts["tau"])       # on this worker's own clock
         if self.rank < self.shards.servers:
             mine = self.shards.slice(self.flat.data, self.rank)
             center = mine if self.dedicated else mine.clone()
@@ -90,11 +95,15 @@ class CenterAlgorithm(Served):
         if not self.is_worker:
             self.center = None
         elif self.server is not None:
-            self.center = LocalCenter(self.server, self.audit)
+            self.center = LocalCenter(self.server)
         else:
-            self.center = CenterClient(self.comm, self.shards, self.flat.data, self.audit)
+            self.center = CenterClient(self.comm, self.shards, self.flat.data)
         self.client = self.center
         self._diff = torch.empty_like(self.flat.data)
+
+    @property
+    def period(self) -> int:
+        return self.schedule.tau
 
     def shared(self) -> torch.Tensor:
         return self.server.center
@@ -104,7 +113,7 @@ class CenterAlgorithm(Served):
         self._check_stepping()
         self.steps += 1
         self.center.progress()
-        exchange = self.steps % self.opts["tau"] == 0
+        exchange = self.schedule.communicate(self.steps)
         if exchange:
             self._round_delay()
         self.local_step(exchange)
@@ -118,15 +127,24 @@ class AsyncEASGD(CenterAlgorithm):
     """Asynchronous EASGD (Algorithm 1): elastic exchange, then the optimizer's step."""
 
     name = "async-easgd"
-    options = elastic_options("local steps between exchanges with the centre") + (CENTER, SERVERS)
+    options = (TAU, *ELASTIC, DEDICATED, SERVERS)
 
     def __init__(self, model, optimizer, comm=None, **options):
         super().__init__(model, optimizer, comm, **options)
-        self.alpha = checked_moving_rate(self, centre_in_round=False)
+        self.alpha = checked_moving_rate(self, all_in_round=False)
+
+    def elastic(self) -> None:
+        """Read c; e = alpha (x - c); x -= e; c += e at the centre.
+
+        ``e`` may still be in flight from the previous round until the PULL
+        is sent (sends complete in order), so it is written only after."""
+        c = self.center.pull()
+        ops.elastic(self.flat.data, c, self._diff, self.alpha)
+        self.center.push(self._diff)
 
     def local_step(self, exchange: bool) -> None:
         if exchange:
-            self.center.elastic(self.flat.data, self._diff, self.alpha)
+            self.elastic()
         self.optimizer.step()
 
 
@@ -135,9 +153,7 @@ class EAMSGD(AsyncEASGD):
 
     name = "eamsgd"
     owns_momentum = True
-    options = AsyncEASGD.options + (
-        Option("delta", 0.99, "EAMSGD's local Nesterov momentum (eamsgd)", float,
-               check=lambda v: 0 <= v < 1, must="in [0, 1)"),)
+    options = AsyncEASGD.options + (DELTA,)
 
     def validate(self):
         super().validate()

@@ -12,7 +12,7 @@ import dataclasses
 import sys
 import warnings
 
-from .errors import ConfigError
+from ..errors import ConfigError, message
 
 
 class _Parser(argparse.ArgumentParser):
@@ -21,7 +21,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _train_parser(sub) -> None:
-    from . import algorithms
+    from .. import algorithms
     from .config import TrainConfig
     p = sub.add_parser("train", help="train under mpiexec (every rank runs it)",
                        description="Train one replica per MPI rank: "
@@ -42,25 +42,9 @@ def _train_parser(sub) -> None:
     group = p.add_argument_group("algorithm options (each applies to the algorithms named)")
     for opt in algorithms.all_options().values():
         group.add_argument(opt.flag, dest=opt.name, default=None, metavar=opt.name.upper(),
-                           help=opt.help + (f" ({_defaults(algorithms.ALGORITHMS, opt.name)})"
-                                            if opt.default is not None else ""))
+                           help=algorithms.option_help(opt.name).replace("%", "%%"))
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=_train)
-
-
-def _defaults(classes: dict, name: str) -> str:
-    """``default 8``, or per algorithm where they differ: ``default 1 (easgd), 8 (local)``."""
-    def show(opt):
-        text = f"{opt.default:.4g}" if isinstance(opt.default, float) else str(opt.default)
-        return text + (f" {{{','.join(opt.choices)}}}" if opt.choices else "")
-    seen: dict[str, list[str]] = {}
-    for algo, cls in classes.items():
-        for opt in cls.options:
-            if opt.name == name:
-                seen.setdefault(show(opt), []).append(algo)
-    if len(seen) == 1:
-        return f"default {next(iter(seen))}"
-    return "default " + ", ".join(f"{d} ({', '.join(a)})" for d, a in seen.items())
 
 
 def _report_parser(sub) -> None:
@@ -74,7 +58,7 @@ def _report_parser(sub) -> None:
 
 
 def _topology_parser(sub) -> None:
-    from .topology import TOPOLOGIES, WEIGHTS
+    from ..topology import TOPOLOGIES, WEIGHTS
     p = sub.add_parser("topology", help="a mixing matrix's degrees, weights, spectrum and zeta",
                        description="python -m mpisgd topology ring -n 8 [--weights uniform]; "
                                    "topology torus -n 16 --matcha 0.5; topology W.csv -n 4; "
@@ -96,7 +80,9 @@ def _topology_parser(sub) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
+    from .. import __version__
     p = _Parser(prog="mpisgd", description="Communication-efficient distributed SGD on MPI.")
+    p.add_argument("--version", action="version", version=f"mpisgd {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _train_parser(sub)
     _report_parser(sub)
@@ -105,10 +91,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _train(args) -> int:
-    from ._mpi import MPI
+    from .._mpi import MPI
+    from ..errors import abort_on_exception, agree
     from . import train
     from .config import from_sources
-    from .errors import abort_on_exception, agree
     comm = MPI.COMM_WORLD
     abort_on_exception(comm)       # from here, an unexpected error on one rank ends the job
     if comm.Get_rank() != 0:
@@ -118,7 +104,7 @@ def _train(args) -> int:
     try:
         cfg = from_sources(args.config, flags)
     except ConfigError as err:
-        agree(comm, str(err))   # meets prepare()'s agree on ranks that succeeded
+        agree(comm, err)        # meets prepare()'s agree on ranks that succeeded
         raise
     train.run(cfg, comm, quiet=args.quiet)
     return 0
@@ -133,7 +119,7 @@ def _report(args) -> int:
 
 
 def _topology(args) -> int:
-    from . import topology
+    from .. import topology
     try:
         if args.name == "easgd":
             if args.p is not None or args.matcha is not None:
@@ -154,5 +140,5 @@ def main(argv=None) -> int:
         return args.func(args)
     except ConfigError as err:
         sys.stderr.flush()
-        os.write(2, f"mpisgd: error: {err}\n".encode())   # one write: ranks' lines stay whole
+        os.write(2, f"mpisgd: error: {message(err)}\n".encode())   # one write: lines stay whole
         return 2

@@ -1,6 +1,6 @@
 """Time-varying topologies: a different mixing matrix W_k in every gossip round.
 
-Row convention as in :mod:`mpisgd.topology`: x_i <- sum_j W_k[i, j] x_j.
+Row convention as in :mod:`mpisgd.topology.graphs`: x_i <- sum_j W_k[i, j] x_j.
 Both are built by ``topology.build`` ("one-peer-exponential", or a graph
 name with ``matcha=p``) and are correct by construction; the tests
 validate a few W_k.
@@ -12,7 +12,10 @@ import math
 import numpy as np
 import torch
 
-from .topology import Topology, _checked_graph, _unreached
+from ..streams import generator
+from .graphs import check_seed, checked_graph, unreached
+from .spectral import ternary_min
+from .static import Topology
 
 
 class OnePeerExponential(Topology):
@@ -84,12 +87,11 @@ class Matcha(Topology):
     time_varying, symmetric, period = True, True, None
 
     def __init__(self, base_adjacency: torch.Tensor, p: float, seed: int = 0, name: str = "matcha"):
-        A = _checked_graph(base_adjacency)
+        A = checked_graph(base_adjacency)
         if not 0 < p <= 1:
             raise ValueError(f"the MATCHA activation probability must be in (0, 1], got {p}")
-        if not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"the seed must be a non-negative integer, got {seed}")
-        pair = _unreached(A) if len(A) > 1 else None
+        check_seed(seed)
+        pair = unreached(A) if len(A) > 1 else None
         if pair is not None:
             raise ValueError(f"the base graph of MATCHA is not connected: "
                              f"node {pair[1]} cannot be reached from node {pair[0]}")
@@ -112,15 +114,11 @@ class Matcha(Topology):
             return (1 - 2 * a * p * lam + a * a * (p * p * lam ** 2 + 2 * p * (1 - p) * lam)).max().item()
         if not len(lam):            # n = 1
             return 0.0, 0.0
-        lo, hi = 0.0, alpha_max
-        while hi - lo > 1e-12:
-            a, b = lo + (hi - lo) / 3, hi - (hi - lo) / 3
-            lo, hi = (lo, b) if rho(a) <= rho(b) else (a, hi)
-        return (lo + hi) / 2, rho((lo + hi) / 2)
+        return ternary_min(rho, 0.0, alpha_max)
 
     def active(self, k: int) -> np.ndarray:
         """The matchings active in round k (bool, one per matching)."""
-        return np.random.default_rng([self.seed, k]).random(len(self.laplacians)) < self.p
+        return generator(self.seed, k).random(len(self.laplacians)) < self.p
 
     def matrix(self, k: int) -> torch.Tensor:
         on = torch.from_numpy(self.active(k))

@@ -11,9 +11,9 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 
-from . import algorithms, device as placement, models
-from .errors import ConfigError
-from .options import coerce
+from .. import algorithms, device as placement, models
+from ..algorithms.options import coerce
+from ..errors import ConfigError, OptionError
 
 
 @dataclass
@@ -87,27 +87,21 @@ class TrainConfig:
         if self.threads is not None:
             need(self.threads >= 1, "threads", "a positive integer", self.threads)
         try:
-            self.options = algorithms.validate(self.algo, self.options)
+            declared = {o.name for o in algorithms.lookup(self.algo).declared()}
         except ValueError as err:
-            raise ConfigError(flagged(str(err))) from None
+            raise ConfigError(str(err)) from None
         for name in ("straggler_seed", "topology_seed"):  # delays and random graphs follow --seed
-            if name in self.options and self.options[name] is None:
+            if name in declared and self.options.get(name) is None:
                 self.options[name] = self.seed
+        try:          #: The algorithm's resolved options (:func:`mpisgd.spec`).
+            self.spec = algorithms.spec(self.algo, **self.options)
+        except OptionError as err:       # named, not parsed from the message
+            raise ConfigError(err.flagged()) from None
+        self.options = dict(self.spec.options)
 
     def resolved(self) -> dict:
         """The configuration as the run record stores it (JSON-able)."""
         return dataclasses.asdict(self)
-
-
-def flagged(message: str) -> str:
-    """Spell an algorithm option as its flag in a CLI message: tau -> --tau."""
-    first, _, rest = message.partition(" ")
-    if (first in algorithms.all_options() or first in GENERAL) and not first.startswith("--"):
-        return "--" + first.replace("_", "-") + " " + rest
-    if message.startswith("option "):
-        name = rest.split(" ")[0]
-        return "--" + name.replace("_", "-") + rest[len(name):]
-    return message
 
 
 GENERAL = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "options"]
@@ -155,7 +149,8 @@ _KINDS = {"str": str, "int": int, "float": float, "bool": bool}
 
 
 def _coerce(name: str, declared: str, value):
-    """A flag's or YAML key's value as the field's type (see :func:`mpisgd.options.coerce`)."""
+    """A flag's or YAML key's value as the field's type (see
+    :func:`mpisgd.algorithms.options.coerce`)."""
     flag = "--" + name.replace("_", "-")
     if value is None:
         if declared.endswith("| None"):

@@ -32,12 +32,11 @@ from datetime import datetime
 
 import torch
 import torch.nn.functional as F
-from ._mpi import MPI
 
-from . import __version__, algorithms, data as datasets, device as placement, models, ops
-from .comm import check_environment, mpi_library
-from .config import TrainConfig, flagged
-from .errors import ConfigError, agree, digest
+from .. import __version__, data as datasets, device as placement, models, ops
+from ..errors import ConfigError, agree, digest
+from ..mpienv import check_environment, mpi_library
+from .config import TrainConfig
 from .record import RANK_FIELDS, RunRecord
 
 
@@ -82,15 +81,12 @@ def prepare(cfg: TrainConfig, comm):
     try:
         check_environment()
         cfg.validate()
-        try:
-            placement.check_available(cfg.device)
-        except ValueError as err:
-            raise ConfigError(f"--{err}") from None
+        placement.check_available(cfg.device)
         data = datasets.load(cfg.data)
         try:
-            workers = algorithms.lookup(cfg.algo).worker_count(comm.Get_size(), cfg.options)
+            workers = cfg.spec.workers(comm.Get_size())
         except ValueError as err:
-            raise ConfigError(flagged(str(err))) from None
+            raise ConfigError(str(err)) if not isinstance(err, ConfigError) else err from None
         shards = datasets.shard(data.y_train, workers, cfg.seed, cfg.shard, cfg.skew_alpha)
         torch.manual_seed(cfg.seed)
         model = models.build(cfg.model, data.input_shape, data.classes)
@@ -110,8 +106,8 @@ def prepare(cfg: TrainConfig, comm):
         key = digest({"config": {k: v for k, v in cfg.resolved().items() if k not in ("out", "threads")},
                       "data": [len(data.y_train), len(data.y_test), list(data.input_shape),
                                zlib.crc32(data.y_train.numpy().tobytes())]})
-    except ConfigError as err:
-        error = str(err)
+    except ConfigError as err:   # an OptionError keeps the option's name through agree()
+        error = err
     except Exception as err:     # anything else found before training: every rank must hear it
         error = f"{type(err).__name__}: {err}"
     agree(comm, error, key)
@@ -126,7 +122,7 @@ class Evaluator:
         self.model = models.build(cfg.model, data.input_shape, data.classes).to(device)
         self.params = list(self.model.parameters())
         self.buffers = [b for b in self.model.buffers() if b.is_floating_point()]
-        rank, size = comm.Get_rank(), comm.Get_size()
+        rank, size = comm.rank, comm.size
         self.x, self.y = data.x_test[rank::size].to(device), data.y_test[rank::size].to(device)
         self.comm, self.batch = comm, batch
 
@@ -143,8 +139,7 @@ class Evaluator:
             sums[0] += F.cross_entropy(out, y, reduction="sum")
             sums[1] += (out.argmax(1) != y).sum()
         sums[2] = len(self.y)
-        sums = sums.cpu()
-        self.comm.Allreduce(MPI.IN_PLACE, sums.numpy())
+        sums = self.comm.allreduce(sums.cpu())
         n = max(sums[2].item(), 1.0)
         return sums[0].item() / n, sums[1].item() / n
 
@@ -166,9 +161,9 @@ def run(cfg: TrainConfig, comm, quiet: bool = False) -> dict:
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                           nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
     try:
-        algo = algorithms.build(cfg.algo, model, opt, comm, device=cfg.device, **cfg.options)
+        algo = cfg.spec.bind(model, opt, comm, device=cfg.device)
     except ValueError as err:    # raised on every rank alike, before any message
-        raise ConfigError(flagged(str(err))) from None
+        raise err if isinstance(err, ConfigError) else ConfigError(str(err)) from None
     record = None
     if rank == 0:
         record = RunRecord(cfg.out, cfg.resolved(), size, algo.workers, mpi_library(), __version__)
@@ -184,13 +179,14 @@ def _train(cfg, comm, algo, model, opt, data, shards, record, quiet) -> dict:
     rank = comm.Get_rank()
     device = algo.device
     cuda = device.type == "cuda"
-    evaluate = Evaluator(cfg, data, comm, device)
+    telemetry = algo.telemetry   # every collective of the driver: uncounted, in the algorithm's order
+    evaluate = Evaluator(cfg, data, telemetry, device)
     progress = Progress(cfg.steps, f"{cfg.algo} x{algo.workers}", enabled=(rank == 0 and not quiet))
     loss_acc = torch.zeros((), dtype=torch.float64, device=device)
     seen = 0
     paused = 0.0
     row = {}
-    comm.Barrier()
+    telemetry.barrier()
     start = time.perf_counter()
     base = algo.stats()          # counters from the start barrier (set-up traffic excluded)
     algo.clock = lambda: time.perf_counter() - start - paused     # schedules: training time
@@ -201,14 +197,14 @@ def _train(cfg, comm, algo, model, opt, data, shards, record, quiet) -> dict:
         if cuda:                 # training time ends when its kernels have, not when queued
             torch.cuda.synchronize(device)
         t_log = time.perf_counter()
-        row = _log_point(algo, evaluate, comm, step, t_log - start - paused,
+        row = _log_point(algo, evaluate, step, t_log - start - paused,
                          loss_acc.item(), seen, base["bytes_sent"])
         loss_acc.zero_()
         seen = 0
         if record is not None:
             record.log(**row)
         progress.log(row)
-        comm.Barrier()           # rank 0's record write is not anyone's training time
+        telemetry.barrier()      # rank 0's record write is not anyone's training time
         paused += time.perf_counter() - t_log
 
     if algo.is_worker:
@@ -249,8 +245,8 @@ def _train(cfg, comm, algo, model, opt, data, shards, record, quiet) -> dict:
     stats = {k: v - base[k] for k, v in algo.stats().items()}
     mine = [train_time - stats["comm_time"], stats["comm_time"], stats["wait_time"],
             stats["staging_time"], stats["steps"], stats["bytes_sent"]]
-    ranks = comm.gather(mine, root=0)
-    where = comm.gather((algo.placement.host, str(device), algo.placement.gpu), root=0)
+    ranks = telemetry.gather(mine, root=0)
+    where = telemetry.gather((algo.placement.host, str(device), algo.placement.gpu), root=0)
     params = algo.consensus()
     series = algo.series(train_time)     # collective: rank 0 gets every rank's figures
     algo.close()
@@ -281,10 +277,9 @@ class Pace:
     """
 
     def __init__(self, cfg, algo):
-        from .schedule import Budget
         self.cfg, self.algo = cfg, algo
-        self.by_rounds = isinstance(getattr(algo, "schedule", None), Budget)
-        self.tau = algo.opts.get("tau", 1)
+        self.by_rounds = algo.rounds_based
+        self.tau = algo.period
         self.rounds = math.ceil(cfg.steps / self.tau)
         self.every = max(1, round(cfg.log_every / self.tau))
         self._seen_rounds = 0
@@ -342,13 +337,12 @@ class Progress:
         self.bar.close()
 
 
-def _log_point(algo, evaluate, comm, step, wall, loss_sum, seen, bytes_before) -> dict:
+def _log_point(algo, evaluate, step, wall, loss_sum, seen, bytes_before) -> dict:
     """One row of /metrics: losses and bytes summed over ranks, rounds the mean per worker,
     the consensus evaluated."""
-    sums = torch.tensor([loss_sum, seen, algo.comm.bytes_sent - bytes_before, algo.rounds],
+    sums = torch.tensor([loss_sum, seen, algo.stats()["bytes_sent"] - bytes_before, algo.rounds],
                         dtype=torch.float64)
-    algo.comm.flush()            # operations queued on device data go first, on every rank
-    comm.Allreduce(MPI.IN_PLACE, sums.numpy())
+    algo.telemetry.allreduce(sums)    # after the algorithm's queued operations, on every rank
     params = algo.consensus()
     test_loss, test_error = evaluate(params, algo.consensus_buffers())
     return {"step": step, "wall_time": wall, "train_loss": sums[0].item() / max(sums[1].item(), 1),

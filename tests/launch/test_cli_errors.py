@@ -17,7 +17,7 @@ import torch
 from helpers import mpiexec
 
 NP = 4
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # the repository
 
 
 def launch(args, np=NP, timeout=90, script=None, quiet=True):
@@ -71,7 +71,7 @@ def test_exception_in_training_on_one_rank_ends_the_job(tmp_path):
     script = (
         "import sys\n"
         "from mpi4py import MPI\n"
-        "from mpisgd import cli\n"
+        "from mpisgd.app import cli\n"
         "from mpisgd.algorithms.sync import SyncSGD\n"
         "step = SyncSGD.step\n"
         "def failing(self, loss=None):\n"
@@ -85,7 +85,7 @@ def test_exception_in_training_on_one_rank_ends_the_job(tmp_path):
     assert proc.returncode != 0
     assert "[rank 2] FloatingPointError: rank 2 diverged" in proc.stderr
     assert elapsed < 45
-    from mpisgd.record import read
+    from mpisgd.app.record import read
     assert read(str(out))["attrs"]["status"].startswith("failed: the job ended before")
 
 
@@ -113,6 +113,6 @@ def test_train_command_end_to_end(tmp_path):
     summary = [ln for ln in proc.stdout.splitlines() if ln.startswith("mpisgd: local, 4 workers")]
     assert len(summary) == 1 and summary[0].endswith(f"record: {out}")
     assert f"device: {'cuda' if torch.cuda.is_available() else 'cpu'}" in summary[0]
-    from mpisgd.record import read
+    from mpisgd.app.record import read
     rec = read(str(out))
     assert rec["attrs"]["status"] == "completed" and rec["metrics"]["rounds"][-1] == 10

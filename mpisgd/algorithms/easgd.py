@@ -25,6 +25,9 @@ Where the centre lives (``center``):
 * ``"rank0"``: rank 0 holds c (and trains); a round broadcasts c, each rank
   computes its e_i, and an ``Ireduce`` sums them into rank 0's c.
 
+The preset: an :class:`~mpisgd.algorithms.rounds.Elastic` round under a
+schedule (:class:`~mpisgd.algorithms.scheduled.Scheduled`).
+
 Rounds happen in step calls tau, 2 tau, ...; the paper's round at t = 0 is
 a no-op (every x_i starts at c). Example::
 
@@ -40,27 +43,10 @@ from __future__ import annotations
 
 import torch
 
-from .. import ops, schedule
-from ..options import Option, positive_int
 from .base import Algorithm
+from .options import CENTER, ELASTIC, SCHEDULE, TAU
+from .rounds import Elastic
 from .scheduled import Scheduled
-
-
-def elastic_options(tau_help: str) -> tuple[Option, ...]:
-    """tau, alpha, beta: the options every elastic algorithm shares."""
-    return (
-        positive_int("tau", 1, tau_help),
-        Option("alpha", None, "moving rate alpha = eta rho (default beta / workers) (EASGD)", float,
-               check=lambda v: 0 < v < 1, must="in (0, 1)"),
-        Option("beta", 0.9, "beta = workers * alpha, used when --alpha is not given (EASGD)", float,
-               check=lambda v: v > 0, must="positive"),
-    )
-
-
-def center_option(default: str, choices: tuple[str, ...]) -> Option:
-    """Where the centre variable lives (one help text for the whole family)."""
-    return Option("center", default, "where the centre lives: replicated or rank0 (easgd); "
-                  "dedicated or rank0 (async-easgd, eamsgd, downpour)", str, choices=choices)
 
 
 def moving_rate(opts: dict, workers: int) -> float:
@@ -68,18 +54,19 @@ def moving_rate(opts: dict, workers: int) -> float:
     return opts["alpha"] if opts["alpha"] is not None else opts["beta"] / workers
 
 
-def checked_moving_rate(algo: Algorithm, centre_in_round: bool) -> float:
+def checked_moving_rate(algo: Algorithm, all_in_round: bool) -> float:
     """``algo``'s alpha (:func:`moving_rate`), warning when :func:`stability_warning` says why
-    it may diverge at the optimizer's learning rate."""
+    it may diverge at the optimizer's learning rate (``all_in_round``: every worker meets
+    the centre in one round, as synchronous EASGD)."""
     alpha = moving_rate(algo.opts, algo.workers)
     warning = stability_warning(algo.optimizer.param_groups[0]["lr"], alpha, algo.workers,
-                                centre_in_round)
+                                all_in_round)
     if warning:
         algo.warn(warning)
     return alpha
 
 
-def stability_warning(eta: float, alpha: float, workers: int, centre_in_round: bool) -> str | None:
+def stability_warning(eta: float, alpha: float, workers: int, all_in_round: bool) -> str | None:
     """Why (eta, alpha) may diverge, or ``None``.
 
     The paper's region for round-robin EASGD on f(x) = x^2/2 (any p):
@@ -91,7 +78,7 @@ def stability_warning(eta: float, alpha: float, workers: int, centre_in_round: b
     if not (0 <= eta <= 2 and 0 <= alpha <= bound):
         return (f"EASGD: (eta, alpha) = ({eta:g}, {alpha:g}) is outside the stability region "
                 f"0 <= eta <= 2, 0 <= alpha <= (4 - 2 eta)/(4 - eta) of Zhang et al. (2015)")
-    if centre_in_round and alpha >= 2 / (workers + 1):
+    if all_in_round and alpha >= 2 / (workers + 1):
         return (f"EASGD: alpha = {alpha:g} >= 2/(workers+1) = {2 / (workers + 1):g}: the centre "
                 f"overshoots (W_alpha has the eigenvalue 1 - (p+1) alpha = "
                 f"{1 - (workers + 1) * alpha:g}); lower --alpha or --beta")
@@ -105,41 +92,26 @@ class EASGD(Scheduled):
         tau: local steps per round (default 1: the paper's rule).
         alpha: moving rate (default beta / workers); beta: 0.9.
         center: ``"replicated"`` or ``"rank0"``.
-        schedule: when rounds happen (:func:`mpisgd.schedule.options`; default every tau steps).
+        schedule: when rounds happen (:data:`mpisgd.algorithms.options.SCHEDULE`;
+            default every tau steps).
     """
 
     name = "easgd"
-    options = elastic_options("local steps between elastic rounds (EASGD family)") + (
-        center_option("replicated", ("replicated", "rank0")),) + schedule.options(None, "easgd")
+    options = (TAU, *ELASTIC, CENTER, *SCHEDULE)
 
-    def __init__(self, model, optimizer, comm=None, **options):
-        super().__init__(model, optimizer, comm, **options)
-        self.alpha = checked_moving_rate(self, centre_in_round=True)
-        self.replicated = self.opts["center"] == "replicated"
-        self._holds = self.replicated or self.comm.rank == 0     # c itself, not a scratch copy
-        self.center = self.flat.data.clone() if self._holds else torch.empty_like(self.flat.data)
-        self._diff = torch.empty_like(self.flat.data)
+    def make_round(self) -> Elastic:
+        alpha = checked_moving_rate(self, all_in_round=True)
+        return Elastic(self.comm, self.flat.data, alpha, self.opts["center"])
 
-    def _round_step(self) -> None:
-        """The elastic round, overlapped with the local step of the same x_i."""
-        x, c, e = self.flat.data, self.center, self._diff
-        self._round_delay()
-        if self.replicated:
-            ops.elastic(x, c, e, self.alpha)          # e_i, and x_i -= e_i
-            pending = self.comm.iallreduce(e)         # sum_i e_i ...
-        else:
-            self.comm.bcast(c, 0)
-            ops.elastic(x, c, e, self.alpha)
-            pending = self.comm.ireduce(e, 0)         # ... into rank 0's e
-        self.optimizer.step()                         # ... while x_i -= eta g_i(old x_i)
-        pending.wait()
-        if self._holds:
-            c.add_(e)
-        self.rounds += 1
+    @property
+    def alpha(self) -> float:
+        return self.round.alpha
+
+    @property
+    def center(self) -> torch.Tensor:
+        """c (on rank 0 only, with ``center="rank0"``)."""
+        return self.round.center
 
     def consensus(self) -> torch.Tensor:
         """The centre variable c, the same on every rank."""
-        out = self.center.clone()
-        if not self.replicated and self.comm.size > 1:
-            self._telemetry.bcast(out, 0)
-        return out
+        return self.round.consensus(self._telemetry)
