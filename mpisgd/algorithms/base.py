@@ -76,7 +76,7 @@ def _outside_frame() -> int:
 
 
 class Algorithm(abc.ABC):
-    """Base of all algorithms: the public API of DESIGN.md.
+    """Base of all algorithms: the public API (docs/architecture.md).
 
     A new algorithm sets :attr:`name` and :attr:`options` (from
     :mod:`mpisgd.algorithms.options`) and implements :meth:`_step`; it may

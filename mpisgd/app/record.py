@@ -1,4 +1,4 @@
-"""The HDF5 run record (DESIGN.md), written by rank 0.
+"""The HDF5 run record (its contract: docs/user-guide.md), written by rank 0.
 
 Layout:
 
