@@ -43,11 +43,11 @@ def single_process(size, steps=STEPS, momentum=0.9):
     return torch.nn.utils.parameters_to_vector(model.parameters()).detach()
 
 
-def plain_sync(bucket_mb):
-    """A classifier under sync with plain SGD (lr 0.1) on COMM_WORLD."""
+def plain_sync(bucket_mb, comm=MPI.COMM_WORLD):
+    """A classifier under sync with plain SGD (lr 0.1) on ``comm``."""
     model = classifier()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    return model, opt, mpisgd.build("sync", model, opt, comm=MPI.COMM_WORLD, bucket_mb=bucket_mb)
+    return model, opt, mpisgd.build("sync", model, opt, comm=comm, bucket_mb=bucket_mb)
 
 
 @pytest.mark.mpi(min_size=2)
@@ -118,18 +118,17 @@ def test_half_precision_model_is_refused():
     dict(bucket_mb=1e-4),            # a few parameters per bucket
     dict(bucket_mb=1e9, overlap=False),
 ])
-def test_bucketed_overlap_equals_one_big_allreduce(options):
-    reference = run_sync(bucket_mb=1e9).flat.data       # one bucket larger than the model
-    algo = run_sync(**options)
+def test_bucketed_overlap_equals_one_big_allreduce(comm, options):
+    reference = run_sync(comm=comm, bucket_mb=1e9).flat.data    # one bucket larger than the model
+    algo = run_sync(comm=comm, **options)
     if options["bucket_mb"] == 1e-9:
         assert len(algo.flat.buckets) == len(algo.flat.params)
     assert torch.allclose(algo.flat.data, reference, rtol=1e-12, atol=1e-14)
 
 
 @pytest.mark.mpi(min_size=2)
-def test_no_sync_accumulates_then_averages():
-    comm = MPI.COMM_WORLD
-    model, opt, algo = plain_sync(bucket_mb=1e-9)
+def test_no_sync_accumulates_then_averages(comm):
+    model, opt, algo = plain_sync(bucket_mb=1e-9, comm=comm)
     opt.zero_grad()
     with algo.no_sync():
         x, y = classifier_batch(comm.rank, 0)
