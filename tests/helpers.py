@@ -9,6 +9,10 @@ import torch
 
 D, N = 6, 8          # regression dimension, samples per worker batch
 
+#: float64 runs against the oracle or each other: the same sums in other orders cost a few
+#: ulps per step (docs/testing.md, Tolerances); a real defect shows at 1e-3 or more.
+RTOL, ATOL = 1e-12, 1e-14
+
 
 def regression_batch(worker: int, step: int, d: int = D, n: int = N):
     """The (A, b) a worker sees at a step: a function of (worker, step) only."""

@@ -14,7 +14,7 @@ from mpi4py import MPI
 
 import mpisgd
 from mpisgd.server.center import CenterClient, LocalCenter
-from helpers import D, regression_batch, regression_loss, regression_model
+from helpers import ATOL, D, RTOL, regression_batch, regression_loss, regression_model
 
 ETA = 0.05
 ALGOS = ["async-easgd", "eamsgd", "downpour"]
@@ -165,9 +165,9 @@ def test_one_worker_equals_the_sequential_rule(name, tau, place):
     final = algo.consensus()
     comm.Free()
     want, centre = sequential(name, steps, tau, alpha)
-    assert torch.allclose(final, centre, rtol=1e-12, atol=1e-14)
+    assert torch.allclose(final, centre, rtol=RTOL, atol=ATOL)
     for k, y in enumerate(ys):
-        assert torch.allclose(y, want[k], rtol=1e-12, atol=1e-14), k
+        assert torch.allclose(y, want[k], rtol=RTOL, atol=ATOL), k
 
 
 @pytest.mark.mpi(min_size=2)
@@ -190,8 +190,8 @@ def test_eamsgd_without_momentum_is_async_easgd(center):
             algo.finish()
         finals.append((algo.consensus(), algo.flat.data.clone()))
     comm.Free()
-    assert torch.allclose(finals[0][0], finals[1][0], rtol=1e-12, atol=1e-14)
-    assert torch.allclose(finals[0][1], finals[1][1], rtol=1e-12, atol=1e-14)
+    assert torch.allclose(finals[0][0], finals[1][0], rtol=RTOL, atol=ATOL)
+    assert torch.allclose(finals[0][1], finals[1][1], rtol=RTOL, atol=ATOL)
 
 
 @pytest.mark.mpi(min_size=3)

@@ -9,7 +9,7 @@ from mpi4py import MPI
 
 import mpisgd
 from mpisgd import reference
-from helpers import D, regression_grad, regression_loss, regression_model
+from helpers import ATOL, D, RTOL, regression_grad, regression_loss, regression_model
 
 ETA = 0.05
 
@@ -45,8 +45,8 @@ def test_easgd_equals_the_simultaneous_oracle(comm, center, tau):
                                       reference.elastic_matrix(size, alpha), steps, tau=tau, v=1,
                                       trace=True, simultaneous=True)
     for k in range(steps):
-        assert torch.allclose(trace[k], oracle[k][:, rank], rtol=1e-12, atol=1e-14), k
-        assert torch.allclose(centres[k], oracle[k][:, size], rtol=1e-12, atol=1e-14), k
+        assert torch.allclose(trace[k], oracle[k][:, rank], rtol=RTOL, atol=ATOL), k
+        assert torch.allclose(centres[k], oracle[k][:, size], rtol=RTOL, atol=ATOL), k
     assert algo.rounds == steps // tau
 
 

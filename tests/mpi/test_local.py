@@ -11,7 +11,7 @@ from mpi4py import MPI
 
 import mpisgd
 from mpisgd import reference
-from helpers import (D, classifier, classifier_batch, regression_grad, regression_loss,
+from helpers import (ATOL, D, RTOL, classifier, classifier_batch, regression_grad, regression_loss,
                      regression_model, regression_run)
 
 ETA = 0.05
@@ -34,12 +34,12 @@ def test_local_equals_reference_periodic_averaging(comm, tau):
     _, oracle = reference.cooperative(x0(), regression_grad, ETA,
                                       reference.averaging_matrix(size), steps, tau=tau, trace=True)
     for k in range(steps):                 # every iterate of this worker's column
-        assert torch.allclose(trace[k], oracle[k][:, rank], rtol=1e-12, atol=1e-14), k
+        assert torch.allclose(trace[k], oracle[k][:, rank], rtol=RTOL, atol=ATOL), k
     assert algo.rounds == steps // tau
-    assert torch.allclose(algo.consensus(), oracle[-1].mean(1), rtol=1e-12, atol=1e-14)
+    assert torch.allclose(algo.consensus(), oracle[-1].mean(1), rtol=RTOL, atol=ATOL)
     algo.finish()                          # the final round: every worker holds the average
     assert algo.rounds == steps // tau + 1
-    assert torch.allclose(algo.flat.data, oracle[-1].mean(1), rtol=1e-12, atol=1e-14)
+    assert torch.allclose(algo.flat.data, oracle[-1].mean(1), rtol=RTOL, atol=ATOL)
 
 
 @pytest.mark.mpi(min_size=2)
@@ -57,7 +57,7 @@ def test_time_varying_equals_reference(comm):
         x0(), regression_grad, lambda k: ETA * epoch[k] ** (-2 / 3),
         reference.averaging_matrix(size), 20, communicate=lambda k1: k1 in ends, trace=True)
     for k in range(20):
-        assert torch.allclose(trace[k], oracle[k][:, rank], rtol=1e-12, atol=1e-14), k
+        assert torch.allclose(trace[k], oracle[k][:, rank], rtol=RTOL, atol=ATOL), k
     assert algo.rounds == len(ends)
 
 
@@ -76,7 +76,7 @@ def test_local_tau_one_equals_sync(comm):
             F.cross_entropy(model(x), y).backward()
             algo.step()
         results.append(algo.consensus())
-    assert torch.allclose(results[0], results[1], rtol=1e-12, atol=1e-14)
+    assert torch.allclose(results[0], results[1], rtol=RTOL, atol=ATOL)
 
 
 

@@ -19,7 +19,7 @@ from mpi4py import MPI
 
 import mpisgd
 from mpisgd.server.params import ParameterClient
-from helpers import D, regression_loss, regression_model
+from helpers import ATOL, D, RTOL, regression_loss, regression_model
 
 ETA = 0.05
 FAMILY = ["ps-sync", "async", "k-sync", "k-async", "k-batch-sync", "k-batch-async"]
@@ -75,7 +75,7 @@ def test_synchronous_server_equals_sync(name, options, momentum):
         workers.Free()
     sync = world.bcast(sync, root=servers)
     if ps is not None:
-        assert torch.allclose(ps, sync, rtol=1e-12, atol=1e-14)
+        assert torch.allclose(ps, sync, rtol=RTOL, atol=ATOL)
         assert not torch.allclose(ps, x0())
 
 
@@ -92,7 +92,7 @@ def test_two_servers_equal_one_with_one_worker(name):
             finals.append(train(name, sub, 7, 0.9, servers=servers).consensus())
             sub.Free()
     if world.rank == 0:
-        assert torch.allclose(finals[0], finals[1], rtol=1e-12, atol=1e-14)
+        assert torch.allclose(finals[0], finals[1], rtol=RTOL, atol=ATOL)
         assert not torch.allclose(finals[0], x0())
 
 

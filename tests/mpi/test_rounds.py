@@ -6,7 +6,6 @@ alpha (x_i - c).
 """
 import pytest
 import torch
-from mpi4py import MPI
 
 from mpisgd import topology
 from mpisgd.algorithms.rounds import Average, Elastic, Mix
@@ -46,7 +45,7 @@ def test_mix_rounds_equal_the_matrix_product(comm, name):
 @pytest.mark.mpi(min_size=1)
 @pytest.mark.parametrize("center", ["replicated", "rank0"])
 def test_elastic_round_closed_form(comm, center):
-    c, n = Comm(comm), comm.Get_size()
+    c = Comm(comm)
     x = values(comm)
     r = Elastic(c, x, alpha=0.1, center=center)
     c0 = torch.linspace(-1.0, 1.0, len(x), dtype=torch.float64)   # the same c everywhere

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from mpi4py import MPI
 
 import mpisgd
-from helpers import classifier, classifier_batch
+from helpers import ATOL, RTOL, classifier, classifier_batch
 
 STEPS = 20
 
@@ -55,7 +55,7 @@ def test_sync_equals_sgd_on_union_of_batches(comm):
     algo = run_sync(comm=comm)
     expected = single_process(comm.size)
     theta = algo.consensus()
-    assert torch.allclose(theta, expected, rtol=1e-12, atol=1e-14)
+    assert torch.allclose(theta, expected, rtol=RTOL, atol=ATOL)
     assert algo.rounds == STEPS and algo.steps == STEPS
 
 
@@ -123,7 +123,7 @@ def test_bucketed_overlap_equals_one_big_allreduce(comm, options):
     algo = run_sync(comm=comm, **options)
     if options["bucket_mb"] == 1e-9:
         assert len(algo.flat.buckets) == len(algo.flat.params)
-    assert torch.allclose(algo.flat.data, reference, rtol=1e-12, atol=1e-14)
+    assert torch.allclose(algo.flat.data, reference, rtol=RTOL, atol=ATOL)
 
 
 @pytest.mark.mpi(min_size=2)
@@ -145,7 +145,7 @@ def test_no_sync_accumulates_then_averages(comm):
             (F.cross_entropy(expected(x), y) / comm.size).backward()
     eopt.step()
     want = torch.nn.utils.parameters_to_vector(expected.parameters()).detach()
-    assert torch.allclose(algo.flat.data, want, rtol=1e-12, atol=1e-14)
+    assert torch.allclose(algo.flat.data, want, rtol=RTOL, atol=ATOL)
 
 
 @pytest.mark.mpi(min_size=2)
