@@ -1,7 +1,7 @@
 """sync's gradient exchange per step versus a raw mpi4py Allreduce of the same size.
 
-    mpiexec -n 2 python benchmarks/bench_allreduce.py [TRIALS]
-    mpiexec -n 4 python benchmarks/bench_allreduce.py [TRIALS]
+    mpiexec -n 2 python benchmarks/bench_allreduce.py [--trials 21] [--sizes 1e6,1e7]
+    mpiexec -n 4 python benchmarks/bench_allreduce.py
 
 Model: four square Linear layers of 1M or 10M float32 parameters in all,
 batch 32, one torch thread per rank. Contenders, alternated trial by trial
@@ -19,23 +19,30 @@ worst case: sync's step alone, with overlap off and no backward (the 1/P
 scaling then runs on cold memory), against the raw Allreduce alone.
 """
 import copy
-import sys
 
 import numpy as np
 import torch
 from mpi4py import MPI
 
 import mpisgd
-from common import NoStep, interleaved, machine, wide_model
+from common import NoStep, arguments, count, counts, interleaved, machine, parse, wide_model
 
+parser = arguments(__doc__)
+parser.add_argument("--trials", type=count, default=21,
+                    help="timed trials per contender, after 2 warm-up trials (default 21)")
+parser.add_argument("--sizes", type=counts, default=[1_000_000, 10_000_000],
+                    help="model sizes in parameters, comma-separated (default 1e6,1e7)")
+parser.add_argument("trials_", nargs="?", type=count, metavar="TRIALS",
+                    help="same as --trials (the old positional form)")
+args = parse(parser)
+trials = args.trials_ or args.trials
 comm = MPI.COMM_WORLD
 torch.set_num_threads(1)
-trials = int(sys.argv[1]) if len(sys.argv) > 1 else 21
 if comm.rank == 0:
     print(f"# sync gradient exchange vs raw Allreduce, {comm.size} ranks; {machine()}")
     print(f"{'params':>9} {'buckets':>7} {'bwd ms':>8} {'raw ms':>8} {'sync ms':>8} "
           f"{'ratio':>6} {'cold ratio':>10}")
-for n in (1_000_000, 10_000_000):
+for n in args.sizes:
     torch.manual_seed(0)
     model = wide_model(n)
     plain = copy.deepcopy(model)

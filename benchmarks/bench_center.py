@@ -1,7 +1,7 @@
 """The async EASGD centre: exchanges per second and worker wait, against raw MPI.
 
-    mpiexec -n 3 python benchmarks/bench_center.py [PARAMS] [EXCHANGES]
-    mpiexec -n 4 python benchmarks/bench_center.py [PARAMS] [EXCHANGES]
+    mpiexec -n 3 python benchmarks/bench_center.py [--params 1e6] [--exchanges 200] [--trials 4]
+    mpiexec -n 2 python benchmarks/bench_center.py
 
 Every worker does nothing but exchange (tau = 1, an optimizer whose step
 does nothing, no gradients): the centre's throughput limit. Contenders, one
@@ -17,10 +17,9 @@ after the other on the same ranks, the pair repeated and alternated:
 
 Printed: exchanges (updates of c) per second at the centre, each
 contender's ratio to ``raw``, and the mean seconds a worker waits per
-exchange (for c to arrive).
+exchange (for c to arrive); medians over ``--trials`` trials.
 """
 import statistics
-import sys
 import time
 
 import numpy as np
@@ -28,12 +27,24 @@ import torch
 from mpi4py import MPI
 
 import mpisgd
-from common import NoStep, machine, wide_model
+from common import NoStep, arguments, count, machine, parse, wide_model
 
+parser = arguments(__doc__)
+parser.add_argument("--params", type=count, default=1_000_000,
+                    help="model size in float32 parameters (default 1e6)")
+parser.add_argument("--exchanges", type=count, default=200,
+                    help="exchanges per worker per contender and trial (default 200)")
+parser.add_argument("--trials", type=count, default=4,
+                    help="trials, each running the three contenders (default 4)")
+parser.add_argument("params_", nargs="?", type=count, metavar="PARAMS",
+                    help="same as --params (the old positional form)")
+parser.add_argument("exchanges_", nargs="?", type=count, metavar="EXCHANGES",
+                    help="same as --exchanges (the old positional form)")
+args = parse(parser)
+params = args.params_ or args.params
+exchanges = args.exchanges_ or args.exchanges
 comm = MPI.COMM_WORLD
 torch.set_num_threads(1)
-params = int(float(sys.argv[1])) if len(sys.argv) > 1 else 1_000_000
-exchanges = int(sys.argv[2]) if len(sys.argv) > 2 else 200
 PULL, PUSH, REPLY = 1, 2, 3
 
 
@@ -83,14 +94,14 @@ def ours(center: str) -> tuple[float, float]:
             algo.step()
         algo.finish()
     elapsed = time.perf_counter() - t0
-    updates = algo.server.updates() if comm.rank == 0 else 0
+    updates = algo.server.updates if comm.rank == 0 else 0
     wait = algo.comm.wait_time / exchanges if comm.rank > 0 else 0.0
     return comm.bcast(updates / elapsed if comm.rank == 0 else None), comm.reduce(wait, op=MPI.SUM)
 
 
 results = {"raw": [], "dedicated": [], "rank0": []}
 waits = {k: [] for k in results}
-for trial in range(4):
+for trial in range(args.trials):
     order = ["raw", "dedicated", "rank0"]
     for name in (order if trial % 2 == 0 else order[::-1]):
         rate, wait = raw() if name == "raw" else ours(name)

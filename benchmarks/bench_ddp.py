@@ -1,6 +1,7 @@
 """Step time of mpisgd against the peers a user would pick, on gloo, same processes.
 
-    mpiexec -n 4 python benchmarks/bench_ddp.py [TRIALS]
+    mpiexec -n 2 python benchmarks/bench_ddp.py [--trials 10] [--models mlp,resnet20]
+    mpiexec -n 4 python benchmarks/bench_ddp.py
 
 * ``sync`` (bucketed Iallreduce overlapped with backward) against PyTorch
   DistributedDataParallel on gloo: same model, same per-rank batch, same
@@ -12,7 +13,8 @@ A step is zero_grad, forward, backward, the algorithm's step. Models: a wide
 MLP (1.1M parameters, communication-heavy) and ResNet-20 (0.27M,
 compute-heavy), on random inputs of CIFAR size.
 """
-import sys
+import argparse
+import os
 
 import torch
 import torch.distributed as dist
@@ -23,14 +25,35 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import mpisgd
 from mpisgd import models
-from common import init_gloo, interleaved, machine
+from common import arguments, count, init_gloo, interleaved, machine, parse
+
+MODELS = ("mlp", "resnet20")
+
+
+def model_list(text: str) -> list[str]:
+    names = [m for m in text.split(",") if m]
+    if not names or set(names) - set(MODELS):
+        raise argparse.ArgumentTypeError(f"expected names from {','.join(MODELS)}, got {text!r}")
+    return names
+
+
+parser = arguments(__doc__)
+parser.add_argument("--trials", type=count, default=10,
+                    help="timed trials of sync vs DDP, after 2 warm-up trials; local vs the "
+                         "averager gets half as many, at least 3 (default 10)")
+parser.add_argument("--models", type=model_list, default=list(MODELS),
+                    help="comma-separated, from mlp,resnet20 (default both)")
+parser.add_argument("--batch", type=count, default=32, help="per-rank batch (default 32)")
+parser.add_argument("trials_", nargs="?", type=count, metavar="TRIALS",
+                    help="same as --trials (the old positional form)")
+args = parse(parser)
+trials = args.trials_ or args.trials
+BATCH = args.batch
 
 comm = MPI.COMM_WORLD
-threads = max(1, len(__import__("os").sched_getaffinity(0)) // comm.size)
+threads = max(1, len(os.sched_getaffinity(0)) // comm.size)
 torch.set_num_threads(threads)
 init_gloo(comm)
-trials = int(sys.argv[1]) if len(sys.argv) > 1 else 10
-BATCH = 32
 
 
 def make(name):
@@ -63,7 +86,7 @@ def repeat(fn, k):
 if comm.rank == 0:
     print(f"# step time, {comm.size} ranks x {threads} torch threads, batch {BATCH}/rank; {machine()}")
     print(f"{'model':>9} {'params':>8} {'comparison':>34} {'peer ms':>8} {'ours ms':>8} {'ratio':>6}")
-for name in ("mlp", "resnet20"):
+for name in args.models:
     # sync vs DDP
     ours_model, ddp_model = make(name), make(name)
     ours_opt = torch.optim.SGD(ours_model.parameters(), lr=0.01, momentum=0.9)

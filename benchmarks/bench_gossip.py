@@ -53,7 +53,6 @@ read the ratios.
 """
 from __future__ import annotations
 
-import argparse
 import warnings
 
 import numpy as np
@@ -64,19 +63,21 @@ import mpisgd
 from mpisgd import topology as topologies
 from mpisgd.comm import Comm
 from mpisgd.mixing import Mixer
-from common import interleaved, machine
+from common import arguments, count, interleaved, machine, parse
 
 GRAPHS = ("ring", "torus", "exponential")
 world = MPI.COMM_WORLD
 P, rank, is_root = world.size, world.rank, world.rank == 0
 torch.set_num_threads(1)
 
-parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-parser.add_argument("--sizes", default="1e4,1e6", help="buffer lengths (float32 elements)")
-parser.add_argument("--trials", type=int, default=None,
+parser = arguments(__doc__)
+parser.add_argument("--sizes", default="1e4,1e6",
+                    help="buffer lengths (float32 elements), comma-separated (default 1e4,1e6)")
+parser.add_argument("--trials", type=count, default=None,
                     help="trials per contender (default 21 up to 4 ranks, 13 up to 8, 7 beyond)")
-parser.add_argument("--steps", type=int, default=4, help="algorithm steps per timed call")
-args = parser.parse_args()
+parser.add_argument("--steps", type=count, default=4,
+                    help="algorithm steps per timed call (default 4)")
+args = parse(parser)
 sizes = [int(float(s)) for s in args.sizes.split(",")]
 trials = args.trials or (21 if P <= 4 else 13 if P <= 8 else 7)
 

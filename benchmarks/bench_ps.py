@@ -1,12 +1,12 @@
 """The parameter server (``async``): updates per second and worker wait, against raw MPI and S.
 
-    mpiexec -n 3 python benchmarks/bench_ps.py [PARAMS] [UPDATES]
-    mpiexec -n 4 python benchmarks/bench_ps.py [PARAMS] [UPDATES]
+    mpiexec -n 4 python benchmarks/bench_ps.py [--params 1e6] [--updates 120] [--trials 4]
+    mpiexec -n 3 python benchmarks/bench_ps.py
 
 Every worker does nothing but push gradients (zeros, set once; no backward)
-and take back the parameters: the servers' throughput limit. PARAMS
-(default 1M float32) is the model's size, UPDATES (default 120) the pushes
-per worker. On N ranks each configuration runs on the first S + P ranks of
+and take back the parameters: the servers' throughput limit. ``--params``
+(default 1M float32) is the model's size, ``--updates`` (default 120) the
+pushes per worker. On N ranks each configuration runs on the first S + P ranks of
 COMM_WORLD (a ``Split``), ranks ``0..S-1`` serving, the other P working; the
 ranks left out sleep at a barrier. Contenders, every worker count
 P = 1 .. N - S:
@@ -20,8 +20,8 @@ P = 1 .. N - S:
   many as leave one worker), the servers stepping a copy of the worker's
   ``torch.optim.SGD`` on their slices.
 
-Every configuration runs once per trial, the order reversed every other
-trial, after one warm-up trial; each figure is the median over trials, a
+Every configuration runs once per trial (``--trials``, default 4), the
+order reversed every other trial, after one warm-up trial; each figure is the median over trials, a
 ratio the median of the ratios measured in the same trial (on a shared
 machine absolute rates drift between trials, ratios hold better).
 Printed, per contender, S and P:
@@ -46,7 +46,6 @@ bounded well below 1: what such a run shows is the cost of the split, not
 its scaling.
 """
 import statistics
-import sys
 import time
 
 import numpy as np
@@ -54,13 +53,28 @@ import torch
 from mpi4py import MPI
 
 import mpisgd
-from common import idle_barrier, machine, wide_model
+from common import arguments, count, idle_barrier, machine, parse, wide_model
+
+parser = arguments(__doc__)
+parser.add_argument("--params", type=count, default=1_000_000,
+                    help="model size in float32 parameters (default 1e6)")
+parser.add_argument("--updates", type=count, default=120,
+                    help="pushes per worker per configuration and trial (default 120)")
+parser.add_argument("--trials", type=count, default=4,
+                    help="timed trials, after one warm-up trial (default 4)")
+parser.add_argument("--max-servers", type=count, default=3,
+                    help="the most servers tried, S = 1 .. this, leaving one worker (default 3)")
+parser.add_argument("params_", nargs="?", type=count, metavar="PARAMS",
+                    help="same as --params (the old positional form)")
+parser.add_argument("updates_", nargs="?", type=count, metavar="UPDATES",
+                    help="same as --updates (the old positional form)")
+args = parse(parser)
+params = args.params_ or args.params
+updates = args.updates_ or args.updates
+TRIALS, LR, MAX_SERVERS = args.trials, 0.01, args.max_servers
 
 world = MPI.COMM_WORLD
 torch.set_num_threads(1)
-params = int(float(sys.argv[1])) if len(sys.argv) > 1 else 1_000_000
-updates = int(sys.argv[2]) if len(sys.argv) > 2 else 120
-TRIALS, LR, MAX_SERVERS = 4, 0.01, 3
 GRAD, PARAMS = 1, 2
 n = sum(p.numel() for p in wide_model(params).parameters())
 

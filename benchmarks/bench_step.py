@@ -17,24 +17,27 @@ Each trial times ``--steps`` steps (a multiple of tau) and ends with a
 device synchronisation, so GPU time is counted where the host truly waits.
 Prints seconds per step and the ratios step / compute.
 """
-import argparse
-
 import torch
 import torch.nn.functional as F
 from mpi4py import MPI
 
 import mpisgd
 from mpisgd import device as placement, models, ops
-from common import interleaved, machine
+from common import arguments, count, interleaved, machine, parse, usage_error
 
-parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser = arguments(__doc__)
 parser.add_argument("--device", default="auto", help="auto, cpu, cuda (local rank %% GPUs)")
-parser.add_argument("--model", default="resnet20", choices=sorted(models.MODELS))
-parser.add_argument("--batch", type=int, default=128, help="per-rank batch (default 128)")
-parser.add_argument("--tau", type=int, default=8, help="local's period (default 8)")
-parser.add_argument("--steps", type=int, default=16, help="steps per trial (default 16)")
-parser.add_argument("--trials", type=int, default=6)
-args = parser.parse_args()
+parser.add_argument("--model", default="resnet20", choices=sorted(models.MODELS),
+                    help="the model (default resnet20)")
+parser.add_argument("--batch", type=count, default=128, help="per-rank batch (default 128)")
+parser.add_argument("--tau", type=count, default=8, help="local's period (default 8)")
+parser.add_argument("--steps", type=count, default=16,
+                    help="steps per trial, a multiple of --tau (default 16)")
+parser.add_argument("--trials", type=count, default=6,
+                    help="timed trials per contender, after 2 warm-up trials (default 6)")
+args = parse(parser)
+if args.steps % args.tau:
+    usage_error(parser, f"--steps must be a multiple of --tau ({args.tau})")
 
 comm = MPI.COMM_WORLD
 shape = (3, 32, 32) if args.model in ("cnn", "resnet20") else (64,)
@@ -65,8 +68,6 @@ def contender(name):
     return run, device
 
 
-if args.steps % args.tau:
-    parser.error(f"--steps must be a multiple of --tau ({args.tau})")
 runs = {}
 for name in ("compute", "sync", "local"):
     runs[name], where = contender(name)

@@ -6,12 +6,54 @@ machine absolute times drift, ratios measured this way hold.
 """
 from __future__ import annotations
 
+import argparse
+import contextlib
+import io
 import os
 import statistics
 import time
 
 import torch
 from mpi4py import MPI
+
+
+def arguments(doc: str) -> argparse.ArgumentParser:
+    """An argument parser whose ``--help`` shows ``doc`` (the script's docstring) as written."""
+    return argparse.ArgumentParser(description=doc,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def parse(parser: argparse.ArgumentParser, comm=MPI.COMM_WORLD, argv=None) -> argparse.Namespace:
+    """``parser.parse_args(argv)`` on every rank; only rank 0 prints ``--help`` and usage errors
+    (every rank still exits with argparse's status)."""
+    with contextlib.ExitStack() as quiet:
+        if comm.rank:
+            quiet.enter_context(contextlib.redirect_stdout(io.StringIO()))
+            quiet.enter_context(contextlib.redirect_stderr(io.StringIO()))
+        return parser.parse_args(argv)
+
+
+def usage_error(parser: argparse.ArgumentParser, message: str, comm=MPI.COMM_WORLD) -> None:
+    """``parser.error(message)`` printed by rank 0 only; every rank exits with status 2."""
+    if comm.rank == 0:
+        parser.error(message)
+    raise SystemExit(2)
+
+
+def count(text: str) -> int:
+    """A positive count, also written as a float (``1e6``): for argparse's ``type=``."""
+    try:
+        value = int(float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value < 1 or value != float(text):
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return value
+
+
+def counts(text: str) -> list[int]:
+    """A comma-separated list of :func:`count` (``1e6,1e7``)."""
+    return [count(part) for part in text.split(",") if part.strip()]
 
 
 def interleaved(contenders: dict, trials: int, comm=MPI.COMM_WORLD, warmup: int = 2) -> dict:

@@ -50,7 +50,6 @@ PYBIND11_MODULE(_ops, m) {
         py::arg("threads"), nogil);
 
 #ifdef MPISGD_WITH_CUDA
-  m.def("has_cuda", [] { return true; }, "True when the CUDA kernels were built.");
   m.attr("CUDA_DTYPES") = names(mpisgd::cuda_supports);
   m.def("elastic_cuda", [](uintptr_t x, uintptr_t c, uintptr_t out, int64_t n, double alpha, bool accumulate,
                            int dtype, int device, uintptr_t stream) {
@@ -70,7 +69,6 @@ PYBIND11_MODULE(_ops, m) {
         }, "triad_cpu on a CUDA stream of a device.", py::arg("a"), py::arg("b"), py::arg("c"), py::arg("n"),
         py::arg("s"), py::arg("dtype"), py::arg("device"), py::arg("stream"), nogil);
 #else
-  m.def("has_cuda", [] { return false; }, "True when the CUDA kernels were built.");
   m.attr("CUDA_DTYPES") = py::tuple();
 #endif
 }

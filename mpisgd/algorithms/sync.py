@@ -58,8 +58,8 @@ class SyncSGD(Algorithm):
             self.warn("the MPI library gives less than MPI_THREAD_SERIALIZED, and autograd runs "
                       "CUDA gradient hooks on its own threads: overlap is off")
             self.opts["overlap"] = False
-        self._scale = 1.0 / self.comm.size
-        self._views = [self.flat.grad_view(i) for i in range(len(self.flat.params))]
+        self._scale = 1.0 / self.comm.size            # the mean's 1/P, applied by _adopt
+        self._views = [self.flat.grad_view(i) if t else None for i, t in enumerate(trainable)]
         self._specs = {}                              # bucket -> (address, MPI buffer spec)
         self._reset()
         self._accumulating = False
@@ -98,7 +98,8 @@ class SyncSGD(Algorithm):
             self._adopt(i)
             self._fired[i] = True
             self._ready[k] += 1
-            if self.opts["overlap"]:
+            # launch when a bucket completes; poke the ones in flight on every gradient
+            if self.opts["overlap"] and (self._handles or self._ready[k] == self._sizes[k]):
                 self._launch_ready()
         return on_grad
 
@@ -120,70 +121,78 @@ class SyncSGD(Algorithm):
     def _adopt(self, i: int) -> None:
         """Put parameter ``i``'s final gradient in its slot of the flat buffer, divided by P.
 
-        The mean's 1/P is applied here, while the gradient is hot in cache (backward has just
-        accumulated it), instead of a separate pass over the whole bucket before its
-        Allreduce: a fresh gradient (after ``zero_grad(set_to_none=True)``) is scaled as it is
-        copied in, one already in its slot in place. Elementwise the same ``g * (1/P)`` as
-        ``Comm.iallreduce(average=True)``'s pre-division, so the sums are bitwise equal.
+        The mean's 1/P is applied as each gradient becomes final, while backward has just
+        written it (as DDP does), not as a pass over the whole bucket before its Allreduce:
+        a fresh gradient (after ``zero_grad(set_to_none=True)``) is scaled as it is copied
+        in, so its division costs no pass of its own; one already in its slot is scaled in
+        place. Elementwise it is the same ``g * (1/P)`` that
+        ``Comm.iallreduce(average=True)`` pre-divides with, so the averages are bitwise the
+        same as before (and exact for a power-of-two P).
         """
-        flat = self.flat
-        if not flat.trainable[i]:       # frozen: no gradient, the slot stays zero
+        view = self._views[i]
+        if view is None:                 # frozen: no gradient, its slot stays zero
             return
-        p, view = flat.params[i], self._views[i]
+        p, scale = self.flat.params[i], self._scale
         g = p.grad
-        if g is None:                   # unused parameter: a zero gradient
+        if g is None:                    # unused parameter: a zero gradient
             view.zero_()
+            p.grad = view
         elif g.data_ptr() != view.data_ptr():
-            if self._scale == 1.0:
+            if scale == 1.0:
                 view.copy_(g)
             else:
-                torch.mul(g, self._scale, out=view)
-        elif self._scale != 1.0:
-            view.mul_(self._scale)
-        p.grad = view
+                torch.mul(g, scale, out=view)
+            p.grad = view
+        elif scale != 1.0:
+            view.mul_(scale)
 
     def _launch(self, k: int, blocking: bool = False) -> None:
+        """Start the Allreduce of bucket ``k`` (its gradients are divided by P already: the
+        sum is the mean); ``blocking``: complete it before returning."""
         b = self.flat.buckets[k]
         grad = self.flat.grad[b.start:b.end]
         if blocking and self._direct(grad):
             self._allreduce_now(k, grad)
-            return
-        # the gradients are already divided by P (_adopt): the sum is the mean
-        self._handles.append(self.comm.iallreduce(grad, blocking=blocking))
+        else:
+            self._handles.append(self.comm.iallreduce(grad, blocking=blocking))
 
     def _direct(self, grad) -> bool:
-        """Whether the last bucket can go straight to MPI (a CPU buffer that needs no staging),
-        skipping Comm's handle: the same MPI call, without its per-call Python."""
+        """Whether a blocking bucket goes straight to MPI: a CPU buffer that needs no staging
+        (MPI reads and writes it where it is) on more than one rank."""
         comm = self.comm
         return comm.size > 1 and grad.device.type == "cpu" and not comm._needs_staging(grad)
 
     def _allreduce_now(self, k: int, grad) -> None:
-        """Sum bucket ``k`` over ranks now, as ``Comm.iallreduce(grad, blocking=True)`` would:
-        the blocking ``MPI_Allreduce``, or when waits yield an ``MPI_Iallreduce`` waited with
-        ``sched_yield``; Comm's counters count it the same way."""
+        """Sum bucket ``k`` over the ranks, in place, before returning: the MPI call
+        ``Comm.iallreduce(grad, blocking=True)`` makes (the blocking ``MPI_Allreduce``, or
+        where waits yield an ``MPI_Iallreduce`` polled with ``sched_yield``), counted in
+        Comm's counters the same way, without the handle and its bookkeeping. The last
+        bucket has nothing left to overlap, and at one bucket per model that Python was
+        a tenth of a 4 MB exchange."""
         comm = self.comm
-        comm.flush()                     # every rank posts in the same order
-        comm._claim(grad)                # refuse memory a pending operation owns
+        comm.flush()                     # everything queued before it goes first, on every rank
+        comm._claim(grad)                # refuses memory that a pending operation owns
         spec = self._specs.get(k)
         if spec is None or spec[0] != grad.data_ptr():
             spec = self._specs[k] = (grad.data_ptr(), comm.spec(grad))
-        nbytes = grad.numel() * grad.element_size()
-        comm.bytes_sent += 2.0 * (comm.size - 1) / comm.size * nbytes
-        raw = comm.mpi
+        comm.bytes_sent += 2.0 * (comm.size - 1) / comm.size * grad.numel() * grad.element_size()
+        mpi = getattr(comm, "mpi", None)
+        if mpi is None:                  # the communicator's earlier name
+            mpi = comm.comm
         t0 = time.perf_counter()
         if comm.yield_wait:
-            request = raw.Iallreduce(MPI.IN_PLACE, spec[1])
-            t1 = time.perf_counter()
+            request = mpi.Iallreduce(MPI.IN_PLACE, spec[1])
+            posted = time.perf_counter()
             while not request.Test():
                 os.sched_yield()
-            t2 = time.perf_counter()
-            comm.comm_time += t2 - t0
-            comm.wait_time += t2 - t1
+            done = time.perf_counter()
+            comm.comm_time += done - t0
+            comm.wait_time += done - posted
         else:
-            raw.Allreduce(MPI.IN_PLACE, spec[1])
-            dt = time.perf_counter() - t0
-            comm.comm_time += dt
-            comm.wait_time += dt
+            mpi.Allreduce(MPI.IN_PLACE, spec[1])
+            spent = time.perf_counter() - t0
+            comm.comm_time += spent      # a blocking call: all of it waiting
+            comm.wait_time += spent
 
     def synchronize(self) -> None:
         """Wait until every gradient is the average over workers (as Horovod's).

@@ -21,6 +21,8 @@ import torch
 
 #: Tolerance on row/column sums and symmetry (CSV files carry rounded decimals), + round-off.
 TOL = 1e-6 + 1e-12
+#: How close to 11^T/m a W must be for an Allreduce of the mean to be its round (round-off).
+AVERAGING_TOL = 1e-12
 
 
 def averaging_matrix(m: int, dtype=torch.float64) -> torch.Tensor:
@@ -39,8 +41,8 @@ def elastic_matrix(m: int, alpha: float, dtype=torch.float64) -> torch.Tensor:
 
 
 def is_averaging(W: torch.Tensor) -> bool:
-    """Whether ``W`` is exact averaging, 11^T/m (to 1e-12)."""
-    return bool(torch.allclose(W, torch.full_like(W, 1.0 / W.shape[0]), rtol=0, atol=1e-12))
+    """Whether ``W`` is exact averaging, 11^T/m (to :data:`AVERAGING_TOL`)."""
+    return bool(torch.allclose(W, torch.full_like(W, 1.0 / W.shape[0]), rtol=0, atol=AVERAGING_TOL))
 
 
 def spectrum(W: torch.Tensor) -> torch.Tensor:
