@@ -26,8 +26,6 @@ For gradient accumulation, wrap all but the last backward in
 from __future__ import annotations
 
 import contextlib
-import os
-import time
 
 import torch
 
@@ -58,9 +56,9 @@ class SyncSGD(Algorithm):
             self.warn("the MPI library gives less than MPI_THREAD_SERIALIZED, and autograd runs "
                       "CUDA gradient hooks on its own threads: overlap is off")
             self.opts["overlap"] = False
-        self._scale = 1.0 / self.comm.size            # the mean's 1/P, applied by _adopt
+        self._scale = 1.0 / self.comm.size            # the mean's 1/P (see _adopt, _launch)
         self._views = [self.flat.grad_view(i) if t else None for i, t in enumerate(trainable)]
-        self._specs = {}                              # bucket -> (address, MPI buffer spec)
+        self._bucket_grads = [self.flat.grad[b.start:b.end] for b in self.flat.buckets]
         self._reset()
         self._accumulating = False
         for i, p in enumerate(self.flat.params):
@@ -70,6 +68,8 @@ class SyncSGD(Algorithm):
     def _reset(self) -> None:
         self._ready = [0] * len(self._sizes)          # gradients ready per bucket
         self._fired = [False] * len(self.flat.params)
+        self._in_slot = [False] * len(self.flat.params)   # final gradient in its slot, not yet / P
+        self._slotted = [0] * len(self._sizes)             # how many, per bucket
         self._handles = []                            # launched buckets, in bucket order
         self._synchronized = False
 
@@ -86,16 +86,23 @@ class SyncSGD(Algorithm):
             self._accumulating = False
 
     def _hook(self, i: int):
+        k = self.flat.bucket_of[i]
+        slot = self._views[i].data_ptr()
+
         def on_grad(param):
             if self._accumulating:
                 return
-            k = self.flat.bucket_of[i]
             if self._fired[i] or self._synchronized:
                 raise RuntimeError(
                     "a second gradient arrived for a parameter before algo.step(): call "
                     "algo.step() after each backward(), or wrap the earlier backward "
                     "passes of an accumulation in `with algo.no_sync():`")
-            self._adopt(i)
+            g = param.grad
+            if g is not None and g.data_ptr() == slot:   # accumulated in its slot: see _adopt
+                self._in_slot[i] = True
+                self._slotted[k] += 1
+            else:
+                self._adopt(i)
             self._fired[i] = True
             self._ready[k] += 1
             # launch when a bucket completes; poke the ones in flight on every gradient
@@ -119,80 +126,55 @@ class SyncSGD(Algorithm):
             self._launch(len(self._handles))
 
     def _adopt(self, i: int) -> None:
-        """Put parameter ``i``'s final gradient in its slot of the flat buffer, divided by P.
+        """Put parameter ``i``'s final gradient in its slot of the flat buffer.
 
-        The mean's 1/P is applied as each gradient becomes final, while backward has just
-        written it (as DDP does), not as a pass over the whole bucket before its Allreduce:
-        a fresh gradient (after ``zero_grad(set_to_none=True)``) is scaled as it is copied
-        in, so its division costs no pass of its own; one already in its slot is scaled in
-        place. Elementwise it is the same ``g * (1/P)`` that
-        ``Comm.iallreduce(average=True)`` pre-divides with, so the averages are bitwise the
-        same as before (and exact for a power-of-two P).
+        A fresh gradient (``zero_grad(set_to_none=True)``, PyTorch's default) is divided by
+        P as it is copied in (``torch.mul(g, 1/P, out=slot)``, as DDP does), so the mean's
+        division costs no pass of its own; a missing one (unused parameter) becomes zeros;
+        one accumulated in its slot already (``set_to_none=False``) is marked, and
+        :meth:`_launch` divides its bucket in one pass.
         """
         view = self._views[i]
         if view is None:                 # frozen: no gradient, its slot stays zero
             return
-        p, scale = self.flat.params[i], self._scale
+        p = self.flat.params[i]
         g = p.grad
-        if g is None:                    # unused parameter: a zero gradient
+        if g is None:
             view.zero_()
             p.grad = view
         elif g.data_ptr() != view.data_ptr():
-            if scale == 1.0:
+            if self._scale == 1.0:
                 view.copy_(g)
             else:
-                torch.mul(g, scale, out=view)
+                torch.mul(g, self._scale, out=view)
             p.grad = view
-        elif scale != 1.0:
-            view.mul_(scale)
+        else:
+            self._in_slot[i] = True
+            self._slotted[self.flat.bucket_of[i]] += 1
 
     def _launch(self, k: int, blocking: bool = False) -> None:
-        """Start the Allreduce of bucket ``k`` (its gradients are divided by P already: the
-        sum is the mean); ``blocking``: complete it before returning."""
-        b = self.flat.buckets[k]
-        grad = self.flat.grad[b.start:b.end]
-        if blocking and self._direct(grad):
-            self._allreduce_now(k, grad)
-        else:
-            self._handles.append(self.comm.iallreduce(grad, blocking=blocking))
+        """Divide by P what is still undivided in bucket ``k`` and start the Allreduce of its
+        sum, the mean; ``blocking``: complete it before returning.
 
-    def _direct(self, grad) -> bool:
-        """Whether a blocking bucket goes straight to MPI: a CPU buffer that needs no staging
-        (MPI reads and writes it where it is) on more than one rank."""
-        comm = self.comm
-        return comm.size > 1 and grad.device.type == "cpu" and not comm._needs_staging(grad)
-
-    def _allreduce_now(self, k: int, grad) -> None:
-        """Sum bucket ``k`` over the ranks, in place, before returning: the MPI call
-        ``Comm.iallreduce(grad, blocking=True)`` makes (the blocking ``MPI_Allreduce``, or
-        where waits yield an ``MPI_Iallreduce`` polled with ``sched_yield``), counted in
-        Comm's counters the same way, without the handle and its bookkeeping. The last
-        bucket has nothing left to overlap, and at one bucket per model that Python was
-        a tenth of a 4 MB exchange."""
-        comm = self.comm
-        comm.flush()                     # everything queued before it goes first, on every rank
-        comm._claim(grad)                # refuses memory that a pending operation owns
-        spec = self._specs.get(k)
-        if spec is None or spec[0] != grad.data_ptr():
-            spec = self._specs[k] = (grad.data_ptr(), comm.spec(grad))
-        comm.bytes_sent += 2.0 * (comm.size - 1) / comm.size * grad.numel() * grad.element_size()
-        mpi = getattr(comm, "mpi", None)
-        if mpi is None:                  # the communicator's earlier name
-            mpi = comm.comm
-        t0 = time.perf_counter()
-        if comm.yield_wait:
-            request = mpi.Iallreduce(MPI.IN_PLACE, spec[1])
-            posted = time.perf_counter()
-            while not request.Test():
-                os.sched_yield()
-            done = time.perf_counter()
-            comm.comm_time += done - t0
-            comm.wait_time += done - posted
+        Elementwise every gradient becomes ``g * (1/P)`` once, before the sum, as with
+        ``Comm.iallreduce(average=True)``'s pre-division: the average is bitwise what it
+        was. The blocking bucket (the last one, nothing left to overlap) goes through
+        :meth:`Comm.allreduce`, which hands a host buffer to ``MPI_Allreduce`` without a
+        handle (at one bucket per model, that bookkeeping was a tenth of a 4 MB exchange).
+        """
+        grad = self._bucket_grads[k]
+        slotted = self._slotted[k]
+        if slotted and self._scale != 1.0:
+            if slotted == self._sizes[k]:             # all of it: one pass over the bucket
+                grad.mul_(self._scale)
+            else:
+                for i in self.flat.buckets[k].params:
+                    if self._in_slot[i]:
+                        self._views[i].mul_(self._scale)
+        if blocking:
+            self.comm.allreduce(grad)
         else:
-            mpi.Allreduce(MPI.IN_PLACE, spec[1])
-            spent = time.perf_counter() - t0
-            comm.comm_time += spent      # a blocking call: all of it waiting
-            comm.wait_time += spent
+            self._handles.append(self.comm.iallreduce(grad))
 
     def synchronize(self) -> None:
         """Wait until every gradient is the average over workers (as Horovod's).
