@@ -58,6 +58,14 @@ def check_reducible(dtype: torch.dtype) -> None:
                          "(use torch.autocast for lower-precision compute)")
 
 
+def _reduction(op, average: bool):
+    """The MPI op of a reduction (default ``MPI.SUM``); a mean needs a sum."""
+    op = MPI.SUM if op is None else op
+    if average and op != MPI.SUM:
+        raise ValueError("average=True goes with op=MPI.SUM")
+    return op
+
+
 def _block(recv, send):
     """A gather's receive spec: mpi4py reads an explicit count as the count per block."""
     return [recv[0], send[1], recv[2]]
@@ -145,15 +153,7 @@ class Handle:
         # Everything queued goes out before the host blocks: a peer may answer this
         # operation only after one queued behind it (a request, then its reply).
         self._owner.flush()
-        t0 = time.perf_counter()
-        if self._owner.yield_wait:
-            while not MPI.Request.Testall(self._requests, self._statuses):
-                os.sched_yield()
-        else:
-            MPI.Request.Waitall(self._requests, self._statuses)
-        dt = time.perf_counter() - t0
-        self._owner.comm_time += dt
-        self._owner.wait_time += dt
+        self._owner._wait(self._requests, self._statuses)
         self._complete()
 
 
@@ -379,20 +379,21 @@ class Comm:
         ``MPI_Allreduce`` (often a faster algorithm), or, when waits yield
         (:func:`mpisgd.mpienv.yield_when_waiting`), an ``MPI_Iallreduce`` waited politely.
         """
-        op = MPI.SUM if op is None else op
-        if average and op != MPI.SUM:
-            raise ValueError("average=True goes with op=MPI.SUM")
+        op = _reduction(op, average)
         if self.size == 1:
             return self._nothing(t)
         if average:
             self._claim(t)                 # refuse pending memory before touching it
             t.mul_(1.0 / self.size)
-        nbytes = t.numel() * t.element_size()
         if blocking and not self.yield_wait:
             post = lambda s: self.mpi.Allreduce(MPI.IN_PLACE, s, op=op) or []  # noqa: E731
         else:
             post = lambda s: [self.mpi.Iallreduce(MPI.IN_PLACE, s, op=op)]  # noqa: E731
-        return self._start([t], post, 2.0 * (self.size - 1) / self.size * nbytes, blocking)
+        return self._start([t], post, self._allreduce_bytes(t), blocking)
+
+    def _allreduce_bytes(self, t: torch.Tensor) -> float:
+        """What an Allreduce of ``t`` counts: 2 (P-1)/P of its bytes (module docstring)."""
+        return 2.0 * (self.size - 1) / self.size * t.numel() * t.element_size()
 
     def allreduce(self, t: torch.Tensor, average: bool = False, op=None) -> torch.Tensor:
         """Blocking in-place Allreduce (sum, ``op``, or mean); returns ``t``.
@@ -407,21 +408,19 @@ class Comm:
         if t.is_cuda or self._needs_staging(t):
             self.iallreduce(t, average, blocking=True, op=op)
             return t
-        op = MPI.SUM if op is None else op
-        if average and op != MPI.SUM:
-            raise ValueError("average=True goes with op=MPI.SUM")
+        op = _reduction(op, average)
         self._claim(t)
         if self.size == 1:
             return t
         self.flush()                       # every rank posts in the same order
         if average:
             t.mul_(1.0 / self.size)
-        self.bytes_sent += 2.0 * (self.size - 1) / self.size * t.numel() * t.element_size()
+        self.bytes_sent += self._allreduce_bytes(t)
         if self.yield_wait:
             t0 = time.perf_counter()
             request = self.mpi.Iallreduce(MPI.IN_PLACE, self.spec(t), op=op)
             self.comm_time += time.perf_counter() - t0
-            self._polite(request)
+            self._wait([request])
         else:
             t0 = time.perf_counter()
             self.mpi.Allreduce(MPI.IN_PLACE, self.spec(t), op=op)
@@ -496,14 +495,16 @@ class Comm:
 
     # ---- small objects (uncounted: log points, records, agreement) ------
 
-    def _polite(self, request) -> None:
-        """Wait for ``request`` as :meth:`Handle.wait` would (yielding when waits yield)."""
+    def _wait(self, requests: list, statuses: list | None = None) -> None:
+        """Block until ``requests`` complete: ``MPI_Waitall``, or where waits yield
+        (:func:`mpisgd.mpienv.yield_when_waiting`) ``MPI_Testall`` polled with
+        ``sched_yield``; the time counts as communication and as waiting."""
         t0 = time.perf_counter()
         if self.yield_wait:
-            while not request.Test():
+            while not MPI.Request.Testall(requests, statuses):
                 os.sched_yield()
         else:
-            request.Wait()
+            MPI.Request.Waitall(requests, statuses)
         dt = time.perf_counter() - t0
         self.comm_time += dt
         self.wait_time += dt
@@ -512,7 +513,7 @@ class Comm:
         """Blocking barrier, after everything queued has been posted (waits as :meth:`Handle.wait`)."""
         self.flush()
         if self.size > 1:
-            self._polite(self.mpi.Ibarrier())
+            self._wait([self.mpi.Ibarrier()])
 
     def gather(self, obj, root: int = 0):
         """mpi4py's pickled gather of a small object, after everything queued is posted:

@@ -89,25 +89,30 @@ class ParamBuffer:
     def grad_view(self, i: int) -> torch.Tensor:
         return self.grad[slice(*self.offsets[i])].view_as(self.params[i])
 
-    def adopt_grad(self, i: int) -> None:
+    def adopt_grad(self, i: int, scale: float = 1.0) -> bool:
         """Make parameter ``i``'s ``.grad`` its view of ``grad`` again.
 
-        A fresh gradient (after ``zero_grad(set_to_none=True)``) is copied in;
-        a missing one (unused parameter) becomes zeros. Frozen parameters
-        (``requires_grad=False``) are left alone; their slot stays zero.
+        A fresh gradient (after ``zero_grad(set_to_none=True)``) is copied in,
+        times ``scale`` (in the same pass); a missing one (unused parameter)
+        becomes zeros. Frozen parameters (``requires_grad=False``) are left
+        alone; their slot stays zero. Returns whether the gradient was in its
+        slot already (accumulated there: ``scale`` was not applied).
         """
         p = self.params[i]
         if not self.trainable[i]:
-            return
+            return False
         g = p.grad
         if g is not None and g.data_ptr() == self.grad.data_ptr() + self.offsets[i][0] * self.grad.element_size():
-            return
+            return True
         view = self.grad_view(i)
         if g is None:
             view.zero_()
-        else:
+        elif scale == 1.0:
             view.copy_(g)
+        else:
+            torch.mul(g, scale, out=view)
         p.grad = view
+        return False
 
     def flat_grad(self) -> torch.Tensor:
         """:attr:`grad` holding every parameter's current gradient (see :meth:`adopt_grad`)."""

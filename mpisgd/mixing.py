@@ -49,13 +49,29 @@ class Plan(NamedTuple):
     send_to: list
 
 
-class NeighborExchange:
-    """``MPI_Ineighbor_allgather`` of x (or its snapshot) on the graph: a static W."""
+class Exchange:
+    """How a :class:`Mixer`'s round moves the bytes: ``start(plan) -> Handle``, then
+    ``combine(plan)`` forms the mix in x; made once per mixer."""
 
-    name = "neighbor"
+    name = ""
 
     def __init__(self, mixer: "Mixer"):
         self.mixer = mixer
+
+    def start(self, plan: Plan):
+        raise NotImplementedError
+
+    def combine(self, plan: Plan) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Free what the exchange made (no round in flight)."""
+
+
+class NeighborExchange(Exchange):
+    """``MPI_Ineighbor_allgather`` of x (or its snapshot) on the graph: a static W."""
+
+    name = "neighbor"
 
     def start(self, plan: Plan):
         m = self.mixer
@@ -82,9 +98,6 @@ class NeighborExchange:
             if on:
                 x.add_(m.recv[j], alpha=plan.row[j])
 
-    def close(self) -> None:
-        pass
-
 
 class PersistentExchange(NeighborExchange):
     """``MPI_Send_init``/``MPI_Recv_init`` per neighbour, built once; a round starts the
@@ -106,13 +119,10 @@ class PersistentExchange(NeighborExchange):
             self.requests = None
 
 
-class AllreduceExchange:
+class AllreduceExchange(Exchange):
     """``MPI_Iallreduce`` of the mean, for W = 11^T/m."""
 
     name = "allreduce"
-
-    def __init__(self, mixer: "Mixer"):
-        self.mixer = mixer
 
     def start(self, plan: Plan):
         m = self.mixer
@@ -125,9 +135,6 @@ class AllreduceExchange:
         m = self.mixer
         if m.snapshot:          # x + (mean of the snapshots - own snapshot)
             m.x.add_(m.recv[0]).sub_(m.send)
-
-    def close(self) -> None:
-        pass
 
 
 EXCHANGES = {cls.name: cls for cls in (NeighborExchange, PersistentExchange, AllreduceExchange)}

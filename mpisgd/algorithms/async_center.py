@@ -71,9 +71,8 @@ class CenterAlgorithm(Served):
         return opts["servers"] if opts["center"] == "dedicated" else 0
 
     @classmethod
-    def too_few(cls, opts: dict, problem: str) -> ValueError:
-        servers = f" with servers {opts['servers']}" if opts["servers"] > 1 else ""
-        return OptionError("center", f"dedicated{servers} {problem}")
+    def asking(cls, problem: str) -> ValueError:
+        return OptionError("center", f"dedicated{problem}")
 
     @classmethod
     def check(cls, opts: dict) -> None:

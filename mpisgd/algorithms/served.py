@@ -43,7 +43,12 @@ class Served(Algorithm):
     def too_few(cls, opts: dict, problem: str) -> ValueError:
         """The error for too few ranks, naming what asks for the server ranks."""
         servers = f" with servers {opts['servers']}" if opts["servers"] > 1 else ""
-        return ValueError(f"algorithm {cls.name}{servers} {problem}")
+        return cls.asking(f"{servers} {problem}")
+
+    @classmethod
+    def asking(cls, problem: str) -> ValueError:
+        """An error about what asks for the server ranks: here, the algorithm."""
+        return ValueError(f"algorithm {cls.name}{problem}")
 
     def validate(self):
         self.worker_count(self.size, self.opts)

@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import contextlib
 
-import torch
-
 from .._mpi import MPI
 
 from .base import Algorithm
@@ -57,7 +55,6 @@ class SyncSGD(Algorithm):
                       "CUDA gradient hooks on its own threads: overlap is off")
             self.opts["overlap"] = False
         self._scale = 1.0 / self.comm.size            # the mean's 1/P (see _adopt, _launch)
-        self._views = [self.flat.grad_view(i) if t else None for i, t in enumerate(trainable)]
         self._bucket_grads = [self.flat.grad[b.start:b.end] for b in self.flat.buckets]
         self._reset()
         self._accumulating = False
@@ -87,7 +84,6 @@ class SyncSGD(Algorithm):
 
     def _hook(self, i: int):
         k = self.flat.bucket_of[i]
-        slot = self._views[i].data_ptr()
 
         def on_grad(param):
             if self._accumulating:
@@ -97,12 +93,7 @@ class SyncSGD(Algorithm):
                     "a second gradient arrived for a parameter before algo.step(): call "
                     "algo.step() after each backward(), or wrap the earlier backward "
                     "passes of an accumulation in `with algo.no_sync():`")
-            g = param.grad
-            if g is not None and g.data_ptr() == slot:   # accumulated in its slot: see _adopt
-                self._in_slot[i] = True
-                self._slotted[k] += 1
-            else:
-                self._adopt(i)
+            self._adopt(i)
             self._fired[i] = True
             self._ready[k] += 1
             # launch when a bucket completes; poke the ones in flight on every gradient
@@ -129,26 +120,11 @@ class SyncSGD(Algorithm):
         """Put parameter ``i``'s final gradient in its slot of the flat buffer.
 
         A fresh gradient (``zero_grad(set_to_none=True)``, PyTorch's default) is divided by
-        P as it is copied in (``torch.mul(g, 1/P, out=slot)``, as DDP does), so the mean's
-        division costs no pass of its own; a missing one (unused parameter) becomes zeros;
-        one accumulated in its slot already (``set_to_none=False``) is marked, and
-        :meth:`_launch` divides its bucket in one pass.
+        P as it is copied in (:meth:`~mpisgd.flat.ParamBuffer.adopt_grad`, as DDP does), so
+        the mean's division costs no pass of its own; one accumulated in its slot already
+        (``set_to_none=False``) is marked, and :meth:`_launch` divides its bucket in one pass.
         """
-        view = self._views[i]
-        if view is None:                 # frozen: no gradient, its slot stays zero
-            return
-        p = self.flat.params[i]
-        g = p.grad
-        if g is None:
-            view.zero_()
-            p.grad = view
-        elif g.data_ptr() != view.data_ptr():
-            if self._scale == 1.0:
-                view.copy_(g)
-            else:
-                torch.mul(g, self._scale, out=view)
-            p.grad = view
-        else:
+        if self.flat.adopt_grad(i, self._scale):
             self._in_slot[i] = True
             self._slotted[self.flat.bucket_of[i]] += 1
 
@@ -170,7 +146,7 @@ class SyncSGD(Algorithm):
             else:
                 for i in self.flat.buckets[k].params:
                     if self._in_slot[i]:
-                        self._views[i].mul_(self._scale)
+                        self.flat.grad_view(i).mul_(self._scale)
         if blocking:
             self.comm.allreduce(grad)
         else:
