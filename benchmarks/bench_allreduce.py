@@ -15,13 +15,18 @@ batch 32, one torch thread per rank. Contenders, alternated trial by trial
 * ``flat``: forward + backward of a copy whose parameters and gradients are
   views of one :class:`~mpisgd.flat.ParamBuffer` (sync's layout, no hooks),
   then ``comm.Allreduce(MPI.IN_PLACE, ...)`` on its gradient buffer: the
-  raw sum of the very memory sync exchanges (no 1/P, no Python).
+  raw sum of the very memory sync exchanges (no 1/P, no Python);
+* ``mean``: ``flat`` with the mean's pass first (``grad.mul_(1/P)``, then
+  the raw Allreduce): the limit for an average of gradients that autograd
+  accumulated in place, which needs one pass over the bucket that a sum
+  does not.
 
 The exchange per step is each contender minus ``backward``; the ratio
 sync/raw of those is the figure of merit (goal <= 1.05). ``flat ratio`` is
 flat/raw: what the layout alone costs against the numpy buffer (its slower
 backward counts as exchange here, as it does for sync), so sync/flat is
-what sync's own exchange adds. ``cold`` is the worst case: sync's step
+what sync's own exchange adds; ``mean ratio`` is sync/mean, sync against
+the limit for what it computes. ``cold`` is the worst case: sync's step
 alone, with overlap off and no backward (the 1/P scaling then runs on cold
 memory), against the raw Allreduce alone.
 """
@@ -51,7 +56,7 @@ torch.set_num_threads(1)
 if comm.rank == 0:
     print(f"# sync gradient exchange vs raw Allreduce, {comm.size} ranks; {machine()}")
     print(f"{'params':>9} {'buckets':>7} {'trials':>6} {'bwd ms':>8} {'raw ms':>8} {'sync ms':>8} "
-          f"{'ratio':>6} {'flat ratio':>10} {'cold ratio':>10}")
+          f"{'ratio':>6} {'flat ratio':>10} {'mean ratio':>10} {'cold ratio':>10}")
 for n in args.sizes:
     torch.manual_seed(0)
     model = wide_model(n)
@@ -75,13 +80,15 @@ for n in args.sizes:
         "raw": lambda: (backward(plain), comm.Allreduce(MPI.IN_PLACE, raw)),
         "sync": lambda: (backward(model), algo.step()),
         "flat": lambda: (backward(flat), comm.Allreduce(MPI.IN_PLACE, flat_grad)),
+        "mean": lambda: (backward(flat), layout.grad.mul_(1.0 / comm.size),
+                         comm.Allreduce(MPI.IN_PLACE, flat_grad)),
         "raw_alone": lambda: comm.Allreduce(MPI.IN_PLACE, raw),
         "cold": cold.step,
-    }, n_trials, comm)
+    }, n_trials, comm, settle=True)
     ex_raw, ex_sync = t["raw"] - t["backward"], t["sync"] - t["backward"]
-    ex_flat = t["flat"] - t["backward"]
+    ex_flat, ex_mean = t["flat"] - t["backward"], t["mean"] - t["backward"]
     if comm.rank == 0:
         print(f"{algo.flat.numel:>9} {len(algo.flat.buckets):>7} {n_trials:>6} "
               f"{1e3 * t['backward']:>8.2f} {1e3 * ex_raw:>8.2f} {1e3 * ex_sync:>8.2f} "
-              f"{ex_sync / ex_raw:>6.3f} {ex_flat / ex_raw:>10.3f} "
+              f"{ex_sync / ex_raw:>6.3f} {ex_flat / ex_raw:>10.3f} {ex_sync / ex_mean:>10.3f} "
               f"{t['cold'] / t['raw_alone']:>10.3f}", flush=True)

@@ -56,15 +56,22 @@ def counts(text: str) -> list[int]:
     return [count(part) for part in text.split(",") if part.strip()]
 
 
-def interleaved(contenders: dict, trials: int, comm=MPI.COMM_WORLD, warmup: int = 2) -> dict:
+def interleaved(contenders: dict, trials: int, comm=MPI.COMM_WORLD, warmup: int = 2,
+                settle: bool = False) -> dict:
     """Median seconds per call of each ``fn`` (max over ranks per trial), alternating them.
 
-    The order of the contenders is reversed on every other trial.
+    The order of the contenders is reversed on every other trial. ``settle``:
+    each timed call follows an untimed call of the same ``fn``, so that every
+    contender is timed in the steady state of a training loop (its own
+    memory in cache, as far as it fits) rather than in whatever state the
+    previous contender left.
     """
     times = {name: [] for name in contenders}
     order = list(contenders.items())
     for t in range(warmup + trials):
         for name, fn in (order if t % 2 == 0 else order[::-1]):   # no contender always first
+            if settle:
+                fn()
             comm.Barrier()
             t0 = time.perf_counter()
             fn()
