@@ -24,6 +24,7 @@ takes the same decision.
 from __future__ import annotations
 
 import bisect
+import copy
 import math
 
 import numpy as np
@@ -114,6 +115,14 @@ class Periodic:
     def series(self) -> dict:
         """The schedule's decisions for the run record, ``{"schedule/name": list}``."""
         return {}
+
+    def state_dict(self) -> dict:
+        """Where the schedule stands (its attributes: numbers and lists of them), for a
+        checkpoint; :meth:`load_state_dict` puts it back."""
+        return {k: copy.deepcopy(v) for k, v in vars(self).items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        vars(self).update(copy.deepcopy(state))
 
 
 class TimeVarying(Periodic):

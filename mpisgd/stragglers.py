@@ -385,6 +385,17 @@ class Stragglers:
             out.update({f"{kind}_delay": total, f"{kind}_count": count, f"{kind}_max": largest})
         return out
 
+    def state_dict(self) -> dict:
+        """The random streams' positions and the totals so far, for a checkpoint."""
+        return {"compute_rng": self._compute_rng.bit_generator.state,
+                "comm_rng": self._comm_rng.bit_generator.state,
+                "totals": {k: list(v) for k, v in self._totals.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._compute_rng.bit_generator.state = state["compute_rng"]
+        self._comm_rng.bit_generator.state = state["comm_rng"]
+        self._totals = {k: list(v) for k, v in state["totals"].items()}
+
     def __repr__(self) -> str:
         return (f"Stragglers(compute={str(self.compute_model or '')!r}, "
                 f"comm={str(self.comm_model or '')!r}, seed={self.seed}, worker={self.worker}, "

@@ -104,6 +104,19 @@ class CenterAlgorithm(Served):
     def period(self) -> int:
         return self.schedule.tau
 
+    #: Tensors of the algorithm's own besides x (EAMSGD's velocity, DOWNPOUR's anchor).
+    tensors: tuple[str, ...] = ()
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "schedule": self.schedule.state_dict(),
+                **{name: getattr(self, name) for name in self.tensors}}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.schedule.load_state_dict(state["schedule"])
+        for name in self.tensors:
+            getattr(self, name).copy_(state[name])
+
     def shared(self) -> torch.Tensor:
         return self.server.center
 
@@ -151,6 +164,7 @@ class EAMSGD(AsyncEASGD):
     """EAMSGD (Algorithm 2): async EASGD with local Nesterov momentum ``delta``."""
 
     name = "eamsgd"
+    tensors = ("velocity",)
     owns_momentum = True
     options = AsyncEASGD.options + (DELTA,)
 
@@ -195,6 +209,7 @@ class Downpour(CenterAlgorithm):
     """DOWNPOUR: push the accumulated local steps, pull the centre (tau = 1: async SGD)."""
 
     name = "downpour"
+    tensors = ("anchor",)
 
     def __init__(self, model, optimizer, comm=None, **options):
         super().__init__(model, optimizer, comm, **options)

@@ -34,8 +34,9 @@ from .._mpi import MPI
 
 from .. import device as placement
 from ..comm import Comm, check_reducible
-from ..errors import agree, digest
+from ..errors import agree, digest, install_abort_hook
 from ..flat import ParamBuffer
+from ..mpienv import check_environment
 from ..stragglers import Stragglers, wait
 from .options import STRAGGLERS, Option, resolve
 
@@ -64,6 +65,7 @@ class AlgorithmSpec:
              device=None) -> "Algorithm":
         """The algorithm on ``model`` and ``optimizer`` over ``comm`` (default
         ``MPI.COMM_WORLD``); collective. ``device``: see :func:`mpisgd.build`."""
+        install_abort_hook()    # an exception on one rank will end the job (MPISGD_ABORT=0: not)
         return self.cls(model, optimizer, comm, device=device, spec=self)
 
 
@@ -122,7 +124,8 @@ class Algorithm(abc.ABC):
         comm = MPI.COMM_WORLD if comm is None else comm
         self.size, self.rank = comm.Get_size(), comm.Get_rank()   # local queries: no traffic
         self.optimizer = optimizer
-        try:                 # a rank whose files differ must not leave the others waiting
+        try:                 # a rank whose files or environment differ must not leave the
+            check_environment()      # others waiting
             self.validate()
             if device is not None:
                 device = placement.parse(device)
@@ -181,7 +184,7 @@ class Algorithm(abc.ABC):
         #: stops during log points.
         built = time.perf_counter()
         self.clock = lambda: time.perf_counter() - built
-        self._loss_sum, self._loss_count = None, 0
+        self._loss_sum, self._loss_count, self._loss_first = None, 0, None
 
     # ---- hooks for subclasses -----------------------------------------
 
@@ -282,7 +285,7 @@ class Algorithm(abc.ABC):
         if self._loss_sum is None:
             return 0.0, 0, 0.0
         out = float(self._loss_sum), self._loss_count, float(self._loss_first)
-        self._loss_sum, self._loss_count = None, 0
+        self._loss_sum, self._loss_count, self._loss_first = None, 0, None
         return out
 
     def _cancellation(self):
@@ -365,6 +368,42 @@ class Algorithm(abc.ABC):
         MPI allows only so many communicators per process (MPICH: about 2000)."""
         if self.private_comm and self.comm.mpi != MPI.COMM_NULL:
             self.comm.mpi.Free()
+
+    # ---- checkpoints ---------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """Everything a continuation needs on this rank, between two steps: the flat
+        parameters and buffers, the optimizer's state, the counters, the loss reported
+        since the last round, the injected delays' random streams. Tensors, numbers,
+        strings and containers of them only (a checkpoint loads with
+        ``torch.load(weights_only=True)``). Subclasses add theirs to ``super()``'s.
+
+        Lock-step algorithms take it at any step boundary; those with a centre
+        rank inside :meth:`rendezvous`, where no message is in flight.
+        """
+        state = {"params": self.flat.data, "buffers": self.flat.buffers,
+                 "optimizer": self.optimizer.state_dict(),
+                 "steps": self.steps, "rounds": self.rounds,
+                 "loss": [self._loss_sum, self._loss_count,
+                          self._loss_first],
+                 "comm": {k: getattr(self.comm, k) for k in ("bytes_sent", "comm_time",
+                                                             "wait_time")}}
+        if self.stragglers is not None:
+            state["stragglers"] = self.stragglers.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from :meth:`state_dict` (taken on this rank of an equal run)."""
+        with torch.no_grad():
+            self.flat.data.copy_(state["params"])
+            self.flat.buffers.copy_(state["buffers"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.steps, self.rounds = state["steps"], state["rounds"]
+        self._loss_sum, self._loss_count, self._loss_first = state["loss"]
+        for k, v in state["comm"].items():
+            setattr(self.comm, k, v)
+        if self.stragglers is not None:
+            self.stragglers.load_state_dict(state["stragglers"])
 
     def stats(self) -> dict:
         """This rank's counters: steps, rounds, bytes sent, seconds in/blocked on communication."""

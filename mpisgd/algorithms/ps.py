@@ -90,6 +90,13 @@ class ParameterServerSGD(Served):
             self.client = ParameterClient(self.comm, self.shards, self.flat.data)
         self.abandoned = 0       # computations cancelled by a newer version
 
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "abandoned": self.abandoned}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.abandoned = state["abandoned"]
+
     def shared(self) -> torch.Tensor:
         return self.server.w
 

@@ -64,6 +64,15 @@ class Round(abc.ABC):
     def close(self) -> None:
         """Free the MPI objects the round made (collective, no round in flight)."""
 
+    def state_dict(self) -> dict:
+        """What the round keeps between rounds besides x (auxiliaries, a centre), for a
+        checkpoint; :meth:`load_state_dict` copies it back in place."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, value in state.items():
+            getattr(self, name).copy_(value)
+
 
 class Average(Round):
     """x <- (1/m) sum_j x_j over the m ranks, and the floating ``buffers`` likewise:
@@ -132,6 +141,9 @@ class Mix(Round):
     def close(self) -> None:
         self.mixer.close()
 
+    def state_dict(self) -> dict:
+        return {"aux": self.aux} if self.v else {}
+
 
 class Elastic(Round):
     """EASGD's round, x and c from the same moment (Zhang et al. 2015):
@@ -169,6 +181,9 @@ class Elastic(Round):
         pending.wait()
         if self.holds:
             self.center.add_(self._diff)
+
+    def state_dict(self) -> dict:
+        return {"center": self.center} if self.holds else {}
 
     def consensus(self, telemetry) -> torch.Tensor:
         """c, the same on every rank (``telemetry``: the uncounted Comm that broadcasts it)."""

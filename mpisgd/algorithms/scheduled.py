@@ -147,6 +147,25 @@ class Scheduled(Algorithm):
             self._settle()
         super().finish()
 
+    def state_dict(self) -> dict:
+        """Adds the schedule's position, the round's own state and, for a deferred round
+        in flight, its number: a continuation posts it again (x has not changed since
+        its start, so the same exchange follows)."""
+        return {**super().state_dict(), "schedule": self.schedule.state_dict(),
+                "round": self.round.state_dict(), "since": self._since,
+                "round_start": self._round_start,
+                "pending": self.rounds - 1 if self._pending is not None else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.schedule.load_state_dict(state["schedule"])
+        self.round.load_state_dict(state["round"])
+        self._since, self._round_start = state["since"], state["round_start"]
+        if state["pending"] is not None:
+            counters = self.comm.bytes_sent, self.comm.comm_time
+            self._pending = self.round.start(state["pending"])
+            self.comm.bytes_sent, self.comm.comm_time = counters   # counted before the stop
+
     def close(self) -> None:
         self._settle()
         self.round.close()

@@ -109,6 +109,23 @@ class Served(Algorithm):
             self.client.done()
         super().finish()
 
+    def state_dict(self) -> dict:
+        """Adds this rank's server and client state; taken inside :meth:`rendezvous`
+        (:meth:`serve`'s ``on_rendezvous`` on a dedicated server), where no message is in
+        flight."""
+        if not self._meeting:
+            raise RuntimeError(f"{self.name}: a checkpoint needs every rank at rendezvous()")
+        return {**super().state_dict(),
+                "server": self.server.state_dict() if self.server is not None else None,
+                "client": self.client.state_dict() if self.client is not None else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        if self.server is not None:
+            self.server.load_state_dict(state["server"])
+        if self.client is not None:
+            self.client.load_state_dict(state["client"])
+
     def shared(self) -> torch.Tensor | None:
         """This server's slice of the shared vector (``None`` on other ranks)."""
         raise NotImplementedError

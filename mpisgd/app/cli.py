@@ -1,8 +1,11 @@
 """The ``mpisgd`` command line: ``train`` (under mpiexec), ``report`` and ``topology``.
 
-Errors in the configuration print one line, ``mpisgd: error: <message>``,
-and exit with status 2 on every rank; an exception during training prints
-the failing rank's traceback and aborts the whole MPI job.
+Errors in the configuration exit with status 2 on every rank and print one
+line, ``mpisgd: error: <message>``, once: rank 0 prints an error every rank
+raised alike (:attr:`~mpisgd.errors.ConfigError.echo`), naming the rank where
+it was another rank's. An exception during training prints the failing
+rank's traceback, notes its reason beside the run record
+(:func:`~mpisgd.app.record.note_failure`) and aborts the whole MPI job.
 """
 from __future__ import annotations
 
@@ -17,7 +20,18 @@ from ..errors import ConfigError, message
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
-        raise ConfigError(f"{message} (see {self.prog} --help)")
+        err = ConfigError(f"{message} (see {self.prog} --help)")
+        err.echo = _launched_rank() not in (None, 0)    # every rank parses the same command
+        raise err
+
+
+def _launched_rank() -> int | None:
+    """This process's rank as the launcher says (MPI is not started yet), or ``None``."""
+    for var in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID"):
+        value = os.environ.get(var, "").strip()
+        if value.isdigit():
+            return int(value)
+    return None
 
 
 def _train_parser(sub) -> None:
@@ -27,7 +41,9 @@ def _train_parser(sub) -> None:
                        description="Train one replica per MPI rank: "
                                    "mpiexec -n 4 python -m mpisgd train --algo local --tau 8")
     p.add_argument("--config", help="YAML file with the same keys as the flags")
-    kinds = {"steps": int, "epochs": float, "log_every": int, "threads": int, "out": str}
+    kinds = {"steps": int, "epochs": float, "momentum": float, "log_every": int, "threads": int,
+             "out": str,
+             "checkpoint_every": int, "checkpoint_dir": str, "resume": str}
     for f in dataclasses.fields(TrainConfig):
         if f.name == "options":
             continue
@@ -93,10 +109,15 @@ def parser() -> argparse.ArgumentParser:
 def _train(args) -> int:
     from .._mpi import MPI
     from ..errors import abort_on_exception, agree
-    from . import train
+    from . import record, train
     from .config import from_sources
     comm = MPI.COMM_WORLD
-    abort_on_exception(comm)       # from here, an unexpected error on one rank ends the job
+    cfg = None
+
+    def note(exc) -> bool:      # the reason reaches the record; False: another rank's came first
+        return not (cfg and cfg.out) or record.note_failure(cfg.out, comm.Get_rank(), exc)
+
+    abort_on_exception(comm, note)     # from here, an unexpected error on one rank ends the job
     if comm.Get_rank() != 0:
         warnings.simplefilter("ignore")
     flags = {k: v for k, v in vars(args).items()
@@ -106,7 +127,14 @@ def _train(args) -> int:
     except ConfigError as err:
         agree(comm, err)        # meets prepare()'s agree on ranks that succeeded
         raise
-    train.run(cfg, comm, quiet=args.quiet)
+    from .stops import RunStopped
+    try:
+        train.run(cfg, comm, quiet=args.quiet)
+    except RunStopped as err:        # every rank alike: one line, the documented exit status
+        if comm.Get_rank() == 0:
+            sys.stderr.flush()
+            os.write(2, f"mpisgd: {err.status}\n".encode())
+        return err.exit_code
     return 0
 
 
@@ -139,6 +167,7 @@ def main(argv=None) -> int:
         args = parser().parse_args(argv)
         return args.func(args)
     except ConfigError as err:
-        sys.stderr.flush()
-        os.write(2, f"mpisgd: error: {message(err)}\n".encode())   # one write: lines stay whole
+        if not err.echo:                 # every rank raised it: one of them prints it
+            sys.stderr.flush()
+            os.write(2, f"mpisgd: error: {message(err)}\n".encode())   # one write: lines stay whole
         return 2

@@ -9,11 +9,24 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from dataclasses import dataclass, field
 
 from .. import algorithms, device as placement, models
 from ..algorithms.options import coerce
 from ..errors import ConfigError, OptionError
+
+
+def _momentum_help() -> str:
+    """``--momentum``'s help: the default of :attr:`Algorithm.default_momentum` and the
+    algorithms whose own default differs, from the registry."""
+    usual = algorithms.Algorithm.default_momentum
+    others: dict[float, list[str]] = {}
+    for name, cls in algorithms.ALGORITHMS.items():
+        if cls.default_momentum != usual:
+            others.setdefault(cls.default_momentum, []).append(name)
+    return (f"SGD momentum (default {usual:g}; "
+            + "; ".join(f"{m:g} for {', '.join(names)}" for m, names in others.items()) + ")")
 
 
 @dataclass
@@ -26,7 +39,7 @@ class TrainConfig:
     epochs: float | None = None
     batch_size: int = 32
     lr: float = 0.05
-    momentum: float = 0.9
+    momentum: float | None = None      # None: the algorithm's default_momentum (validate)
     nesterov: bool = False
     weight_decay: float = 0.0
     seed: int = 0
@@ -36,6 +49,11 @@ class TrainConfig:
     out: str | None = None
     threads: int | None = None
     device: str = "auto"
+    overwrite: bool = False
+    checkpoint_every: int | None = None
+    checkpoint_dir: str | None = None
+    resume: str | None = None
+    on_nonfinite: str = "stop"
     options: dict = field(default_factory=dict)   # algorithm options, Python names
 
     HELP = {
@@ -46,7 +64,7 @@ class TrainConfig:
         "epochs": "passes over the training set by all workers together",
         "batch_size": "mini-batch size per worker",
         "lr": "learning rate",
-        "momentum": "SGD momentum",
+        "momentum": _momentum_help(),
         "nesterov": "Nesterov momentum",
         "weight_decay": "L2 weight decay",
         "seed": "seed of data order, sharding and initialisation",
@@ -56,6 +74,13 @@ class TrainConfig:
         "out": "HDF5 run record (default runs/ALGO-DATE-TIME.h5)",
         "threads": "torch threads per rank (default: cores per node / ranks per node)",
         "device": "auto (CUDA where torch sees a GPU), cpu, cuda (GPU local_rank %% GPUs) or cuda:N",
+        "overwrite": "replace an existing --out (refused otherwise)",
+        "checkpoint_every": "steps between checkpoints (async algorithms: at the next log point "
+                            "after; default: none, but SIGTERM/SIGUSR1 still write one)",
+        "checkpoint_dir": "where checkpoints go (default: --out without .h5, plus .ckpt)",
+        "resume": "continue the run from a checkpoint directory (or its parent: the newest)",
+        "on_nonfinite": "stop (the run fails, exit 4) or warn when a loss or parameter is not "
+                        "finite",
     }
 
     def validate(self) -> None:
@@ -70,7 +95,14 @@ class TrainConfig:
             need(self.steps is None, "epochs", "used without --steps", self.epochs)
         need(self.batch_size >= 1, "batch-size", "a positive integer", self.batch_size)
         need(self.lr > 0, "lr", "positive", self.lr)
+        cls = algorithms.ALGORITHMS.get(self.algo, algorithms.Algorithm)   # unknown: refused below
+        given = self.momentum is not None
+        if not given:            # the algorithm's default, recorded as the value
+            self.momentum = cls.default_momentum
         need(0 <= self.momentum < 1, "momentum", "in [0, 1)", self.momentum)
+        if given and self.momentum > 0 and cls.momentum_caveat:
+            warnings.warn(f"--momentum {self.momentum:g} with --algo {self.algo}: "
+                          f"{cls.momentum_caveat}", UserWarning, stacklevel=2)
         need(not self.nesterov or self.momentum > 0, "nesterov", "used with --momentum > 0",
              self.nesterov)
         need(self.weight_decay >= 0, "weight-decay", "non-negative", self.weight_decay)
@@ -86,6 +118,11 @@ class TrainConfig:
             need(self.log_every >= 1, "log-every", "a positive integer", self.log_every)
         if self.threads is not None:
             need(self.threads >= 1, "threads", "a positive integer", self.threads)
+        if self.checkpoint_every is not None:
+            need(self.checkpoint_every >= 1, "checkpoint-every", "a positive integer",
+                 self.checkpoint_every)
+        need(self.on_nonfinite in ("stop", "warn"), "on-nonfinite", "stop or warn",
+             self.on_nonfinite)
         try:
             declared = {o.name for o in algorithms.lookup(self.algo).declared()}
         except ValueError as err:
@@ -141,7 +178,6 @@ def from_sources(yaml_path: str | None, flags: dict) -> TrainConfig:
         if given:
             raise ConfigError(f"--{given[0]} does not apply to --algo {cls.name}: "
                               "its momentum is --delta")
-        general.update(momentum=0.0, nesterov=False)
     return TrainConfig(**general, options=options)
 
 

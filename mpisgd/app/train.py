@@ -24,20 +24,22 @@ from __future__ import annotations
 
 import math
 import os
-import signal
 import sys
 import time
+import warnings
 import zlib
 from datetime import datetime
 
 import torch
 import torch.nn.functional as F
 
-from .. import __version__, data as datasets, device as placement, models, ops
+from .. import __version__, checkpoint, data as datasets, device as placement, models, ops
 from ..errors import ConfigError, agree, digest
 from ..mpienv import check_environment, mpi_library
 from .config import TrainConfig
-from .record import RANK_FIELDS, RunRecord
+from .record import METRICS, RANK_FIELDS, RunRecord, claim
+from .stops import Diverged, Interrupted, LossWatch, RunStopped, Signals, StopVote, signal_name, \
+    vote_code
 
 
 def _threads(comm, requested: int | None) -> int:
@@ -53,8 +55,11 @@ def _default_out(algo: str) -> str:
     return os.path.join("runs", f"{algo}-{datetime.now():%Y%m%d-%H%M%S}-{os.getpid()}.h5")
 
 
-def _writable(path: str) -> str:
-    """``path`` if rank 0 can create the run record there; ``ConfigError`` naming --out if not."""
+def _writable(path: str, overwrite: bool = False, resume: bool = False) -> str:
+    """``path`` if rank 0 can create the run record there and may: the record is then this
+    run's, locked (:func:`~mpisgd.app.record.claim`). ``ConfigError`` naming --out if not:
+    a directory, not writable, an existing file without --overwrite or --resume, or a
+    record another job is writing."""
     if os.path.isdir(path):
         raise ConfigError(f"--out {path} is a directory; give a file name such as {path}/run.h5")
     parent = os.path.dirname(os.path.abspath(path))
@@ -62,8 +67,9 @@ def _writable(path: str) -> str:
         os.makedirs(parent, exist_ok=True)
     except OSError as err:
         raise ConfigError(f"--out {path}: cannot create directory {parent} ({err.strerror})") from None
-    existed = os.path.exists(path)
     try:
+        claim(path, overwrite, resume)
+        existed = os.path.exists(path)
         open(path, "ab").close()     # can the file itself be created or written?
     except OSError as err:
         raise ConfigError(f"--out {path}: cannot write it ({err.strerror})") from None
@@ -101,8 +107,9 @@ def prepare(cfg: TrainConfig, comm):
         cfg.steps = cfg.steps or 300
         cfg.log_every = cfg.log_every or max(1, cfg.steps // 20)
         if comm.Get_rank() == 0:
-            cfg.out = _writable(cfg.out or _default_out(cfg.algo))
-        pieces = data, shards, model
+            cfg.out = _writable(cfg.out or _default_out(cfg.algo), cfg.overwrite, bool(cfg.resume))
+        resume = _resumable(cfg, comm.Get_size()) if cfg.resume else None
+        pieces = data, shards, model, resume
         key = digest({"config": {k: v for k, v in cfg.resolved().items() if k not in ("out", "threads")},
                       "data": [len(data.y_train), len(data.y_test), list(data.input_shape),
                                zlib.crc32(data.y_train.numpy().tobytes())]})
@@ -112,6 +119,17 @@ def prepare(cfg: TrainConfig, comm):
         error = f"{type(err).__name__}: {err}"
     agree(comm, error, key)
     return pieces
+
+
+def _resumable(cfg: TrainConfig, size: int) -> tuple[str, dict]:
+    """The checkpoint ``--resume`` names and its meta, checked against this run."""
+    path = checkpoint.find(cfg.resume)
+    meta = checkpoint.read_meta(path)
+    checkpoint.check(meta, cfg.resolved(), size, path)
+    if meta["step"] >= cfg.steps:
+        raise ConfigError(f"--resume {path}: the run is at step {meta['step']} of --steps "
+                          f"{cfg.steps}, nothing is left to do; raise --steps to continue it")
+    return path, meta
 
 
 class Evaluator:
@@ -144,74 +162,116 @@ class Evaluator:
         return sums[0].item() / n, sums[1].item() / n
 
 
-class _Terminated(Exception):
-    pass
-
-
-def _on_sigterm(signum, frame):
-    raise _Terminated(f"terminated by signal {signum} (batch-system time limit or scancel?)")
-
-
 def run(cfg: TrainConfig, comm, quiet: bool = False) -> dict:
-    """Train as ``cfg`` says on communicator ``comm``; returns rank 0's summary (others: {})."""
+    """Train as ``cfg`` says on communicator ``comm``; returns rank 0's summary (others: {}).
+
+    Raises :class:`~mpisgd.app.stops.Interrupted` (a signal; a checkpoint was
+    written) or :class:`~mpisgd.app.stops.Diverged` on every rank alike.
+    """
+    with Signals() as signals:      # from the start: a signal during set-up stops at step 1
+        return _run(cfg, comm, quiet, signals)
+
+
+def _run(cfg: TrainConfig, comm, quiet: bool, signals: Signals) -> dict:
     rank, size = comm.Get_rank(), comm.Get_size()
-    data, shards, model = prepare(cfg, comm)
+    data, shards, model, resume = prepare(cfg, comm)
+    cfg.out = comm.bcast(cfg.out, root=0)          # the default name is rank 0's
     torch.set_num_threads(_threads(comm, cfg.threads))
-    signal.signal(signal.SIGTERM, _on_sigterm)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                           nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
     try:
         algo = cfg.spec.bind(model, opt, comm, device=cfg.device)
     except ValueError as err:    # raised on every rank alike, before any message
         raise err if isinstance(err, ConfigError) else ConfigError(str(err)) from None
+    state = None
+    if resume is not None:
+        state = checkpoint.load(resume[0], rank)
+        algo.load_state_dict(state["algorithm"])
     record = None
     if rank == 0:
         record = RunRecord(cfg.out, cfg.resolved(), size, algo.workers, mpi_library(), __version__)
+        for row in (resume[1]["rows"] if resume else ()):
+            record.log(**row)
     try:
-        return _train(cfg, comm, algo, model, opt, data, shards, record, quiet)
+        return _train(cfg, comm, algo, model, opt, data, shards, record, quiet, signals,
+                      {**state["driver"], "rows": resume[1]["rows"]} if state else None)
+    except RunStopped as err:    # on every rank alike, at the same point: close collectively
+        algo.close()
+        if record is not None:
+            record._status(err.status)
+        raise
     except BaseException as err:
         if record is not None:
             record.fail(f"{type(err).__name__}: {err}")
         raise
 
 
-def _train(cfg, comm, algo, model, opt, data, shards, record, quiet) -> dict:
+def _train(cfg, comm, algo, model, opt, data, shards, record, quiet, signals,
+           resumed: dict | None) -> dict:
     rank = comm.Get_rank()
     device = algo.device
     cuda = device.type == "cuda"
     telemetry = algo.telemetry   # every collective of the driver: uncounted, in the algorithm's order
     evaluate = Evaluator(cfg, data, telemetry, device)
     progress = Progress(cfg.steps, f"{cfg.algo} x{algo.workers}", enabled=(rank == 0 and not quiet))
-    loss_acc = torch.zeros((), dtype=torch.float64, device=device)
-    seen = 0
+    watch = LossWatch(device, cfg.log_every)
+    ckpt_dir = cfg.checkpoint_dir or checkpoint.default_dir(cfg.out)
+    rows = []                    # rank 0: the record's rows, for checkpoints
+    step = 0
     paused = 0.0
     row = {}
     telemetry.barrier()
     start = time.perf_counter()
     base = algo.stats()          # counters from the start barrier (set-up traffic excluded)
+    if resumed is not None:      # the clock, counters and interval go on from the checkpoint
+        step, base = resumed["step"], resumed["base"]
+        start -= resumed["train_time"]
+        watch.load_state_dict(resumed["losses"])
+        rows = [dict(r) for r in resumed["rows"]] if rank == 0 else []
+        progress.update(step)
     algo.clock = lambda: time.perf_counter() - start - paused     # schedules: training time
+    next_checkpoint = _next_multiple(step, cfg.checkpoint_every)
 
-    def log_point(step: int) -> None:
-        """Every rank: evaluate the consensus, rank 0 records; the clock stops meanwhile."""
-        nonlocal seen, paused, row
+    def log_point(point: int) -> str | None:
+        """Every rank: evaluate the consensus, rank 0 records; the clock stops meanwhile.
+        Returns the signal any rank received (voted in the log point's Allreduce)."""
+        nonlocal paused, row
         if cuda:                 # training time ends when its kernels have, not when queued
             torch.cuda.synchronize(device)
         t_log = time.perf_counter()
-        row = _log_point(algo, evaluate, step, t_log - start - paused,
-                         loss_acc.item(), seen, base["bytes_sent"])
-        loss_acc.zero_()
-        seen = 0
+        row, health, vote = _log_point(algo, evaluate, point, t_log - start - paused, watch,
+                                       base["bytes_sent"], signals, step)
         if record is not None:
             record.log(**row)
+            rows.append(row)
         progress.log(row)
         telemetry.barrier()      # rank 0's record write is not anyone's training time
         paused += time.perf_counter() - t_log
+        _check_finite(cfg, health, point)
+        return signal_name(vote)
+
+    def save(point: int) -> str:
+        """A checkpoint after local step ``point`` (collective); the clock stops meanwhile."""
+        nonlocal paused
+        t0 = time.perf_counter()
+        driver = {"step": step, "base": base, "train_time": t0 - start - paused,
+                  "losses": watch.state_dict()}
+        meta = {"config": cfg.resolved(), "rows": rows, "algo": cfg.algo} if rank == 0 else {}
+        path = checkpoint.save(telemetry, ckpt_dir, point,
+                               {"algorithm": algo.state_dict(), "driver": driver}, meta)
+        paused += time.perf_counter() - t0
+        return path
+
+    def stop(name: str, point: int) -> None:
+        path = save(point)
+        raise Interrupted(f"interrupted: {name} at step {point}, checkpoint {path}")
 
     if algo.is_worker:
         w = algo.worker_index
         stream = datasets.WorkerStream(data.to(device), shards[w], w, cfg.seed, cfg.batch_size)
         pace = Pace(cfg, algo)
-        step = 0
+        vote = StopVote(telemetry, signals) if algo.collective_rounds else None
+        rounds = algo.rounds
         while pace.running(step):
             x, y = stream.batch(step)
             opt.zero_grad(set_to_none=False)
@@ -219,26 +279,48 @@ def _train(cfg, comm, algo, model, opt, data, shards, record, quiet) -> dict:
             loss.backward()
             algo.step(loss)
             step += 1
-            loss_acc += loss.detach()
-            seen += 1
+            watch.add(loss)
             point, last = pace.after_step(step, progress)
             if last:
+                if vote is not None:
+                    vote.close()
                 algo.finish()        # draining in-flight messages is training time
             if point is not None:
                 if not last:
                     algo.rendezvous()    # async algorithms: the centre joins the collectives
-                log_point(point)
+                received = log_point(point)
+                if received and not last:
+                    stop(received, point)
+                if vote is None and not last and next_checkpoint is not None and \
+                        point >= next_checkpoint:      # a centre: checkpoints at log points
+                    save(point)
+                    next_checkpoint = _next_multiple(point, cfg.checkpoint_every)
+            if vote is not None and algo.rounds != rounds and not last:
+                rounds = algo.rounds
+                received = vote.at_round()
+                if received:
+                    stop(received, algo.rounds * pace.tau if pace.by_rounds else step)
+            position = algo.rounds * pace.tau if pace.by_rounds else step   # the same everywhere
+            if vote is not None and not last and next_checkpoint is not None and \
+                    position >= next_checkpoint:
+                save(position)
+                next_checkpoint = _next_multiple(position, cfg.checkpoint_every)
     else:                        # a dedicated centre: log points come as rendezvous
-        meetings = 0
 
         def meet() -> None:
-            nonlocal meetings
-            meetings += 1
-            progress.update(cfg.log_every)
-            log_point(meetings * cfg.log_every)
+            nonlocal step, next_checkpoint
+            point = min(cfg.steps, (step // cfg.log_every + 1) * cfg.log_every)
+            progress.update(point - step)
+            step = point
+            received = log_point(point)
+            if received and point < cfg.steps:
+                stop(received, point)
+            if next_checkpoint is not None and point >= next_checkpoint:
+                save(point)
+                next_checkpoint = _next_multiple(point, cfg.checkpoint_every)
 
         algo.serve(on_rendezvous=meet)
-        progress.update(cfg.steps - meetings * cfg.log_every)
+        progress.update(cfg.steps - step)
         log_point(cfg.steps)
     train_time = time.perf_counter() - start - paused
     progress.close()
@@ -266,6 +348,26 @@ def _train(cfg, comm, algo, model, opt, data, shards, record, quiet) -> dict:
     return summary
 
 
+def _next_multiple(step: int, every: int | None) -> int | None:
+    """The first multiple of ``every`` after ``step`` (``None``: no periodic checkpoints)."""
+    return None if every is None else (step // every + 1) * every
+
+
+def _check_finite(cfg, health: list, point: int) -> None:
+    """Stop (or warn) when any rank saw a non-finite loss or parameter (``health``: per
+    rank, the step of its first non-finite loss, -1 for non-finite parameters, 0: fine)."""
+    bad = [(r, int(v)) for r, v in enumerate(health) if v != 0]
+    if not bad:
+        return
+    rank, code = bad[0]
+    what = (f"non-finite loss at step {code} on rank {rank}" if code > 0 else
+            f"non-finite parameters at step {point} on rank {rank}")
+    if cfg.on_nonfinite == "warn":
+        warnings.warn(what + " (--on-nonfinite warn: training goes on)")
+        return
+    raise Diverged(f"failed: {what}")
+
+
 class Pace:
     """When a worker's loop ends and where its log points fall.
 
@@ -282,7 +384,7 @@ class Pace:
         self.tau = algo.period
         self.rounds = math.ceil(cfg.steps / self.tau)
         self.every = max(1, round(cfg.log_every / self.tau))
-        self._seen_rounds = 0
+        self._seen_rounds = algo.rounds      # a resumed run's rounds so far
 
     def running(self, step: int) -> bool:
         """Whether the worker, having taken ``step`` local steps, goes on."""
@@ -337,17 +439,26 @@ class Progress:
         self.bar.close()
 
 
-def _log_point(algo, evaluate, step, wall, loss_sum, seen, bytes_before) -> dict:
-    """One row of /metrics: losses and bytes summed over ranks, rounds the mean per worker,
-    the consensus evaluated."""
-    sums = torch.tensor([loss_sum, seen, algo.stats()["bytes_sent"] - bytes_before, algo.rounds],
-                        dtype=torch.float64)
+def _log_point(algo, evaluate, step, wall, watch, bytes_before, signals, local_step):
+    """One row of /metrics (losses and bytes summed over ranks, rounds the mean per worker,
+    the consensus evaluated) and what every rank must hear: per rank, its health (the
+    step of its first non-finite loss, -1 for non-finite parameters, 0: fine) and its
+    signal vote (:func:`~mpisgd.app.stops.vote_code`). One Allreduce carries it all,
+    the per-rank figures in one-hot slots."""
+    loss_sum, seen, bad = watch.take(local_step)
+    if not bad and not torch.isfinite(algo.flat.data).all():
+        bad = -1
+    size, me = algo.comm.size, algo.comm.rank
+    sums = torch.zeros(4 + 2 * size, dtype=torch.float64)
+    sums[:4] = torch.tensor([loss_sum, seen, algo.stats()["bytes_sent"] - bytes_before, algo.rounds])
+    sums[4 + me], sums[4 + size + me] = bad, vote_code(signals)
     algo.telemetry.allreduce(sums)    # after the algorithm's queued operations, on every rank
     params = algo.consensus()
     test_loss, test_error = evaluate(params, algo.consensus_buffers())
-    return {"step": step, "wall_time": wall, "train_loss": sums[0].item() / max(sums[1].item(), 1),
-            "test_loss": test_loss, "test_error": test_error, "rounds": sums[3].item() / algo.workers,
-            "bytes_sent": sums[2].item(), "consensus_distance": algo.consensus_distance()}
+    row = {"step": step, "wall_time": wall, "train_loss": sums[0].item() / max(sums[1].item(), 1),
+           "test_loss": test_loss, "test_error": test_error, "rounds": sums[3].item() / algo.workers,
+           "bytes_sent": sums[2].item(), "consensus_distance": algo.consensus_distance()}
+    return row, sums[4:4 + size].tolist(), max(sums[4 + size:].tolist())
 
 
 def summary_line(s: dict) -> str:

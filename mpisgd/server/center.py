@@ -21,6 +21,7 @@ class CenterServer(Server):
     """
 
     kinds = (PULL, PUSH, PUSH_PULL, SYNC, DONE)
+    checkpointed = Server.checkpointed + ("center",)
 
     def __init__(self, comm: Comm, center: torch.Tensor, workers: list[int], index: dict[int, int]):
         self.center = center
@@ -52,6 +53,8 @@ class CenterClient(Client):
     them along; the next message waits for them). ``pushes`` counts the
     updates this worker sent.
     """
+
+    checkpointed = ("pushes",)
 
     def __init__(self, comm: Comm, shards: Shards, like: torch.Tensor):
         super().__init__(comm, shards)
@@ -102,6 +105,12 @@ class LocalCenter:
     def __init__(self, server: CenterServer):
         self.server, self.center = server, server.center
         self.pushes = 0
+
+    def state_dict(self) -> dict:
+        return {"pushes": self.pushes}         # the centre is the server's
+
+    def load_state_dict(self, state: dict) -> None:
+        self.pushes = state["pushes"]
 
     def pull(self) -> torch.Tensor:
         self.server.counts["pull"][0] += 1

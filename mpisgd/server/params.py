@@ -158,6 +158,20 @@ class ParameterServer(Server):
     """
 
     kinds = (GRAD, SYNC, DONE)
+    checkpointed = Server.checkpointed + ("acc", "batch", "version", "applied", "dropped",
+                                          "staleness", "rates", "update_times", "first_done",
+                                          "sent")
+
+    def state_dict(self) -> dict:
+        """Adds the partial batch, the version, the counters and the server optimizer's
+        state (``w`` is the algorithm's flat buffer: checkpointed with it)."""
+        return {**super().state_dict(), "optimizer": self.optimizer.state_dict(),
+                "elapsed": time.perf_counter() - self.started}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.started = time.perf_counter() - state["elapsed"]
 
     def __init__(self, comm: Comm, w: torch.Tensor, optimizer: torch.optim.Optimizer,
                  protocol: Protocol, k: int, workers: list[int], index: dict[int, int],
@@ -302,6 +316,8 @@ class ParameterClient(Client):
     protocols the servers move in lock-step, so adopting one message from
     every server gives one whole version.
     """
+
+    checkpointed = ("versions",)
 
     def __init__(self, comm: Comm, shards: Shards, w: torch.Tensor):
         super().__init__(comm, shards)

@@ -84,6 +84,20 @@ class Shards:
         return [self.slice(t, s) for s in range(self.servers)]
 
 
+def restore(obj, name: str, value) -> None:
+    """Set ``obj.name`` from a checkpoint: a tensor is copied into the one there (views of
+    it stay valid), a dict of tensors likewise, anything else replaces it."""
+    current = getattr(obj, name)
+    if isinstance(current, torch.Tensor):
+        current.copy_(value)
+    elif isinstance(current, dict) and current and all(isinstance(v, torch.Tensor)
+                                                        for v in current.values()):
+        for key, tensor in current.items():
+            tensor.copy_(value[key])
+    else:
+        setattr(obj, name, value)
+
+
 class Server:
     """One server rank's message loop: one receive posted, messages served in arrival order.
 
@@ -114,6 +128,17 @@ class Server:
         self.idle_time = 0.0         # seconds blocked waiting for one
         self._recv = None
         self._post()
+
+    #: Attributes a checkpoint holds (numbers and lists; tensors are copied back in place).
+    checkpointed = ("counts", "service_time", "idle_time")
+
+    def state_dict(self) -> dict:
+        """The server's state at a rendezvous (no message in flight), for a checkpoint."""
+        return {name: getattr(self, name) for name in self.checkpointed}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name in self.checkpointed:
+            restore(self, name, state[name])
 
     def _post(self) -> None:
         if self._recv is None and self.done != self.remote:
@@ -196,6 +221,16 @@ class Client:
     the background; :meth:`settle` waits for them, :meth:`progress` lets
     them along.
     """
+
+    checkpointed: tuple[str, ...] = ()
+
+    def state_dict(self) -> dict:
+        """The client's state at a rendezvous, for a checkpoint."""
+        return {name: getattr(self, name) for name in self.checkpointed}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name in self.checkpointed:
+            restore(self, name, state[name])
 
     def __init__(self, comm: Comm, shards: Shards):
         self.comm, self.shards = comm, shards

@@ -1,0 +1,172 @@
+"""Why a run ends early, and how every rank learns it at the same step.
+
+* **Preemption.** SIGTERM (a time limit, ``scancel``, preemption) and
+  SIGUSR1 (Slurm's ``--signal=B:USR1@120`` warning) set a flag; they never
+  interrupt a step. Ranks that step in lock-step vote at round boundaries
+  (:class:`StopVote`: a one-number ``Iallreduce`` posted at round r, read at
+  round r + 1, so no rank ever blocks on it); algorithms with a centre rank
+  vote at log points, in the log point's own Allreduce. Every rank then
+  stops after the same step, a checkpoint is written, and the job exits with
+  :data:`EXIT_INTERRUPTED`. A second signal ends the process at once.
+* **Divergence.** Each step's loss goes into a device buffer (no host
+  sync); at a log point each rank finds its first non-finite loss there and
+  checks its parameters for non-finite values, and the flags travel in the
+  log point's Allreduce: every rank stops within one log interval, with
+  :data:`EXIT_DIVERGED`.
+"""
+from __future__ import annotations
+
+import math
+import os
+import signal
+
+import torch
+
+from .._mpi import MPI
+
+EXIT_INTERRUPTED = 3
+EXIT_DIVERGED = 4
+SIGNALS = ("SIGTERM", "SIGUSR1")
+
+
+class RunStopped(Exception):
+    """The run ended before its last step, on every rank alike: ``str(err)`` is the record's
+    status; ``exit_code`` the process's."""
+    exit_code = 1
+
+    @property
+    def status(self) -> str:
+        return str(self)
+
+
+class Interrupted(RunStopped):
+    """A signal asked the run to stop; a checkpoint was written."""
+    exit_code = EXIT_INTERRUPTED
+
+
+class Diverged(RunStopped):
+    """A loss or parameter became non-finite (``--on-nonfinite stop``)."""
+    exit_code = EXIT_DIVERGED
+
+
+class Signals:
+    """While active, SIGTERM and SIGUSR1 set :attr:`received` (the first one's name).
+
+    A context manager: the previous handlers come back on exit, so a
+    library user's own handlers are untouched outside a run. A second
+    signal while one is pending restores the default action and re-raises
+    it: a rank that cannot reach a step boundary still dies.
+    """
+
+    def __init__(self):
+        self.received: str | None = None
+        self._old = {}
+
+    def _handler(self, signum, frame):
+        name = signal.Signals(signum).name
+        if self.received is not None:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        self.received = name
+
+    def __enter__(self) -> "Signals":
+        for name in SIGNALS:
+            sig = getattr(signal, name, None)
+            if sig is not None:
+                try:
+                    self._old[sig] = signal.signal(sig, self._handler)
+                except ValueError:       # not the main thread: leave signals alone
+                    pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old.clear()
+
+
+class StopVote:
+    """Agree, without blocking, on whether any rank was signalled (lock-step algorithms).
+
+    :meth:`at_round` is called by every rank after the same rounds: it
+    completes the vote posted at the previous call (a MAX over one number,
+    long since complete on a healthy run) and posts the next. Returns the
+    signal's name once any rank has one, the same on every rank.
+    """
+
+    def __init__(self, comm, signals: Signals):
+        self.comm, self.signals = comm, signals
+        self._vote = torch.zeros(1, dtype=torch.float64)
+        self._pending = None
+
+    def at_round(self) -> str | None:
+        decided = None
+        if self._pending is not None:
+            self._pending.wait()
+            self._pending = None
+            if self._vote.item() > 0:
+                decided = SIGNALS[int(self._vote.item()) - 1]
+        if decided is None:
+            self._vote.fill_(_code(self.signals.received))
+            self._pending = self.comm.iallreduce(self._vote, op=MPI.MAX)
+        return decided
+
+    def close(self) -> None:
+        if self._pending is not None:
+            self._pending.wait()
+            self._pending = None
+
+
+def _code(name: str | None) -> float:
+    return float(SIGNALS.index(name) + 1) if name else 0.0
+
+
+def vote_code(signals: Signals) -> float:
+    """This rank's signal as a number for a MAX vote (0: none)."""
+    return _code(signals.received)
+
+
+def signal_name(code: float) -> str | None:
+    """The signal a vote's result names (``None`` for 0)."""
+    return SIGNALS[int(code) - 1] if code > 0 else None
+
+
+class LossWatch:
+    """The losses of one log interval on the device, for their sum and first non-finite one.
+
+    :meth:`add` is one device copy per step (no host synchronisation);
+    :meth:`take` at a log point returns (sum, count, the local step of the
+    first non-finite loss, 1-based, or 0) and starts the next interval.
+    """
+
+    def __init__(self, device, capacity: int):
+        self.buffer = torch.zeros(max(1, capacity), dtype=torch.float64, device=device)
+        self.count = 0
+        self.first_step = 0        # the local step of buffer[0]
+
+    def add(self, loss: torch.Tensor) -> None:
+        if self.count == len(self.buffer):
+            self.buffer = torch.cat([self.buffer, torch.zeros_like(self.buffer)])
+        self.buffer[self.count] = loss.detach()
+        self.count += 1
+
+    def take(self, next_step: int) -> tuple[float, int, int]:
+        losses = self.buffer[:self.count]
+        total = losses.sum().item() if self.count else 0.0
+        bad = 0
+        if self.count and not math.isfinite(total):
+            bad = self.first_step + int((~torch.isfinite(losses)).nonzero()[0].item()) + 1
+        n, self.count, self.first_step = self.count, 0, next_step
+        return total, n, bad
+
+    def state_dict(self) -> dict:
+        return {"losses": self.buffer[:self.count].cpu(), "first_step": self.first_step}
+
+    def load_state_dict(self, state: dict) -> None:
+        losses = state["losses"]
+        self.count = len(losses)
+        if self.count > len(self.buffer):
+            self.buffer = torch.zeros(self.count, dtype=torch.float64, device=self.buffer.device)
+        self.buffer[:self.count] = losses.to(self.buffer.device)
+        self.first_step = state["first_step"]

@@ -1,0 +1,143 @@
+"""Checkpoints: every rank's state at one step, written atomically, read without unpickling code.
+
+Layout, in a directory that every rank can reach (a shared filesystem)::
+
+    DIR/step-00000120/rank-00000.pt ... rank-00003.pt    one per rank (torch.save)
+    DIR/step-00000120/meta.json                          rank 0's, written last
+
+A checkpoint is written into ``DIR/.step-00000120.tmp``: each rank writes its
+file (a temporary name, then a rename), every rank reports success (one
+``allgather``), rank 0 writes ``meta.json`` and renames the directory. A
+directory without ``meta.json``, or a ``.tmp`` one, is incomplete and never
+read; a job killed while writing leaves the previous checkpoint intact.
+The newest ``keep`` checkpoints are kept (default 2).
+
+Rank files hold tensors, numbers, strings and containers of them only and
+are read with ``torch.load(weights_only=True)``: loading a checkpoint never
+runs code. ``meta.json`` holds the run's configuration, world size, step and
+the record's rows so far; :func:`check` compares it with a continuation's.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import torch
+
+from .errors import ConfigError
+
+FORMAT = 1
+#: Options a continuation may change: they do not change the math of the steps taken.
+SAFE_TO_CHANGE = ("steps", "epochs", "log_every", "out", "threads", "overwrite",
+                  "checkpoint_every", "checkpoint_dir", "resume", "on_nonfinite", "device")
+_PREFIX = "step-"
+
+
+def default_dir(out: str) -> str:
+    """Checkpoints beside the run record: ``runs/x.h5`` -> ``runs/x.ckpt``."""
+    root, ext = os.path.splitext(out)
+    return (root if ext == ".h5" else out) + ".ckpt"
+
+
+def _name(step: int) -> str:
+    return f"{_PREFIX}{step:08d}"
+
+
+def _complete(directory: str) -> list[str]:
+    """The complete checkpoints in ``directory``, oldest first."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    found = [n for n in names if n.startswith(_PREFIX)
+             and os.path.isfile(os.path.join(directory, n, "meta.json"))]
+    return [os.path.join(directory, n) for n in sorted(found)]
+
+
+def save(comm, directory: str, step: int, state: dict, meta: dict, keep: int = 2) -> str:
+    """Write this rank's ``state`` as part of the checkpoint of ``step``; collective.
+
+    ``comm``: a :class:`~mpisgd.comm.Comm` (its ``allgather``); ``meta``: rank 0's
+    description of the run (JSON-able). Returns the checkpoint's path. Raises
+    ``OSError`` on every rank if any rank could not write its part.
+    """
+    final = os.path.join(directory, _name(step))
+    tmp = os.path.join(directory, "." + _name(step) + ".tmp")
+    error = None
+    try:
+        os.makedirs(tmp, exist_ok=True)
+        path = os.path.join(tmp, f"rank-{comm.rank:05d}.pt")
+        torch.save(state, path + ".part")
+        os.replace(path + ".part", path)
+    except OSError as err:
+        error = f"rank {comm.rank}: {err}"
+    errors = [e for e in comm.allgather(error) if e]
+    if errors:
+        raise OSError(f"checkpoint of step {step} in {directory} not written: {errors[0]}")
+    if comm.rank == 0:
+        with open(os.path.join(tmp, "meta.json"), "w", encoding="utf-8") as f:
+            json.dump({"format": FORMAT, "step": step, "world_size": comm.size, **meta}, f)
+        if os.path.exists(final):
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in _complete(directory)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def find(path: str) -> str:
+    """The checkpoint ``path`` names: itself if complete, else the newest complete one in it."""
+    if os.path.isfile(os.path.join(path, "meta.json")):
+        return path
+    if not os.path.isdir(path):
+        raise ConfigError(f"--resume {path}: no such directory")
+    found = _complete(path)
+    if not found:
+        raise ConfigError(f"--resume {path}: no complete checkpoint in it "
+                          f"(a {_PREFIX}N directory with a meta.json)")
+    return found[-1]
+
+
+def read_meta(path: str) -> dict:
+    """``meta.json`` of checkpoint ``path``; ``ConfigError`` if unreadable."""
+    try:
+        with open(os.path.join(path, "meta.json"), encoding="utf-8") as f:
+            meta = json.load(f)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"--resume {path}: cannot read its meta.json ({err})") from None
+    if meta.get("format") != FORMAT:
+        raise ConfigError(f"--resume {path}: checkpoint format {meta.get('format')!r}, "
+                          f"this mpisgd reads {FORMAT}")
+    return meta
+
+
+def check(meta: dict, config: dict, world_size: int, path: str) -> None:
+    """``ConfigError`` naming what differs between the checkpointed run and its continuation:
+    the rank count, or the first option that changes the math (:data:`SAFE_TO_CHANGE`
+    may differ)."""
+    if meta["world_size"] != world_size:
+        raise ConfigError(f"--resume {path}: the checkpoint is of {meta['world_size']} ranks, "
+                          f"this job has {world_size}; resume with the same rank count")
+    saved = _math(meta["config"])
+    now = _math(json.loads(json.dumps(config, default=str)))
+    for key in sorted(set(saved) | set(now)):
+        if saved.get(key) != now.get(key):
+            flag = "--" + key.replace("_", "-")
+            raise ConfigError(f"--resume {path}: {flag} was {saved.get(key)!r} in the checkpointed "
+                              f"run, now {now.get(key)!r}; only "
+                              f"{', '.join('--' + k.replace('_', '-') for k in SAFE_TO_CHANGE)} "
+                              "may change")
+
+
+def _math(config: dict) -> dict:
+    """The options that change the math, algorithm options flattened beside the others."""
+    flat = {k: v for k, v in config.items() if k not in SAFE_TO_CHANGE and k != "options"}
+    flat.update(config.get("options", {}))
+    return flat
+
+
+def load(path: str, rank: int) -> dict:
+    """Rank ``rank``'s state in checkpoint ``path`` (on the CPU; nothing but data unpickled)."""
+    return torch.load(os.path.join(path, f"rank-{rank:05d}.pt"), map_location="cpu",
+                      weights_only=True)
