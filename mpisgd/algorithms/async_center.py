@@ -165,7 +165,7 @@ class EAMSGD(AsyncEASGD):
 
     name = "eamsgd"
     tensors = ("velocity",)
-    owns_momentum = True
+    owns_momentum, default_momentum = True, 0.0     # its momentum is delta
     options = AsyncEASGD.options + (DELTA,)
 
     def validate(self):
@@ -210,6 +210,10 @@ class Downpour(CenterAlgorithm):
 
     name = "downpour"
     tensors = ("anchor",)
+    default_momentum = 0.0
+    momentum_caveat = ("each worker's momentum runs on across its pulls of the centre and "
+                       "adds to every push, which collapses training (the EASGD paper's "
+                       "DOWNPOUR pushes plain SGD steps): use --momentum 0")
 
     def __init__(self, model, optimizer, comm=None, **options):
         super().__init__(model, optimizer, comm, **options)

@@ -92,6 +92,11 @@ class Algorithm(abc.ABC):
     options: tuple[Option, ...] = ()
     is_worker = True
     owns_momentum = False    # True: the algorithm applies its own momentum (the optimizer's is 0)
+    #: ``mpisgd train``'s ``--momentum`` when not given (the run record stores the value used).
+    default_momentum = 0.9
+    #: Why ``default_momentum`` is 0, where it is for a reason: ``mpisgd train`` warns with it
+    #: when a momentum > 0 is given.
+    momentum_caveat = ""
     private_comm = False     # True: communicate on a Dup of comm (point-to-point with ANY_SOURCE)
     collective_rounds = True  # rounds are collectives: every rank draws the same comm delay
 

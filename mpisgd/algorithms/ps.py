@@ -39,6 +39,11 @@ from .options import K, SERVERS, STALENESS_LR, parse_staleness_lr
 from .served import Served
 
 
+#: Why the families that apply stale gradients default to ``momentum=0`` (``mpisgd train``).
+STALE_MOMENTUM = ("the server applies stale gradients through this momentum, which can hold "
+                  "the model at chance (Dutta et al. run plain SGD on the server): use --momentum 0")
+
+
 class ParameterServerSGD(Served):
     """The family's common worker step; subclasses set :attr:`protocol`
     (a :class:`~mpisgd.server.params.Protocol`)."""
@@ -136,6 +141,7 @@ class Async(ParameterServerSGD):
     """Asynchronous SGD: every gradient updates w at once, stale ones too (K = 1)."""
 
     name, protocol, k_all = "async", PROTOCOLS["k-batch-async"], False
+    default_momentum, momentum_caveat = 0.0, STALE_MOMENTUM
     options = (STALENESS_LR, SERVERS)
 
 
@@ -150,6 +156,7 @@ class KAsync(ParameterServerSGD):
     """The first K distinct workers' gradients, stale ones too; no cancelling."""
 
     name, protocol = "k-async", PROTOCOLS["k-async"]
+    default_momentum, momentum_caveat = 0.0, STALE_MOMENTUM
 
 
 class KBatchSync(ParameterServerSGD):
@@ -163,6 +170,7 @@ class KBatchAsync(ParameterServerSGD):
     """Any K gradients, stale ones too; each push is answered at once with the current w."""
 
     name, protocol, k_all = "k-batch-async", PROTOCOLS["k-batch-async"], False
+    default_momentum, momentum_caveat = 0.0, STALE_MOMENTUM
 
 
 FAMILY = (PSSync, Async, KSync, KAsync, KBatchSync, KBatchAsync)

@@ -64,4 +64,5 @@ def test_eamsgd_refuses_a_momentum_flag_and_records_zero():
     with pytest.raises(ConfigError, match="--nesterov does not apply"):
         from_sources(None, {"algo": "eamsgd", "nesterov": True})
     cfg = from_sources(None, {"algo": "eamsgd"})
+    cfg.validate()
     assert cfg.momentum == 0.0 and cfg.nesterov is False
