@@ -9,6 +9,9 @@ Every rank runs this file. Each worker draws its own batches (seeded by its
 worker index); rank 0 prints the consensus model's test error at the end.
 ``device="auto"`` trains on GPU ``local_rank % GPUs`` where torch sees one
 (the model, the optimizer state and the data move there), else on the CPU.
+An exception on one rank ends the whole job (``build`` installs mpisgd's
+abort hook; ``MPISGD_ABORT=0`` opts out) instead of leaving the other ranks
+waiting in a collective.
 """
 import torch
 import torch.nn.functional as F

@@ -21,12 +21,13 @@ from ..errors import ConfigError, message
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
         err = ConfigError(f"{message} (see {self.prog} --help)")
-        err.echo = _launched_rank() not in (None, 0)    # every rank parses the same command
+        err.echo = _launched_rank() not in (None, 0)   # every rank parses the same command line
         raise err
 
 
 def _launched_rank() -> int | None:
-    """This process's rank as the launcher says (MPI is not started yet), or ``None``."""
+    """This process's rank as the launcher says (MPI is not started yet), or ``None``: under
+    a launcher every rank parses the same command line, and rank 0 prints its mistakes."""
     for var in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID"):
         value = os.environ.get(var, "").strip()
         if value.isdigit():

@@ -66,7 +66,7 @@ def test_single_process_run_and_epochs(tmp_path):
     assert rec["attrs"]["status"] == "completed" and rec["attrs"]["workers"] == 1
     assert list(rec["metrics"]["rounds"]) == [2, 4, 6]
     assert summary["test_error"] < 0.5
-    cfg = from_sources(None, dict(epochs=2.0, batch_size=64, out=out, threads=1))
+    cfg = from_sources(None, dict(epochs=2.0, batch_size=64, out=out, threads=1, overwrite=True))
     assert train.run(cfg, MPI.COMM_SELF, quiet=True)["step"] == np.ceil(2 * 1438 / 64)
 
 
@@ -113,6 +113,16 @@ def test_unknown_flag_is_one_line(capfd):
     assert cli.main(["train", "--tua", "3"]) == 2
     err = capfd.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unrecognized arguments: --tua 3" in err[0]
+
+
+@pytest.mark.parametrize("var", ["PMI_RANK", "OMPI_COMM_WORLD_RANK", "SLURM_PROCID"])
+def test_a_mistake_in_the_command_line_is_rank_0s_to_print(monkeypatch, capfd, var):
+    monkeypatch.setenv(var, "3")
+    assert cli.main(["train", "--tua", "3"]) == 2
+    assert capfd.readouterr().err == ""
+    monkeypatch.setenv(var, "0")
+    assert cli.main(["train", "--tua", "3"]) == 2
+    assert "unrecognized arguments: --tua 3" in capfd.readouterr().err
 
 
 def test_config_that_is_a_directory(tmp_path):

@@ -1,0 +1,111 @@
+"""The run record's files: refusing an existing one, the lock, a continuation's rows,
+and the failure a rank notes beside it (what ``read`` and ``fail`` make of it)."""
+import os
+import subprocess
+import sys
+
+import pytest
+from mpi4py import MPI
+
+from mpisgd.app import record, train
+from mpisgd.app.config import from_sources
+from mpisgd.errors import ConfigError
+
+ROW = {name: 1.0 for name in record.METRICS}
+
+
+def new(path, **kw):
+    return record.RunRecord(str(path), {"algo": "sync"}, 4, 4, "MPICH", "0", **kw)
+
+
+def test_existing_record_is_refused_unless_overwrite_or_resume(tmp_path):
+    path = str(tmp_path / "run.h5")
+    new(path).log(**ROW)
+    with pytest.raises(ConfigError, match=rf"^--out {path} exists; give --overwrite to replace "
+                                          r"it, --resume CHECKPOINT to continue its run"):
+        record.claim(path)
+    record.claim(path, resume=True)                   # a continuation expects it
+    assert os.path.exists(path)
+    open(path + record.FAILED, "w").write("rank 1: OSError: old")
+    record.claim(path, overwrite=True)                # the old run's rows and failure go
+    assert not os.path.exists(path) and not os.path.exists(path + record.FAILED)
+
+
+def test_prepare_refuses_an_existing_out_before_training(tmp_path):
+    out = tmp_path / "run.h5"
+    out.write_bytes(b"an earlier run")
+    cfg = from_sources(None, dict(steps=5, threads=1, out=str(out)))
+    with pytest.raises(ConfigError, match="exists; give --overwrite"):
+        train.prepare(cfg, MPI.COMM_SELF)
+    cfg = from_sources(None, dict(steps=5, threads=1, out=str(out), overwrite=True))
+    train.prepare(cfg, MPI.COMM_SELF)
+    assert not out.exists()
+
+
+def hold(path, then="time.sleep(60)"):
+    """Another process holding the record's lock: it prints 'held' once it has it."""
+    code = (f"import time; from mpisgd.app import record; record.lock({str(path)!r}); "
+            f"print('held', flush=True); {then}")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_record_another_job_writes_is_refused_naming_it(tmp_path):
+    path = str(tmp_path / "run.h5")
+    other = hold(path)
+    try:
+        with pytest.raises(ConfigError, match=rf"^--out {path} is being written by another job "
+                                              rf"\(pid {other.pid} on .*\); wait for it"):
+            record.claim(path, overwrite=True)
+        with pytest.raises(ConfigError, match="being written by another job"):
+            new(path)
+    finally:
+        other.kill()
+        other.wait()
+    new(path)                     # the kernel dropped the killed job's lock: no stale lock
+    assert record.read(path)["attrs"]["status"] == record.INTERRUPTED
+
+
+def test_lock_file_goes_when_its_holder_exits(tmp_path):
+    path = str(tmp_path / "run.h5")
+    hold(path, then="").wait()
+    assert not os.path.exists(path + record.LOCK)
+    record.lock(path)
+    record.lock(path)             # once per process
+    assert "pid %d on" % os.getpid() in open(path + record.LOCK).read()
+    record.unlock(path)
+    assert not os.path.exists(path + record.LOCK)
+
+
+def test_continuation_starts_from_the_checkpoints_rows(tmp_path):
+    path = str(tmp_path / "run.h5")
+    old = new(path)
+    for step in (10, 20, 30):     # the checkpoint was at step 20: row 30 must go
+        old.log(**{**ROW, "step": step})
+    rows = {name: [1.0, 1.0] for name in record.METRICS}
+    rows["step"] = [10, 20]
+    new(path, rows=rows).log(**{**ROW, "step": 40})
+    assert list(record.read(path)["metrics"]["step"]) == [10, 20, 40]
+    with pytest.raises(ValueError, match="rows lack"):
+        new(path, rows={"step": [1]})
+    assert sorted(os.listdir(tmp_path)) == ["run.h5", "run.h5.lock"]    # no half-made file
+
+
+def test_first_noted_failure_is_the_status(tmp_path):
+    path = str(tmp_path / "run.h5")
+    rec = new(path)
+    assert record.failure(path) is None
+    assert record.note_failure(path, 2, ValueError("bad batch")) is True
+    assert record.note_failure(path, 3, RuntimeError("peer died")) is False   # an echo
+    assert record.read(path)["attrs"]["status"] == "failed: rank 2: ValueError: bad batch"
+    rec.fail("RuntimeError: rank 0's consequence")
+    assert record.read(path)["attrs"]["status"] == "failed: rank 2: ValueError: bad batch"
+    assert sorted(os.listdir(tmp_path)) == ["run.h5", "run.h5.failed", "run.h5.lock"]
+
+
+def test_a_completed_record_ignores_a_late_note(tmp_path):
+    path = str(tmp_path / "run.h5")
+    new(path)._status("completed")
+    record.note_failure(path, 1, OSError("after the end"))
+    assert record.read(path)["attrs"]["status"] == "completed"
