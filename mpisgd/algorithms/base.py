@@ -129,21 +129,21 @@ class Algorithm(abc.ABC):
         comm = MPI.COMM_WORLD if comm is None else comm
         self.size, self.rank = comm.Get_size(), comm.Get_rank()   # local queries: no traffic
         self.optimizer = optimizer
+        self.stragglers = None
         try:                 # a rank whose files or environment differ must not leave the
             check_environment()      # others waiting
             self.validate()
             if device is not None:
                 device = placement.parse(device)
                 placement.check_available(device)
+            if self.opts["straggler"] or self.opts["comm_delay"]:
+                delays = Stragglers(self.opts["straggler"], self.opts["comm_delay"],
+                                    self.opts["straggler_seed"] or 0, max(self.worker_index, 0),
+                                    shared_comm=self.collective_rounds)
+                delays.check_workers(self.workers)
+                self.stragglers = delays if self.is_worker else None
         except ValueError as err:
             agree(comm, err)
-        self.stragglers = None
-        if self.opts["straggler"] or self.opts["comm_delay"]:
-            delays = Stragglers(self.opts["straggler"], self.opts["comm_delay"],
-                                self.opts["straggler_seed"] or 0, max(self.worker_index, 0),
-                                shared_comm=self.collective_rounds)
-            delays.check_workers(self.workers)
-            self.stragglers = delays if self.is_worker else None
         self.model = model
         params = list(model.parameters())
         agree(comm, None, digest({

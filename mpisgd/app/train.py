@@ -189,9 +189,9 @@ def _run(cfg: TrainConfig, comm, quiet: bool, signals: Signals) -> dict:
         algo.load_state_dict(state["algorithm"])
     record = None
     if rank == 0:
-        record = RunRecord(cfg.out, cfg.resolved(), size, algo.workers, mpi_library(), __version__)
-        for row in (resume[1]["rows"] if resume else ()):
-            record.log(**row)
+        rows = {k: [r[k] for r in resume[1]["rows"]] for k in METRICS} if resume else None
+        record = RunRecord(cfg.out, cfg.resolved(), size, algo.workers, mpi_library(), __version__,
+                           rows=rows)
     try:
         return _train(cfg, comm, algo, model, opt, data, shards, record, quiet, signals,
                       {**state["driver"], "rows": resume[1]["rows"]} if state else None)

@@ -48,10 +48,7 @@ def launch(args, np=NP, timeout=90, script=None, quiet=True):
     (["--algo", "k-sync", "--staleness-lr", "1,0.1"], "--staleness-lr does not apply to algorithm 'k-sync'", NP),
     (["--algo", "async", "--staleness-lr", "1"], "--staleness-lr must be C,ETA_MAX", NP),
     (["--algo", "sync", "--straggler", "exp:-1"], "--straggler exp:MEAN needs MEAN > 0", NP),
-    pytest.param(["--algo", "local", "--straggler", "slow:4=2"], "names worker 4, but there are 4 "
-                 "workers", NP, marks=pytest.mark.xfail(strict=True, reason=(
-                     "Stragglers.check_workers raises outside bind's agreement: every rank "
-                     "prints it (fix in Algorithm.__init__: check inside the agreed try)"))),
+    (["--algo", "local", "--straggler", "slow:4=2"], "names worker 4, but there are 4 workers", NP),
     (["--algo", "ps-sync", "--comm-delay", "soon"], "--comm-delay must be SECONDS >= 0", NP),
     (["--algo", "async-easgd", "--center", "rank0", "--servers", "2"],
      "--servers 2 needs center dedicated", NP),

@@ -1,0 +1,129 @@
+"""The checkpoint layout and its checks, on real files (one process, COMM_SELF)."""
+import json
+import os
+
+import pytest
+import torch
+from mpi4py import MPI
+
+from mpisgd import checkpoint
+from mpisgd.app.config import TrainConfig
+from mpisgd.app.stops import LossWatch
+from mpisgd.comm import Comm
+from mpisgd.errors import ConfigError
+from mpisgd.schedule import AdaComm, TimeVarying
+from mpisgd.stragglers import Stragglers
+
+
+def _config(**changes):
+    cfg = TrainConfig(**{"algo": "local", "options": {"tau": 4}, "steps": 100, **changes})
+    cfg.validate()
+    return cfg.resolved()
+
+
+def _save(tmp_path, step, keep=2):
+    comm = Comm(MPI.COMM_SELF)
+    state = {"x": torch.arange(3.0), "n": step, "nested": {"a": [1, 2.5, None, "s"]}}
+    return checkpoint.save(comm, str(tmp_path), step, state, {"config": _config(), "rows": []},
+                           keep=keep)
+
+
+def test_save_is_atomic_keeps_the_newest_and_find_takes_the_newest(tmp_path):
+    for step in (10, 20, 30):
+        path = _save(tmp_path, step)
+    assert sorted(os.listdir(tmp_path)) == ["step-00000020", "step-00000030"]
+    assert checkpoint.find(str(tmp_path)) == path
+    assert checkpoint.find(path) == path
+    os.makedirs(tmp_path / ".step-00000040.tmp")                 # a job killed while writing
+    os.makedirs(tmp_path / "step-00000050")                      # no meta.json: incomplete
+    assert checkpoint.find(str(tmp_path)) == path
+    state = checkpoint.load(path, 0)
+    assert state["n"] == 30 and torch.equal(state["x"], torch.arange(3.0))
+    assert state["nested"] == {"a": [1, 2.5, None, "s"]}
+    meta = checkpoint.read_meta(path)
+    assert meta["step"] == 30 and meta["world_size"] == 1
+
+
+def test_find_names_what_is_missing(tmp_path):
+    with pytest.raises(ConfigError, match="--resume .*: no such directory"):
+        checkpoint.find(str(tmp_path / "nope"))
+    with pytest.raises(ConfigError, match="no complete checkpoint in it"):
+        checkpoint.find(str(tmp_path))
+
+
+def test_a_checkpoint_never_runs_code(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+    path = tmp_path / "step-00000001"
+    os.makedirs(path)
+    torch.save({"x": Evil()}, path / "rank-00000.pt")
+    with pytest.raises(Exception, match="(?i)weights.only|unsupported|global"):
+        checkpoint.load(str(path), 0)
+
+
+def test_meta_format_and_corruption_are_named(tmp_path):
+    path = _save(tmp_path, 5)
+    with open(os.path.join(path, "meta.json"), "w") as f:
+        f.write("{not json")
+    with pytest.raises(ConfigError, match="cannot read its meta.json"):
+        checkpoint.read_meta(path)
+    with open(os.path.join(path, "meta.json"), "w") as f:
+        json.dump({"format": 99}, f)
+    with pytest.raises(ConfigError, match="checkpoint format 99"):
+        checkpoint.read_meta(path)
+
+
+def test_check_names_the_rank_count_and_the_first_option_that_changes_the_math():
+    meta = {"world_size": 4, "config": json.loads(json.dumps(_config(), default=str))}
+    checkpoint.check(meta, _config(), 4, "D")
+    checkpoint.check(meta, _config(steps=500, log_every=7, out="other.h5", threads=3), 4, "D")
+    with pytest.raises(ConfigError, match="checkpoint is of 4 ranks, this job has 8"):
+        checkpoint.check(meta, _config(), 8, "D")
+    with pytest.raises(ConfigError, match="--lr was 0.05 in the checkpointed run, now 0.1"):
+        checkpoint.check(meta, _config(lr=0.1), 4, "D")
+    changed = TrainConfig(algo="local", options={"tau": 8}, steps=100)
+    changed.validate()
+    with pytest.raises(ConfigError, match="--tau was 4 .* now 8"):
+        checkpoint.check(meta, changed.resolved(), 4, "D")
+
+
+def test_default_dir_sits_beside_the_record():
+    assert checkpoint.default_dir("runs/a.h5") == "runs/a.ckpt"
+    assert checkpoint.default_dir("runs/a") == "runs/a.ckpt"
+
+
+def test_schedules_and_delays_continue_from_their_state():
+    a, b = AdaComm(8, 2.0), AdaComm(8, 2.0)
+    a.tau, a._last, a._next, a.loss0, a.lr0 = 4, 40, 6.0, 2.3, 0.1
+    a.history.append((0.0, 8, 2.3))
+    b.load_state_dict(a.state_dict())
+    assert vars(b) == vars(a)
+    t = TimeVarying(3)
+    t.epoch(50)
+    u = TimeVarying(3)
+    u.load_state_dict(t.state_dict())
+    assert u._ends == t._ends
+    s1 = Stragglers("exp:0.01", "exp:0.02", 7, 1)
+    for _ in range(5):
+        s1.compute(0.0), s1.comm()
+    s2 = Stragglers("exp:0.01", "exp:0.02", 7, 1)
+    s2.load_state_dict(s1.state_dict())
+    assert [s2.compute(0.0) for _ in range(3)] == [s1.compute(0.0) for _ in range(3)]
+    assert s2.comm() == s1.comm() and s2.summary() == s1.summary()
+
+
+def test_loss_watch_finds_the_first_non_finite_step_and_survives_a_checkpoint():
+    w = LossWatch(torch.device("cpu"), 2)
+    for v in (1.0, 2.0, 3.0):          # grows past its capacity
+        w.add(torch.tensor(v))
+    assert w.take(3) == (6.0, 3, 0)
+    for v in (1.0, float("nan"), float("inf")):
+        w.add(torch.tensor(v))
+    total, n, bad = w.take(6)
+    assert n == 3 and bad == 5 and total != total
+    w.add(torch.tensor(0.5))
+    w2 = LossWatch(torch.device("cpu"), 1)
+    w2.load_state_dict(w.state_dict())
+    w2.add(torch.tensor(float("nan")))
+    assert w2.take(8)[1:] == (2, 8)
