@@ -3,8 +3,8 @@
 Layout:
 
 * root attributes: ``config`` (JSON), ``mpisgd_version``, ``mpi_library``,
-  ``world_size``, ``workers``, ``status`` (``completed`` or
-  ``failed: <reason>``), ``started``, ``finished``;
+  ``world_size``, ``workers``, ``status`` (``completed``, ``failed: <reason>``
+  or ``interrupted: SIGTERM at step S, checkpoint DIR``), ``started``, ``finished``;
 * ``/metrics/<name>``: 1-D datasets of equal length, one row per log point:
   ``step``, ``wall_time``, ``train_loss``, ``test_loss``, ``test_error``,
   ``rounds``, ``bytes_sent``, ``consensus_distance`` (mean over workers of
@@ -135,6 +135,11 @@ class RunRecord:
         """Mark the run failed: the first failure a rank noted (:func:`note_failure`), else
         ``reason``."""
         self._status(f"failed: {failure(self.path) or reason}")
+
+    def stopped(self, status: str) -> None:
+        """Mark a run that every rank ended early alike: ``interrupted: ...`` (a signal; a
+        checkpoint was written) or ``failed: non-finite ...``."""
+        self._status(status)
 
     def _status(self, status: str) -> None:
         with h5py.File(self.path, "a") as f:

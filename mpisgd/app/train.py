@@ -198,7 +198,7 @@ def _run(cfg: TrainConfig, comm, quiet: bool, signals: Signals) -> dict:
     except RunStopped as err:    # on every rank alike, at the same point: close collectively
         algo.close()
         if record is not None:
-            record._status(err.status)
+            record.stopped(err.status)
         raise
     except BaseException as err:
         if record is not None:
