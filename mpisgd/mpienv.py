@@ -15,13 +15,88 @@ either.
 Staging: ``MPISGD_STAGING=auto`` (stage CUDA tensors through pinned host
 memory when the MPI is not CUDA-aware), ``always`` (every tensor, CPU too:
 how the tests exercise the path without a GPU) or ``never``.
+
+Environment variables: every ``MPISGD_*`` name is declared once, in
+:data:`ENVIRONMENT`, with its values. :func:`setting` reads one when it is
+used (importing mpisgd never raises on a bad value) and raises
+:class:`~mpisgd.errors.ConfigError` (a ``ValueError``) naming it;
+:func:`check_environment` checks them all, and refuses undeclared
+``MPISGD_*`` names (a typo would otherwise be ignored), inside the
+configuration agreement of ``mpisgd train`` and of :func:`mpisgd.build`, so
+a bad value on one rank ends every rank with its message.
 """
 from __future__ import annotations
 
 import ctypes
+import difflib
 import os
+from typing import NamedTuple
 
 from ._mpi import MPI
+from .errors import ConfigError
+
+
+class Variable(NamedTuple):
+    """An ``MPISGD_*`` environment variable: its values (lower case), the value when unset
+    or empty, and what reads it."""
+    values: tuple[str, ...]
+    default: str | None
+    meaning: str
+
+
+#: Every ``MPISGD_*`` environment variable mpisgd knows, by name.
+ENVIRONMENT = {
+    "MPISGD_WAIT": Variable(("auto", "spin", "yield"), "auto",
+                            "how waits spend the core (mpisgd.mpienv, above)"),
+    "MPISGD_STAGING": Variable(("auto", "always", "never"), "auto",
+                               "staging through pinned host memory (mpisgd.mpienv, above)"),
+    "MPISGD_CUDA_AWARE": Variable(("1", "0"), None,
+                                  "overrides the probe of the MPI's CUDA support (cuda_aware)"),
+    "MPISGD_OPS": Variable(("auto", "torch"), "auto",
+                           "compiled kernels, or their torch twins everywhere (mpisgd.ops)"),
+    "MPISGD_ABORT": Variable(("1", "0"), "1",
+                             "0: binding an algorithm installs no abort hook (mpisgd.errors)"),
+    "MPISGD_CUDA": Variable(("auto", "1", "0"), "auto", "build time: the CUDA kernels (setup.py)"),
+    "MPISGD_MPI": Variable(("auto", "wheel"), "auto",
+                           "install time: the MPICH wheel even where mpicc is (Makefile)"),
+    "MPISGD_REQUIRE_OPS": Variable(("1", "0"), "1",
+                                   "tests: 0 accepts a build without the compiled kernels"),
+}
+
+
+def _either(values) -> str:
+    return ", ".join(values[:-1]) + f" or {values[-1]}"
+
+
+def setting(name: str) -> str | None:
+    """The value of environment variable ``name`` (a key of :data:`ENVIRONMENT`), stripped
+    and in lower case; its default when unset or empty. ``ConfigError`` naming the variable
+    and its values unless it is one of them."""
+    var = ENVIRONMENT[name]
+    raw = os.environ.get(name, "")
+    value = raw.strip().lower()
+    if not value:
+        return var.default
+    if value not in var.values:
+        raise ConfigError(f"{name} must be {_either(var.values)}, got {raw!r}")
+    return value
+
+
+def check_environment() -> None:
+    """Check every ``MPISGD_*`` environment variable: ``ConfigError`` naming the first that
+    :data:`ENVIRONMENT` does not declare (and the ones it does) or whose value is bad.
+
+    The training driver calls it before :func:`~mpisgd.errors.agree`, and binding an
+    algorithm (:func:`mpisgd.build`) before its first collective.
+    """
+    for name in sorted(k for k in os.environ if k.startswith("MPISGD_")):
+        if name not in ENVIRONMENT:
+            prefix = len("MPISGD_")         # what follows it tells the names apart
+            close = difflib.get_close_matches(name[prefix:], [k[prefix:] for k in ENVIRONMENT], n=1)
+            hint = f"did you mean MPISGD_{close[0]}? " if close else ""
+            raise ConfigError(f"{name} is not an mpisgd environment variable ({hint}known: "
+                              f"{', '.join(ENVIRONMENT)}); unset it")
+        setting(name)
 
 
 def mpi_library() -> str:
@@ -52,9 +127,9 @@ def cuda_aware() -> bool:
     library's ``MPIX_Query_cuda_support()`` (MPICH >= 4, Open MPI >= 4), and
     answers ``False`` when it has none.
     """
-    env = os.environ.get("MPISGD_CUDA_AWARE")
+    env = setting("MPISGD_CUDA_AWARE")
     if env is not None:
-        return env.strip().lower() in ("1", "true", "yes", "on")
+        return env == "1"
     lib = _loaded_libmpi()
     query = getattr(lib, "MPIX_Query_cuda_support", None) if lib is not None else None
     if query is None:
@@ -75,25 +150,19 @@ def local_ranks() -> int:
 
 def yield_when_waiting() -> bool:
     """Whether waits should yield the core: ``MPISGD_WAIT``, else oversubscription."""
-    mode = os.environ.get("MPISGD_WAIT", "auto").strip().lower()
-    if mode not in ("auto", "spin", "yield"):
-        raise ValueError(f"MPISGD_WAIT must be auto, spin or yield, got {mode!r}")
+    mode = setting("MPISGD_WAIT")
     if mode != "auto":
         return mode == "yield"
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return local_ranks() > (cores or 1)
 
 
-def staging_mode(staging: str | None = None, name: str = "staging") -> str:
-    """``staging``, else ``MPISGD_STAGING``, else ``"auto"``; ``ValueError`` naming ``name``
-    unless it is a known mode."""
-    mode = staging or os.environ.get("MPISGD_STAGING", "auto")
-    if mode not in ("auto", "always", "never"):
-        raise ValueError(f"{name} must be auto, always or never, got {mode!r}")
-    return mode
-
-
-def check_environment() -> None:
-    """``ValueError`` naming a bad ``MPISGD_WAIT`` or ``MPISGD_STAGING`` value."""
-    yield_when_waiting()
-    staging_mode(name="MPISGD_STAGING")
+def staging_mode(staging: str | None = None) -> str:
+    """``staging`` (``ValueError`` naming it unless a known mode), else ``MPISGD_STAGING``
+    (:func:`setting`)."""
+    if staging is None:
+        return setting("MPISGD_STAGING")
+    values = ENVIRONMENT["MPISGD_STAGING"].values
+    if staging not in values:
+        raise ValueError(f"staging must be {_either(values)}, got {staging!r}")
+    return staging

@@ -51,13 +51,11 @@ Example (one worker that also holds the centre, elastic round every tau steps)::
 """
 from __future__ import annotations
 
-import os
+import functools
 
 import torch
 
-_MODE = os.environ.get("MPISGD_OPS", "auto")
-if _MODE not in ("auto", "torch"):
-    raise ValueError(f"MPISGD_OPS must be 'auto' or 'torch', got {_MODE!r}")
+from .mpienv import setting
 
 try:
     from . import _ops
@@ -70,16 +68,26 @@ except ImportError as err:      # built, but does not load here
 _CODES = {torch.float32: "float32", torch.float64: "float64", torch.float16: "float16",
           torch.bfloat16: "bfloat16"}
 
-
-def _kernel_dtypes(device_type: str) -> frozenset:
-    """The dtypes the compiled module has kernels for on a device type (empty: torch path)."""
-    if _ops is None or _MODE == "torch":
-        return frozenset()
-    names = {"cpu": _ops.CPU_DTYPES, "cuda": _ops.CUDA_DTYPES}.get(device_type, ())
-    return frozenset(d for d, name in _CODES.items() if name in names)
+_KERNELS = None     # device type -> dtypes with a compiled kernel; chosen on first use
 
 
-_KERNELS = {"cpu": _kernel_dtypes("cpu"), "cuda": _kernel_dtypes("cuda")}
+@functools.cache
+def _torch_only() -> bool:
+    """``MPISGD_OPS=torch``: the torch twins everywhere; read on first use (``ValueError``
+    naming the variable for a bad value, then and at every later call)."""
+    return setting("MPISGD_OPS") == "torch"
+
+
+def _kernels() -> dict:
+    """The dtypes the compiled module has kernels for, by device type (empty: the torch
+    path); decided on first use, so that importing never raises on a bad ``MPISGD_OPS``."""
+    global _KERNELS
+    if _KERNELS is None:
+        torch_only = _ops is None or _torch_only()
+        names = {} if torch_only else {"cpu": _ops.CPU_DTYPES, "cuda": _ops.CUDA_DTYPES}
+        _KERNELS = {kind: frozenset(d for d, name in _CODES.items() if name in names.get(kind, ()))
+                    for kind in ("cpu", "cuda")}
+    return _KERNELS
 
 
 def backend(device="cpu") -> str:
@@ -89,11 +97,11 @@ def backend(device="cpu") -> str:
     without ``_Float16``) take the torch path whatever this says.
     """
     kind = torch.device(device).type
-    if _MODE == "torch":
+    if _torch_only():
         return "torch (MPISGD_OPS=torch)"
     if _ops is None:
         return f"torch ({_WHY})"
-    if not _KERNELS.get(kind):
+    if not _kernels().get(kind):
         return f"torch (no compiled {kind} kernels)"
     if kind == "cuda":
         return "cuda: CUDA kernels"
@@ -139,7 +147,7 @@ def _overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 def _run(name: str, t: torch.Tensor, *args) -> bool:
     """Run the compiled ``name`` for ``t``'s device and dtype; False when there is none."""
-    if t.dtype not in _KERNELS.get(t.device.type, ()):
+    if t.dtype not in _kernels().get(t.device.type, ()):
         return False
     code = _ops.DTYPES[_CODES[t.dtype]]
     if t.device.type == "cpu":

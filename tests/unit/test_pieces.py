@@ -131,8 +131,10 @@ def test_comm_self_identity(staging):
 
 def test_staging_env_validated(monkeypatch):
     monkeypatch.setenv("MPISGD_STAGING", "sometimes")
-    with pytest.raises(ValueError, match="staging must be"):
+    with pytest.raises(ValueError, match="MPISGD_STAGING must be auto, always or never"):
         Comm(MPI.COMM_SELF)
+    with pytest.raises(ValueError, match="staging must be auto, always or never, got 'x'"):
+        Comm(MPI.COMM_SELF, staging="x")
 
 
 def test_cuda_aware_override(monkeypatch):
