@@ -107,14 +107,37 @@ def _cifar10(path: str) -> tuple:
 MAX_CLASSES = 1_000_000
 
 
-def _labels(y: np.ndarray, where: str) -> np.ndarray:
-    """Class labels as int64; ``ConfigError`` unless they are whole numbers >= 0."""
-    y = np.asarray(y)
+_KINDS = {"S": "strings", "U": "strings", "O": "strings or objects", "V": "compound or opaque",
+          "c": "complex numbers", "b": "booleans", "M": "dates", "m": "time spans"}
+
+
+def _numeric(dataset, where: str, what: str, kinds: str) -> None:
+    """``ConfigError`` naming ``where`` unless ``dataset``'s dtype is of one of ``kinds``
+    (numpy's kind letters), checked before anything is read."""
+    dtype = dataset.dtype
+    if dtype.kind not in kinds:
+        words = f" ({_KINDS[dtype.kind]})" if dtype.kind in _KINDS else ""
+        raise ConfigError(f"{where}: {what}, got dtype {dtype}{words}")
+
+
+def _first_bad(bad: np.ndarray) -> tuple:
+    """The index of the first ``True`` of ``bad``, as a tuple of ints."""
+    return tuple(int(i) for i in np.argwhere(bad)[0])
+
+
+def _labels(dataset, where: str) -> np.ndarray:
+    """Class labels as int64; ``ConfigError`` naming ``where`` unless they are whole
+    numbers >= 0 (integers, or finite floats without a fraction)."""
+    _numeric(dataset, where, "labels must be whole numbers (class indices)", "iuf")
+    y = np.asarray(dataset[()])
     if y.ndim != 1:
         raise ConfigError(f"{where}: labels must be one-dimensional, got shape {y.shape}")
-    if not (np.issubdtype(y.dtype, np.integer) or
-            (np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y)) and np.all(y == np.round(y)))):
-        raise ConfigError(f"{where}: labels must be whole numbers (class indices), got dtype {y.dtype}")
+    if y.dtype.kind == "f":
+        bad = ~np.isfinite(y) | (y != np.round(y))
+        if bad.any():
+            at = _first_bad(bad)
+            raise ConfigError(f"{where}: labels must be whole numbers (class indices), found "
+                              f"{y[at]} at index {at[0]}")
     if len(y) and y.min() < 0:
         raise ConfigError(f"{where}: labels must be >= 0, found {y.min()}")
     if len(y) and y.max() >= MAX_CLASSES:
@@ -123,13 +146,19 @@ def _labels(y: np.ndarray, where: str) -> np.ndarray:
 
 
 def _numbers(dataset, where: str) -> np.ndarray:
-    """Inputs as float32, one sample per row (N x features...)."""
-    try:
-        x = np.asarray(dataset, np.float32)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"{where}: inputs must be numbers ({err})") from None
+    """Inputs as float32, one sample per row (N x features...); ``ConfigError`` naming
+    ``where`` unless of a real number type (bool, integer, float) and finite as float32."""
+    _numeric(dataset, where, "inputs must be numbers (bool, integer or floating point)", "biuf")
+    x = np.asarray(dataset, np.float32)
     if x.ndim < 2:
         raise ConfigError(f"{where}: inputs need one row per sample (N x features), got shape {x.shape}")
+    bad = ~np.isfinite(x)
+    if bad.any():
+        at = _first_bad(bad)
+        value = dataset[at]          # as stored: an overflow of float32 reads as inf
+        beyond = " (beyond float32's range)" if np.isfinite(value) else ""
+        raise ConfigError(f"{where}: inputs must be finite, found {value}{beyond} at index "
+                          f"{at} ({int(bad.sum())} non-finite values in all)")
     return x
 
 
@@ -140,6 +169,17 @@ def _hdf5(path: str) -> tuple:
         f = h5py.File(path, "r")
     except OSError as err:
         raise ConfigError(f"{where}: not a readable HDF5 file ({err})") from None
+
+    def read(key: str, parse):
+        """``parse(dataset, where)`` of dataset ``key``; ``ConfigError`` naming it."""
+        place = f"{where}, dataset '{key}'"
+        if not isinstance(f[key], h5py.Dataset):
+            raise ConfigError(f"{where}: '{key}' is a {type(f[key]).__name__.lower()}, not a dataset")
+        try:
+            return parse(f[key], place)
+        except OSError as err:       # a filter that is not installed, a damaged file
+            raise ConfigError(f"{place}: cannot read it ({err})") from None
+
     with f:
         for key in ("x", "y"):
             if key not in f:
@@ -147,11 +187,11 @@ def _hdf5(path: str) -> tuple:
                                   f"(it has: {', '.join(f.keys()) or 'nothing'})")
         if ("x_test" in f) != ("y_test" in f):
             raise ConfigError(f"{where}: x_test and y_test go together; the file has only one")
-        y = _labels(f["y"][()], f"{where} y")
+        y = read("y", _labels)
         test = None
         if "x_test" in f:
-            test = _numbers(f["x_test"], f"{where} x_test"), _labels(f["y_test"][()], f"{where} y_test")
-        x = _numbers(f["x"], f"{where} x")
+            test = read("x_test", _numbers), read("y_test", _labels)
+        x = read("x", _numbers)
     if len(x) != len(y):
         raise ConfigError(f"{where}: x has {len(x)} rows but y has {len(y)}")
     if test is not None:

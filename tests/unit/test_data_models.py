@@ -110,6 +110,75 @@ def test_hdf5_test_pair_and_label_range(tmp_path):
         data.load(f"hdf5:{path}")
 
 
+def _hdf5_file(path, **datasets):
+    """An HDF5 file of 20 samples (``x`` 20 x 3 zeros, ``y`` two classes), ``datasets`` replacing
+    or adding to them."""
+    with h5py.File(path, "w") as f:
+        for key, value in {"x": np.zeros((20, 3), np.float32), "y": np.arange(20) % 2,
+                           **datasets}.items():
+            if isinstance(value, str):          # "group"
+                f.create_group(key)
+            else:
+                f[key] = value
+    return f"hdf5:{path}"
+
+
+NAN_AT_7 = np.where(np.arange(60).reshape(20, 3) == 7, np.nan, 0.0)
+
+
+@pytest.mark.parametrize("datasets, message", [
+    ({"x": np.full((20, 3), b"1.5")},
+     "dataset 'x': inputs must be numbers (bool, integer or floating point), got dtype |S3 (strings)"),
+    ({"x": np.array([["a"] * 3] * 20, dtype=h5py.string_dtype())},
+     "dataset 'x': inputs must be numbers (bool, integer or floating point), got dtype object"),
+    ({"x": np.ones((20, 3), np.complex64)}, "dataset 'x': inputs must be numbers (bool, integer or "
+                                            "floating point), got dtype complex64 (complex numbers)"),
+    ({"x": np.zeros(20, dtype=[("a", "f4"), ("b", "i4")])}, "got dtype [('a', '<f4'), ('b', '<i4')] "
+                                                            "(compound or opaque)"),
+    ({"x": NAN_AT_7}, "dataset 'x': inputs must be finite, found nan at index (2, 1) "
+                      "(1 non-finite values in all)"),
+    ({"x": np.full((20, 3), -np.inf)}, "dataset 'x': inputs must be finite, found -inf at index (0, 0) "
+                                       "(60 non-finite values in all)"),
+    ({"x": np.full((20, 3), 1e300)}, "dataset 'x': inputs must be finite, found 1e+300 (beyond "
+                                     "float32's range) at index (0, 0)"),
+    ({"x_test": np.full((4, 3), np.nan), "y_test": np.arange(4) % 2},
+     "dataset 'x_test': inputs must be finite, found nan at index (0, 0)"),
+    ({"y": np.array([b"cat", b"dog"] * 10)},
+     "dataset 'y': labels must be whole numbers (class indices), got dtype |S3 (strings)"),
+    ({"y": np.array(["cat", "dog"] * 10, dtype=h5py.string_dtype())},
+     "dataset 'y': labels must be whole numbers (class indices), got dtype object (strings or objects)"),
+    ({"y": np.where(np.arange(20) == 5, np.nan, 1.0)},
+     "dataset 'y': labels must be whole numbers (class indices), found nan at index 5"),
+    ({"y": np.where(np.arange(20) == 3, np.inf, 0.0)}, "found inf at index 3"),
+    ({"y": np.array([True, False] * 10)}, "got dtype bool (booleans)"),
+    ({"x": "group"}, ": 'x' is a group, not a dataset"),
+])
+def test_hdf5_bad_values_name_the_file_and_dataset(tmp_path, datasets, message):
+    spec = _hdf5_file(tmp_path / "d.h5", **datasets)
+    with pytest.raises(ConfigError) as info:
+        data.load(spec)
+    assert str(info.value).startswith(f"--data {spec}")
+    assert message in str(info.value)
+
+
+def test_hdf5_numbers_of_any_real_type_are_inputs(tmp_path):
+    for dtype in (np.bool_, np.uint8, np.int64, np.float16, np.float64):
+        d = data.load(_hdf5_file(tmp_path / "d.h5", x=np.ones((20, 3), dtype), y=np.arange(20.0) % 2))
+        assert d.x_train.dtype == torch.float32 and bool(d.x_train.eq(1).all())
+        assert d.y_train.dtype == torch.int64
+
+
+def test_hdf5_bad_inputs_stop_prepare_on_every_rank(tmp_path):
+    """The error is a ConfigError raised while loading, inside prepare()'s agreement."""
+    from mpi4py import MPI
+    from mpisgd.app import train
+    from mpisgd.app.config import from_sources
+    spec = _hdf5_file(tmp_path / "d.h5", x=NAN_AT_7)
+    cfg = from_sources(None, dict(data=spec, steps=5, threads=1))
+    with pytest.raises(ConfigError, match=r"dataset 'x': inputs must be finite, found nan"):
+        train.prepare(cfg, MPI.COMM_SELF)
+
+
 def test_not_an_hdf5_file(tmp_path):
     path = tmp_path / "d.h5"
     path.write_text("hello")
