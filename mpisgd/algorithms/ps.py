@@ -41,7 +41,8 @@ from .served import Served
 
 #: Why the families that apply stale gradients default to ``momentum=0`` (``mpisgd train``).
 STALE_MOMENTUM = ("the server applies stale gradients through this momentum, which can hold "
-                  "the model at chance (Dutta et al. run plain SGD on the server): use --momentum 0")
+                  "the model at chance (Dutta et al. run plain SGD on the server): use "
+                  "--momentum 0, or damp stale gradients with --staleness-lr C,ETA_MAX")
 
 
 class ParameterServerSGD(Served):
