@@ -4,7 +4,8 @@ Layout:
 
 * root attributes: ``config`` (JSON), ``mpisgd_version``, ``mpi_library``,
   ``world_size``, ``workers``, ``status`` (``completed``, ``failed: <reason>``
-  or ``interrupted: SIGTERM at step S, checkpoint DIR``), ``started``, ``finished``;
+  or ``interrupted: SIGTERM at step S, checkpoint DIR``), ``started``, ``finished``,
+  and ``warnings`` when there are any (e.g. a loss that stayed at its start);
 * ``/metrics/<name>``: 1-D datasets of equal length, one row per log point:
   ``step``, ``wall_time``, ``train_loss``, ``test_loss``, ``test_error``,
   ``rounds``, ``bytes_sent``, ``consensus_distance`` (mean over workers of
@@ -135,6 +136,13 @@ class RunRecord:
         """Mark the run failed: the first failure a rank noted (:func:`note_failure`), else
         ``reason``."""
         self._status(f"failed: {failure(self.path) or reason}")
+
+    def warn(self, text: str) -> None:
+        """Add ``text`` to the root attribute ``warnings`` (one per line): what a completed
+        run's figures do not say, e.g. that its loss never moved."""
+        with h5py.File(self.path, "a") as f:
+            old = f.attrs.get("warnings", "")
+            f.attrs["warnings"] = (old + "\n" if old else "") + text
 
     def stopped(self, status: str) -> None:
         """Mark a run that every rank ended early alike: ``interrupted: ...`` (a signal; a

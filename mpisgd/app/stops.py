@@ -137,7 +137,8 @@ class LossWatch:
 
     :meth:`add` is one device copy per step (no host synchronisation);
     :meth:`take` at a log point returns (sum, count, the local step of the
-    first non-finite loss, 1-based, or 0) and starts the next interval.
+    first non-finite loss, 1-based, or 0, the first step's loss if this
+    interval holds it, else 0) and starts the next interval.
     """
 
     def __init__(self, device, capacity: int):
@@ -151,14 +152,15 @@ class LossWatch:
         self.buffer[self.count] = loss.detach()
         self.count += 1
 
-    def take(self, next_step: int) -> tuple[float, int, int]:
+    def take(self, next_step: int) -> tuple[float, int, int, float]:
         losses = self.buffer[:self.count]
         total = losses.sum().item() if self.count else 0.0
         bad = 0
         if self.count and not math.isfinite(total):
             bad = self.first_step + int((~torch.isfinite(losses)).nonzero()[0].item()) + 1
+        first = losses[0].item() if self.count and self.first_step == 0 else 0.0
         n, self.count, self.first_step = self.count, 0, next_step
-        return total, n, bad
+        return total, n, bad, first
 
     def state_dict(self) -> dict:
         return {"losses": self.buffer[:self.count].cpu(), "first_step": self.first_step}

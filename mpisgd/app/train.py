@@ -37,6 +37,7 @@ from .. import __version__, checkpoint, data as datasets, device as placement, m
 from ..errors import ConfigError, agree, digest
 from ..mpienv import check_environment, mpi_library
 from .config import TrainConfig
+from .health import stalled
 from .record import METRICS, RANK_FIELDS, RunRecord, claim
 from .stops import Diverged, Interrupted, LossWatch, RunStopped, Signals, StopVote, signal_name, \
     vote_code
@@ -217,6 +218,7 @@ def _train(cfg, comm, algo, model, opt, data, shards, record, quiet, signals,
     watch = LossWatch(device, cfg.log_every)
     ckpt_dir = cfg.checkpoint_dir or checkpoint.default_dir(cfg.out)
     rows = []                    # rank 0: the record's rows, for checkpoints
+    first_loss = None            # the workers' mean loss of step 1 (for the stall check)
     step = 0
     paused = 0.0
     row = {}
@@ -224,7 +226,7 @@ def _train(cfg, comm, algo, model, opt, data, shards, record, quiet, signals,
     start = time.perf_counter()
     base = algo.stats()          # counters from the start barrier (set-up traffic excluded)
     if resumed is not None:      # the clock, counters and interval go on from the checkpoint
-        step, base = resumed["step"], resumed["base"]
+        step, base, first_loss = resumed["step"], resumed["base"], resumed["first_loss"]
         start -= resumed["train_time"]
         watch.load_state_dict(resumed["losses"])
         rows = [dict(r) for r in resumed["rows"]] if rank == 0 else []
@@ -235,12 +237,13 @@ def _train(cfg, comm, algo, model, opt, data, shards, record, quiet, signals,
     def log_point(point: int) -> str | None:
         """Every rank: evaluate the consensus, rank 0 records; the clock stops meanwhile.
         Returns the signal any rank received (voted in the log point's Allreduce)."""
-        nonlocal paused, row
+        nonlocal paused, row, first_loss
         if cuda:                 # training time ends when its kernels have, not when queued
             torch.cuda.synchronize(device)
         t_log = time.perf_counter()
         row, health, vote = _log_point(algo, evaluate, point, t_log - start - paused, watch,
                                        base["bytes_sent"], signals, step)
+        first_loss = row.pop("first_loss", first_loss)
         if record is not None:
             record.log(**row)
             rows.append(row)
@@ -255,7 +258,7 @@ def _train(cfg, comm, algo, model, opt, data, shards, record, quiet, signals,
         nonlocal paused
         t0 = time.perf_counter()
         driver = {"step": step, "base": base, "train_time": t0 - start - paused,
-                  "losses": watch.state_dict()}
+                  "losses": watch.state_dict(), "first_loss": first_loss}
         meta = {"config": cfg.resolved(), "rows": rows, "algo": cfg.algo} if rank == 0 else {}
         path = checkpoint.save(telemetry, ckpt_dir, point,
                                {"algorithm": algo.state_dict(), "driver": driver}, meta)
@@ -342,10 +345,23 @@ def _train(cfg, comm, algo, model, opt, data, shards, record, quiet, signals,
         group, name = key.split("/")
         record.series(group, name, values)
     summary = {**row, "path": cfg.out, "workers": algo.workers, "algo": cfg.algo,
-               "kernels": ops.backend(str(params.device.type)), "device": placement.describe(where)}
+               "kernels": ops.backend(str(params.device.type)), "device": placement.describe(where),
+               "warning": _stall_warning(rows, first_loss, data.classes)}
+    if summary["warning"]:
+        record.warn(summary["warning"])
     if not quiet:
         print(summary_line(summary), flush=True)
     return summary
+
+
+def _stall_warning(rows: list, first_loss: float | None, classes: int) -> str:
+    """The summary's and the record's warning for a run whose loss never moved (or '')."""
+    losses = [r["train_loss"] for r in rows]
+    if first_loss is None or not stalled(losses, first_loss, chance=math.log(classes)):
+        return ""
+    return (f"the training loss stayed at its starting value ({first_loss:.4f} at step 1, "
+            f"{losses[-1]:.4f} at the end; chance is {math.log(classes):.4f}): the run did not "
+            "learn (a learning rate too high or too low, or momentum on stale gradients?)")
 
 
 def _next_multiple(step: int, every: int | None) -> int | None:
@@ -441,24 +457,28 @@ class Progress:
 
 def _log_point(algo, evaluate, step, wall, watch, bytes_before, signals, local_step):
     """One row of /metrics (losses and bytes summed over ranks, rounds the mean per worker,
-    the consensus evaluated) and what every rank must hear: per rank, its health (the
+    the consensus evaluated; ``first_loss``, the workers' mean loss of step 1, at the
+    point that follows it) and what every rank must hear: per rank, its health (the
     step of its first non-finite loss, -1 for non-finite parameters, 0: fine) and its
     signal vote (:func:`~mpisgd.app.stops.vote_code`). One Allreduce carries it all,
     the per-rank figures in one-hot slots."""
-    loss_sum, seen, bad = watch.take(local_step)
+    loss_sum, seen, bad, first = watch.take(local_step)
     if not bad and not torch.isfinite(algo.flat.data).all():
         bad = -1
     size, me = algo.comm.size, algo.comm.rank
-    sums = torch.zeros(4 + 2 * size, dtype=torch.float64)
-    sums[:4] = torch.tensor([loss_sum, seen, algo.stats()["bytes_sent"] - bytes_before, algo.rounds])
-    sums[4 + me], sums[4 + size + me] = bad, vote_code(signals)
+    sums = torch.zeros(5 + 2 * size, dtype=torch.float64)
+    sums[:5] = torch.tensor([loss_sum, seen, algo.stats()["bytes_sent"] - bytes_before,
+                             algo.rounds, first])
+    sums[5 + me], sums[5 + size + me] = bad, vote_code(signals)
     algo.telemetry.allreduce(sums)    # after the algorithm's queued operations, on every rank
     params = algo.consensus()
     test_loss, test_error = evaluate(params, algo.consensus_buffers())
     row = {"step": step, "wall_time": wall, "train_loss": sums[0].item() / max(sums[1].item(), 1),
            "test_loss": test_loss, "test_error": test_error, "rounds": sums[3].item() / algo.workers,
            "bytes_sent": sums[2].item(), "consensus_distance": algo.consensus_distance()}
-    return row, sums[4:4 + size].tolist(), max(sums[4 + size:].tolist())
+    if sums[4].item():       # the workers' mean loss of step 1 (the interval that holds it)
+        row["first_loss"] = sums[4].item() / algo.workers
+    return row, sums[5:5 + size].tolist(), max(sums[5 + size:].tolist())
 
 
 def summary_line(s: dict) -> str:
@@ -467,7 +487,8 @@ def summary_line(s: dict) -> str:
             f"test error {100 * s['test_error']:.2f}% (loss {s['test_loss']:.4f}), "
             f"train loss {s['train_loss']:.4f}, {s['wall_time']:.2f} s, "
             f"{int(s['rounds'])} rounds, {_human_bytes(s['bytes_sent'])} sent, "
-            f"device: {s['device']}, kernels: {s['kernels']}; record: {s['path']}")
+            f"device: {s['device']}, kernels: {s['kernels']}; record: {s['path']}"
+            + (f"; warning: {s['warning']}" if s.get("warning") else ""))
 
 
 def _human_bytes(n: float) -> str:

@@ -225,3 +225,26 @@ def test_adacomm_records_tau_over_time_for_every_family(shared_dir, algo):
     assert np.all(np.diff(tau) <= 0) and np.all(np.diff(time_) > 0)
     for l in range(1, len(tau)):
         assert tau[l] == min(tau[l - 1], int(np.ceil(np.sqrt(loss[l] / loss[0]) * 8 - 1e-9)))
+
+
+@pytest.mark.mpi(min_size=2)
+def test_a_run_whose_loss_never_moves_is_flagged_in_the_summary_and_the_record(shared_dir):
+    comm = MPI.COMM_WORLD
+    out = os.path.join(shared_dir, "stalled.h5")
+    cfg = from_sources(None, dict(algo="sync", lr=1e-7, steps=40, log_every=10, out=out,
+                                  threads=1))
+    summary = train.run(cfg, comm, quiet=True)
+    good = os.path.join(shared_dir, "learns.h5")
+    learned = train.run(from_sources(None, dict(algo="sync", steps=40, log_every=10, out=good,
+                                                threads=1)), comm, quiet=True)
+    comm.Barrier()
+    if comm.rank != 0:
+        return
+    assert "stayed at its starting value" in summary["warning"]
+    assert "warning: the training loss stayed" in train.summary_line(summary)
+    with h5py.File(out, "r") as f:
+        assert f.attrs["status"] == "completed"
+        assert "stayed at its starting value" in f.attrs["warnings"]
+    assert learned["warning"] == ""
+    with h5py.File(good, "r") as f:
+        assert "warnings" not in f.attrs
