@@ -8,8 +8,8 @@
   vote at log points, in the log point's own Allreduce. Every rank then
   stops after the same step, a checkpoint is written, and the job exits with
   :data:`EXIT_INTERRUPTED`. A second signal ends the process at once.
-* **Divergence.** Each step's loss goes into a device buffer (no host
-  sync); at a log point each rank finds its first non-finite loss there and
+* **Divergence.** Each step's loss is kept (a reference: no kernel, no host
+  sync); at a log point each rank finds its first non-finite loss among them and
   checks its parameters for non-finite values, and the flags travel in the
   log point's Allreduce: every rank stops within one log interval, with
   :data:`EXIT_DIVERGED`.
@@ -133,42 +133,40 @@ def signal_name(code: float) -> str | None:
 
 
 class LossWatch:
-    """The losses of one log interval on the device, for their sum and first non-finite one.
+    """The losses of one log interval, for their sum and their first non-finite one.
 
-    :meth:`add` is one device copy per step (no host synchronisation);
-    :meth:`take` at a log point returns (sum, count, the local step of the
+    :meth:`add` keeps a reference to the step's (detached) loss tensor: no
+    kernel and no host synchronisation per step (cheaper than summing into
+    an accumulator). :meth:`take` at a log point stacks them (one kernel,
+    one copy to the host) and returns (sum, count, the local step of the
     first non-finite loss, 1-based, or 0, the first step's loss if this
-    interval holds it, else 0) and starts the next interval.
+    interval holds it, else 0), then starts the next interval.
     """
 
-    def __init__(self, device, capacity: int):
-        self.buffer = torch.zeros(max(1, capacity), dtype=torch.float64, device=device)
-        self.count = 0
-        self.first_step = 0        # the local step of buffer[0]
+    def __init__(self):
+        self.losses: list[torch.Tensor] = []
+        self.first_step = 0        # the local step before losses[0]
 
     def add(self, loss: torch.Tensor) -> None:
-        if self.count == len(self.buffer):
-            self.buffer = torch.cat([self.buffer, torch.zeros_like(self.buffer)])
-        self.buffer[self.count] = loss.detach()
-        self.count += 1
+        self.losses.append(loss.detach())
 
     def take(self, next_step: int) -> tuple[float, int, int, float]:
-        losses = self.buffer[:self.count]
-        total = losses.sum().item() if self.count else 0.0
-        bad = 0
-        if self.count and not math.isfinite(total):
-            bad = self.first_step + int((~torch.isfinite(losses)).nonzero()[0].item()) + 1
-        first = losses[0].item() if self.count and self.first_step == 0 else 0.0
-        n, self.count, self.first_step = self.count, 0, next_step
+        n = len(self.losses)
+        total, bad, first = 0.0, 0, 0.0
+        if n:
+            losses = torch.stack(self.losses).double().cpu()
+            total = losses.sum().item()
+            if not math.isfinite(total):
+                bad = self.first_step + int((~torch.isfinite(losses)).nonzero()[0].item()) + 1
+            if self.first_step == 0:
+                first = losses[0].item()
+        self.losses, self.first_step = [], next_step
         return total, n, bad, first
 
     def state_dict(self) -> dict:
-        return {"losses": self.buffer[:self.count].cpu(), "first_step": self.first_step}
+        losses = torch.stack(self.losses).cpu() if self.losses else torch.zeros(0)
+        return {"losses": losses, "first_step": self.first_step}
 
     def load_state_dict(self, state: dict) -> None:
-        losses = state["losses"]
-        self.count = len(losses)
-        if self.count > len(self.buffer):
-            self.buffer = torch.zeros(self.count, dtype=torch.float64, device=self.buffer.device)
-        self.buffer[:self.count] = losses.to(self.buffer.device)
+        self.losses = list(state["losses"].unbind())
         self.first_step = state["first_step"]

@@ -215,7 +215,7 @@ def _train(cfg, comm, algo, model, opt, data, shards, record, quiet, signals,
     telemetry = algo.telemetry   # every collective of the driver: uncounted, in the algorithm's order
     evaluate = Evaluator(cfg, data, telemetry, device)
     progress = Progress(cfg.steps, f"{cfg.algo} x{algo.workers}", enabled=(rank == 0 and not quiet))
-    watch = LossWatch(device, cfg.log_every)
+    watch = LossWatch()
     ckpt_dir = cfg.checkpoint_dir or checkpoint.default_dir(cfg.out)
     rows = []                    # rank 0: the record's rows, for checkpoints
     first_loss = None            # the workers' mean loss of step 1 (for the stall check)
@@ -463,8 +463,8 @@ def _log_point(algo, evaluate, step, wall, watch, bytes_before, signals, local_s
     signal vote (:func:`~mpisgd.app.stops.vote_code`). One Allreduce carries it all,
     the per-rank figures in one-hot slots."""
     loss_sum, seen, bad, first = watch.take(local_step)
-    if not bad and not torch.isfinite(algo.flat.data).all():
-        bad = -1
+    if not bad and not math.isfinite(algo.flat.data.sum(dtype=torch.float64).item()):
+        bad = -1     # a NaN or infinity anywhere makes the float64 sum one (it cannot overflow)
     size, me = algo.comm.size, algo.comm.rank
     sums = torch.zeros(5 + 2 * size, dtype=torch.float64)
     sums[:5] = torch.tensor([loss_sum, seen, algo.stats()["bytes_sent"] - bytes_before,

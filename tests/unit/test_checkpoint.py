@@ -114,16 +114,16 @@ def test_schedules_and_delays_continue_from_their_state():
 
 
 def test_loss_watch_finds_the_first_non_finite_step_and_survives_a_checkpoint():
-    w = LossWatch(torch.device("cpu"), 2)
-    for v in (1.0, 2.0, 3.0):          # grows past its capacity
+    w = LossWatch()
+    for v in (1.0, 2.0, 3.0):
         w.add(torch.tensor(v))
-    assert w.take(3) == (6.0, 3, 0)
+    assert w.take(3) == (6.0, 3, 0, 1.0)
     for v in (1.0, float("nan"), float("inf")):
         w.add(torch.tensor(v))
-    total, n, bad = w.take(6)
-    assert n == 3 and bad == 5 and total != total
+    total, n, bad, first = w.take(6)
+    assert n == 3 and bad == 5 and total != total and first == 0.0   # step 1 was earlier
     w.add(torch.tensor(0.5))
-    w2 = LossWatch(torch.device("cpu"), 1)
+    w2 = LossWatch()
     w2.load_state_dict(w.state_dict())
     w2.add(torch.tensor(float("nan")))
-    assert w2.take(8)[1:] == (2, 8)
+    assert w2.take(8)[1:] == (2, 8, 0.0)
