@@ -10,7 +10,9 @@ file (a temporary name, then a rename), every rank reports success (one
 ``allgather``), rank 0 writes ``meta.json`` and renames the directory. A
 directory without ``meta.json``, or a ``.tmp`` one, is incomplete and never
 read; a job killed while writing leaves the previous checkpoint intact.
-The newest ``keep`` checkpoints are kept (default 2).
+The newest ``keep`` checkpoints are kept (default 2); checkpoints of later
+steps than the one written (left by a continuation abandoned for an older
+checkpoint) are removed, so ``--resume DIR`` never picks one.
 
 Rank files hold tensors, numbers, strings and containers of them only and
 are read with ``torch.load(weights_only=True)``: loading a checkpoint never
@@ -81,7 +83,10 @@ def save(comm, directory: str, step: int, state: dict, meta: dict, keep: int = 2
         if os.path.exists(final):
             shutil.rmtree(final)
         os.replace(tmp, final)
-        for old in _complete(directory)[:-keep]:
+        done = _complete(directory)
+        later = [p for p in done if p > final]       # an abandoned continuation's (a resume
+        earlier = [p for p in done if p <= final]    # from an older step): never the newest
+        for old in later + earlier[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     return final
 

@@ -143,7 +143,8 @@ class LossWatch:
     interval holds it, else 0), then starts the next interval.
     """
 
-    def __init__(self):
+    def __init__(self, device=None):
+        self.device = device       # where the step losses are (a resumed interval goes there)
         self.losses: list[torch.Tensor] = []
         self.first_step = 0        # the local step before losses[0]
 
@@ -168,5 +169,5 @@ class LossWatch:
         return {"losses": losses, "first_step": self.first_step}
 
     def load_state_dict(self, state: dict) -> None:
-        self.losses = list(state["losses"].unbind())
+        self.losses = list(state["losses"].to(self.device).unbind())
         self.first_step = state["first_step"]

@@ -215,7 +215,7 @@ def _train(cfg, comm, algo, model, opt, data, shards, record, quiet, signals,
     telemetry = algo.telemetry   # every collective of the driver: uncounted, in the algorithm's order
     evaluate = Evaluator(cfg, data, telemetry, device)
     progress = Progress(cfg.steps, f"{cfg.algo} x{algo.workers}", enabled=(rank == 0 and not quiet))
-    watch = LossWatch()
+    watch = LossWatch(device)
     ckpt_dir = cfg.checkpoint_dir or checkpoint.default_dir(cfg.out)
     rows = []                    # rank 0: the record's rows, for checkpoints
     first_loss = None            # the workers' mean loss of step 1 (for the stall check)
@@ -232,7 +232,9 @@ def _train(cfg, comm, algo, model, opt, data, shards, record, quiet, signals,
         rows = [dict(r) for r in resumed["rows"]] if rank == 0 else []
         progress.update(step)
     algo.clock = lambda: time.perf_counter() - start - paused     # schedules: training time
-    next_checkpoint = _next_multiple(step, cfg.checkpoint_every)
+    # the step checkpoints count: the same on every rank (rounds x tau under a budget)
+    position = algo.rounds * algo.period if algo.is_worker and algo.rounds_based else step
+    next_checkpoint = _next_multiple(position, cfg.checkpoint_every)
 
     def log_point(point: int) -> str | None:
         """Every rank: evaluate the consensus, rank 0 records; the clock stops meanwhile.
@@ -275,39 +277,44 @@ def _train(cfg, comm, algo, model, opt, data, shards, record, quiet, signals,
         pace = Pace(cfg, algo)
         vote = StopVote(telemetry, signals) if algo.collective_rounds else None
         rounds = algo.rounds
-        while pace.running(step):
-            x, y = stream.batch(step)
-            opt.zero_grad(set_to_none=False)
-            loss = F.cross_entropy(model(x), y)
-            loss.backward()
-            algo.step(loss)
-            step += 1
-            watch.add(loss)
-            point, last = pace.after_step(step, progress)
-            if last:
-                if vote is not None:
-                    vote.close()
-                algo.finish()        # draining in-flight messages is training time
-            if point is not None:
-                if not last:
-                    algo.rendezvous()    # async algorithms: the centre joins the collectives
-                received = log_point(point)
-                if received and not last:
-                    stop(received, point)
-                if vote is None and not last and next_checkpoint is not None and \
-                        point >= next_checkpoint:      # a centre: checkpoints at log points
-                    save(point)
-                    next_checkpoint = _next_multiple(point, cfg.checkpoint_every)
-            if vote is not None and algo.rounds != rounds and not last:
-                rounds = algo.rounds
-                received = vote.at_round()
-                if received:
-                    stop(received, algo.rounds * pace.tau if pace.by_rounds else step)
-            position = algo.rounds * pace.tau if pace.by_rounds else step   # the same everywhere
-            if vote is not None and not last and next_checkpoint is not None and \
-                    position >= next_checkpoint:
-                save(position)
-                next_checkpoint = _next_multiple(position, cfg.checkpoint_every)
+        try:
+            while pace.running(step):
+                x, y = stream.batch(step)
+                opt.zero_grad(set_to_none=False)
+                loss = F.cross_entropy(model(x), y)
+                loss.backward()
+                algo.step(loss)
+                step += 1
+                watch.add(loss)
+                point, last = pace.after_step(step, progress)
+                if last:
+                    if vote is not None:
+                        vote.close()
+                    algo.finish()        # draining in-flight messages is training time
+                if point is not None:
+                    if not last:
+                        algo.rendezvous()    # async algorithms: the centre joins the collectives
+                    received = log_point(point)
+                    if received and not last:
+                        stop(received, point)
+                    if vote is None and not last and next_checkpoint is not None and \
+                            point >= next_checkpoint:      # a centre: checkpoints at log points
+                        save(point)
+                        next_checkpoint = _next_multiple(point, cfg.checkpoint_every)
+                if vote is not None and algo.rounds != rounds and not last:
+                    rounds = algo.rounds
+                    received = vote.at_round()
+                    if received:
+                        stop(received, algo.rounds * pace.tau if pace.by_rounds else step)
+                position = algo.rounds * pace.tau if pace.by_rounds else step   # same everywhere
+                if vote is not None and not last and next_checkpoint is not None and \
+                        position >= next_checkpoint:
+                    save(position)
+                    next_checkpoint = _next_multiple(position, cfg.checkpoint_every)
+        except RunStopped:       # every rank alike: complete the vote in flight
+            if vote is not None:
+                vote.close()
+            raise
     else:                        # a dedicated centre: log points come as rendezvous
 
         def meet() -> None:

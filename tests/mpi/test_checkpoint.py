@@ -87,6 +87,26 @@ def test_resumed_run_equals_the_uninterrupted_one_bitwise(shared_dir, name):
     assert np.all(np.diff(metrics2["wall_time"]) > 0)
 
 
+@pytest.mark.mpi(min_size=2)
+def test_a_budget_run_checkpoints_and_resumes_at_the_same_round_on_every_rank(shared_dir):
+    """Under a wall-clock budget ranks take different numbers of steps per round (worker 0
+    is three times slower): checkpoints count rounds x tau, the same on every rank, before
+    and after the resume (a resumed rank counting its own steps would stop alone)."""
+    flags = dict(algo="local", tau=2, schedule="budget", round_budget=0.004,
+                 straggler="slow:0=3", checkpoint_every=8)
+    full = os.path.join(shared_dir, "budget.h5")
+    _run(full, **flags)
+    again = os.path.join(shared_dir, "budget-resumed.h5")
+    _run(again, resume=os.path.join(shared_dir, "budget.ckpt", f"step-{8:08d}"),
+         checkpoint_dir=os.path.join(shared_dir, "budget-resumed.ckpt"), **flags)
+    (status, _, metrics, _), (status2, params2, metrics2, _) = _final(full), _final(again)
+    assert status == status2 == "completed" and np.isfinite(params2).all()
+    assert list(metrics2["step"]) == list(metrics["step"])
+    assert metrics2["rounds"][-1] == metrics["rounds"][-1] == STEPS // 2
+    assert sorted(os.listdir(os.path.join(shared_dir, "budget-resumed.ckpt"))) == \
+        [f"step-{16:08d}"]
+
+
 @pytest.mark.mpi(min_size=3)
 @pytest.mark.parametrize("name, flags", [("ps-sync", dict(algo="ps-sync")),
                                          ("k-sync-all", dict(algo="k-sync"))])
