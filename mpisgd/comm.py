@@ -191,6 +191,7 @@ class Comm:
         self.bytes_sent = 0.0
         self.comm_time = 0.0   # seconds inside MPI calls made through this object
         self.wait_time = 0.0   # of which blocked in wait()
+        self.staging_before = 0.0   # staging seconds of an earlier process (a resumed run)
         # id(handle) -> the address spans it owns: writes (receives, in-place
         # collectives) exclude everything; reads (sends) exclude only writes,
         # so one buffer may go to many ranks at once.
@@ -530,7 +531,8 @@ class Comm:
         """Bytes sent, seconds spent in and blocked on communication, and seconds of
         staging copies on the device's side stream (CUDA events; waits for copies in flight)."""
         return {"bytes_sent": self.bytes_sent, "comm_time": self.comm_time,
-                "wait_time": self.wait_time, "staging_time": self.boundary.copy_seconds()}
+                "wait_time": self.wait_time,
+                "staging_time": self.staging_before + self.boundary.copy_seconds()}
 
 
 class PersistentRequests:

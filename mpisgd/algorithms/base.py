@@ -391,8 +391,7 @@ class Algorithm(abc.ABC):
                  "steps": self.steps, "rounds": self.rounds,
                  "loss": [self._loss_sum, self._loss_count,
                           self._loss_first],
-                 "comm": {k: getattr(self.comm, k) for k in ("bytes_sent", "comm_time",
-                                                             "wait_time")}}
+                 "comm": self.comm.counters()}
         if self.stragglers is not None:
             state["stragglers"] = self.stragglers.state_dict()
         return state
@@ -405,7 +404,9 @@ class Algorithm(abc.ABC):
         self.optimizer.load_state_dict(state["optimizer"])
         self.steps, self.rounds = state["steps"], state["rounds"]
         self._loss_sum, self._loss_count, self._loss_first = state["loss"]
-        for k, v in state["comm"].items():
+        counters = dict(state["comm"])
+        self.comm.staging_before = counters.pop("staging_time") - self.comm.boundary.copy_seconds()
+        for k, v in counters.items():
             setattr(self.comm, k, v)
         if self.stragglers is not None:
             self.stragglers.load_state_dict(state["stragglers"])
