@@ -389,8 +389,7 @@ class Algorithm(abc.ABC):
         state = {"params": self.flat.data, "buffers": self.flat.buffers,
                  "optimizer": self.optimizer.state_dict(),
                  "steps": self.steps, "rounds": self.rounds,
-                 "loss": [self._loss_sum, self._loss_count,
-                          self._loss_first],
+                 "loss": [self._loss_sum, self._loss_count, self._loss_first],
                  "comm": self.comm.counters()}
         if self.stragglers is not None:
             state["stragglers"] = self.stragglers.state_dict()

@@ -105,10 +105,9 @@ class StopVote:
         if self._pending is not None:
             self._pending.wait()
             self._pending = None
-            if self._vote.item() > 0:
-                decided = SIGNALS[int(self._vote.item()) - 1]
+            decided = signal_name(self._vote.item())
         if decided is None:
-            self._vote.fill_(_code(self.signals.received))
+            self._vote.fill_(vote_code(self.signals))
             self._pending = self.comm.iallreduce(self._vote, op=MPI.MAX)
         return decided
 
@@ -118,13 +117,9 @@ class StopVote:
             self._pending = None
 
 
-def _code(name: str | None) -> float:
-    return float(SIGNALS.index(name) + 1) if name else 0.0
-
-
 def vote_code(signals: Signals) -> float:
     """This rank's signal as a number for a MAX vote (0: none)."""
-    return _code(signals.received)
+    return float(SIGNALS.index(signals.received) + 1) if signals.received else 0.0
 
 
 def signal_name(code: float) -> str | None:

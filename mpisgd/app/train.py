@@ -232,9 +232,13 @@ def _train(cfg, comm, algo, model, opt, data, shards, record, quiet, signals,
         rows = [dict(r) for r in resumed["rows"]] if rank == 0 else []
         progress.update(step)
     algo.clock = lambda: time.perf_counter() - start - paused     # schedules: training time
-    # the step checkpoints count: the same on every rank (rounds x tau under a budget)
-    position = algo.rounds * algo.period if algo.is_worker and algo.rounds_based else step
-    next_checkpoint = _next_multiple(position, cfg.checkpoint_every)
+
+    def position() -> int:
+        """The step checkpoints and stops are named by, the same on every rank: rounds x tau
+        under a wall-clock budget (ranks take different numbers of steps), else the step."""
+        return algo.rounds * algo.period if algo.is_worker and algo.rounds_based else step
+
+    next_checkpoint = _next_multiple(position(), cfg.checkpoint_every)
 
     def log_point(point: int) -> str | None:
         """Every rank: evaluate the consensus, rank 0 records; the clock stops meanwhile.
@@ -271,6 +275,13 @@ def _train(cfg, comm, algo, model, opt, data, shards, record, quiet, signals,
         path = save(point)
         raise Interrupted(f"interrupted: {name} at step {point}, checkpoint {path}")
 
+    def checkpoint_due(point: int) -> None:
+        """The periodic checkpoint, if one is due at ``point`` (every rank alike)."""
+        nonlocal next_checkpoint
+        if next_checkpoint is not None and point >= next_checkpoint:
+            save(point)
+            next_checkpoint = _next_multiple(point, cfg.checkpoint_every)
+
     if algo.is_worker:
         w = algo.worker_index
         stream = datasets.WorkerStream(data.to(device), shards[w], w, cfg.seed, cfg.batch_size)
@@ -297,20 +308,15 @@ def _train(cfg, comm, algo, model, opt, data, shards, record, quiet, signals,
                     received = log_point(point)
                     if received and not last:
                         stop(received, point)
-                    if vote is None and not last and next_checkpoint is not None and \
-                            point >= next_checkpoint:      # a centre: checkpoints at log points
-                        save(point)
-                        next_checkpoint = _next_multiple(point, cfg.checkpoint_every)
-                if vote is not None and algo.rounds != rounds and not last:
-                    rounds = algo.rounds
-                    received = vote.at_round()
-                    if received:
-                        stop(received, algo.rounds * pace.tau if pace.by_rounds else step)
-                position = algo.rounds * pace.tau if pace.by_rounds else step   # same everywhere
-                if vote is not None and not last and next_checkpoint is not None and \
-                        position >= next_checkpoint:
-                    save(position)
-                    next_checkpoint = _next_multiple(position, cfg.checkpoint_every)
+                    if vote is None and not last:    # a centre: checkpoints at log points
+                        checkpoint_due(point)
+                if vote is not None and not last:
+                    if algo.rounds != rounds:
+                        rounds = algo.rounds
+                        received = vote.at_round()
+                        if received:
+                            stop(received, position())
+                    checkpoint_due(position())
         except RunStopped:       # every rank alike: complete the vote in flight
             if vote is not None:
                 vote.close()
@@ -318,16 +324,14 @@ def _train(cfg, comm, algo, model, opt, data, shards, record, quiet, signals,
     else:                        # a dedicated centre: log points come as rendezvous
 
         def meet() -> None:
-            nonlocal step, next_checkpoint
+            nonlocal step
             point = min(cfg.steps, (step // cfg.log_every + 1) * cfg.log_every)
             progress.update(point - step)
             step = point
             received = log_point(point)
             if received and point < cfg.steps:
                 stop(received, point)
-            if next_checkpoint is not None and point >= next_checkpoint:
-                save(point)
-                next_checkpoint = _next_multiple(point, cfg.checkpoint_every)
+            checkpoint_due(point)
 
         algo.serve(on_rendezvous=meet)
         progress.update(cfg.steps - step)

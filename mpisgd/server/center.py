@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 
 from ..comm import Comm
-from .protocol import DONE, PULL, PUSH, PUSH_PULL, REPLY, SYNC, Client, Server, Shards
+from .protocol import DONE, PULL, PUSH, PUSH_PULL, REPLY, SYNC, Checkpointed, Client, Server, \
+    Shards
 
 
 class CenterServer(Server):
@@ -96,21 +97,17 @@ class CenterClient(Client):
         self.signal(DONE)
 
 
-class LocalCenter:
+class LocalCenter(Checkpointed):
     """The centre's own worker (``--center rank0``): the client interface, without messages.
 
     :meth:`pull` returns the centre itself, so a caller may update it in
     place (then :meth:`pushed` counts the update)."""
 
+    checkpointed = ("pushes",)      # the centre itself is the server's
+
     def __init__(self, server: CenterServer):
         self.server, self.center = server, server.center
         self.pushes = 0
-
-    def state_dict(self) -> dict:
-        return {"pushes": self.pushes}         # the centre is the server's
-
-    def load_state_dict(self, state: dict) -> None:
-        self.pushes = state["pushes"]
 
     def pull(self) -> torch.Tensor:
         self.server.counts["pull"][0] += 1

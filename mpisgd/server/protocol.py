@@ -98,7 +98,22 @@ def restore(obj, name: str, value) -> None:
         setattr(obj, name, value)
 
 
-class Server:
+class Checkpointed:
+    """State named by :attr:`checkpointed` (attribute names), saved at a rendezvous (no
+    message in flight) and put back with :func:`restore`: servers, clients, the local
+    centre."""
+
+    checkpointed: tuple[str, ...] = ()
+
+    def state_dict(self) -> dict:
+        return {name: getattr(self, name) for name in self.checkpointed}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name in self.checkpointed:
+            restore(self, name, state[name])
+
+
+class Server(Checkpointed):
     """One server rank's message loop: one receive posted, messages served in arrival order.
 
     Subclasses define :meth:`handle` (PULL, PUSH, PUSH_PULL, GRAD) and may
@@ -129,16 +144,7 @@ class Server:
         self._recv = None
         self._post()
 
-    #: Attributes a checkpoint holds (numbers and lists; tensors are copied back in place).
     checkpointed = ("counts", "service_time", "idle_time")
-
-    def state_dict(self) -> dict:
-        """The server's state at a rendezvous (no message in flight), for a checkpoint."""
-        return {name: getattr(self, name) for name in self.checkpointed}
-
-    def load_state_dict(self, state: dict) -> None:
-        for name in self.checkpointed:
-            restore(self, name, state[name])
 
     def _post(self) -> None:
         if self._recv is None and self.done != self.remote:
@@ -214,23 +220,13 @@ class Server:
         return {**self.counts, "service_time": self.service_time, "idle_time": self.idle_time}
 
 
-class Client:
+class Client(Checkpointed):
     """A worker's side of the protocol: ``S`` servers (ranks ``0..S-1``), sends in flight.
 
     Sends of one message kind go to every server at once and complete in
     the background; :meth:`settle` waits for them, :meth:`progress` lets
     them along.
     """
-
-    checkpointed: tuple[str, ...] = ()
-
-    def state_dict(self) -> dict:
-        """The client's state at a rendezvous, for a checkpoint."""
-        return {name: getattr(self, name) for name in self.checkpointed}
-
-    def load_state_dict(self, state: dict) -> None:
-        for name in self.checkpointed:
-            restore(self, name, state[name])
 
     def __init__(self, comm: Comm, shards: Shards):
         self.comm, self.shards = comm, shards
