@@ -11,6 +11,16 @@ auxiliary columns. Fully synchronous SGD is A(1, J, 0) with J = 11^T/m,
 periodic averaging (local SGD, PR-SGD) A(tau, J, 0), D-PSGD A(1, W, 0) for a
 sparse doubly stochastic W, EASGD A(tau, W_alpha, 1).
 
+With an outer optimizer (DiLoCo, SlowMo; ``outer=``) each communication
+iteration is followed by an outer step on the chosen columns (the workers';
+EASGD's centre), from their anchor A (their value after the previous one):
+
+    D = A - X_{k+1},   A <- A - lr u(D),   X_{k+1} <- A
+
+u(D) = b, b <- mu b + D (sgd); D + mu b after that update (nesterov); Adam's
+m_hat / (sqrt(v_hat) + 1e-8) with betas (mu, 0.999) (adam). Written out
+here, not taken from torch.
+
 Tests run an algorithm under mpiexec and compare each rank's parameters with
 its column of this oracle, computed in float64 on the same gradient stream.
 """
@@ -28,7 +38,8 @@ __all__ = ["averaging_matrix", "elastic_matrix", "cooperative"]
 def cooperative(x0: torch.Tensor, grad: Callable[[int, torch.Tensor], torch.Tensor],
                 eta: float | Callable[[int], float], W: torch.Tensor | Callable[[int], torch.Tensor],
                 steps: int, tau: int | None = 1, communicate: Callable[[int], bool] | None = None,
-                v: int = 0, trace: bool = False, simultaneous: bool = False):
+                v: int = 0, trace: bool = False, simultaneous: bool = False,
+                outer: tuple[str, float, float] | None = None, outer_columns: slice | None = None):
     """Run A(tau, W, v) for ``steps`` iterations from ``x0``.
 
     ``simultaneous=True`` mixes and takes the gradient step from the same
@@ -44,6 +55,9 @@ def cooperative(x0: torch.Tensor, grad: Callable[[int, torch.Tensor], torch.Tens
         communicate: ``communicate(k+1) -> bool``, e.g. a schedule's method.
         v: number of auxiliary columns (centre variables).
         trace: also return the list of X after every iteration.
+        outer: ``(kind, lr, momentum)``, kind ``sgd``, ``nesterov`` or ``adam``: the outer
+            step after each communication (see the module).
+        outer_columns: the columns it steps (default the m workers').
 
     Returns:
         X after ``steps`` iterations (and the trace if asked).
@@ -57,6 +71,8 @@ def cooperative(x0: torch.Tensor, grad: Callable[[int, torch.Tensor], torch.Tens
     if communicate is None:
         communicate = lambda k1: k1 % tau == 0  # noqa: E731
     history = []
+    cols = slice(0, m) if outer_columns is None else outer_columns
+    step = _outer(outer, X[:, cols]) if outer is not None else None
     for k in range(steps):
         G = torch.zeros_like(X)
         G[:, :m] = grad(k, X[:, :m])
@@ -67,6 +83,32 @@ def cooperative(x0: torch.Tensor, grad: Callable[[int, torch.Tensor], torch.Tens
         else:
             X = X - rate * G
             X = X if mix is None else X @ mix
+        if step is not None and mix is not None:
+            X[:, cols] = step(X[:, cols])
         if trace:
             history.append(X.clone())
     return (X, history) if trace else X
+
+
+def _outer(outer: tuple[str, float, float], X0: torch.Tensor):
+    """``X -> A``: the outer step of ``outer`` on the anchor A (from ``X0``), written out."""
+    kind, lr, mu = outer
+    state = {"A": X0.clone(), "b": torch.zeros_like(X0), "m": torch.zeros_like(X0),
+             "v": torch.zeros_like(X0), "t": 0}
+
+    def step(X: torch.Tensor) -> torch.Tensor:
+        A = state["A"]
+        D = A - X
+        if kind == "adam":
+            state["t"] += 1
+            t = state["t"]
+            state["m"] = mu * state["m"] + (1 - mu) * D
+            state["v"] = 0.999 * state["v"] + (1 - 0.999) * D * D
+            m_hat = state["m"] / (1 - mu ** t)
+            v_hat = state["v"] / (1 - 0.999 ** t)
+            A -= lr * m_hat / (v_hat.sqrt() + 1e-8)
+        else:
+            state["b"] = mu * state["b"] + D
+            A -= lr * (D + mu * state["b"] if kind == "nesterov" else state["b"])
+        return A.clone()
+    return step

@@ -53,8 +53,9 @@ from .. import ops
 from ..errors import OptionError
 from ..schedule import Periodic
 from ..server.center import CenterClient, CenterServer, LocalCenter
+from . import outer
 from .easgd import checked_moving_rate
-from .options import CENTER, DELTA, ELASTIC, SERVERS, TAU
+from .options import CENTER, DELTA, ELASTIC, OUTER, SERVERS, TAU
 from .served import Served
 
 DEDICATED = CENTER.but(default="dedicated", choices=("dedicated", "rank0"))
@@ -63,7 +64,7 @@ DEDICATED = CENTER.but(default="dedicated", choices=("dedicated", "rank0"))
 class CenterAlgorithm(Served):
     """The centre on server ranks (or rank 0, training too); subclasses define :meth:`local_step`."""
 
-    options = (TAU, DEDICATED, SERVERS)
+    options = (TAU, DEDICATED, SERVERS, *OUTER)
     group = "center"
 
     @classmethod
@@ -90,7 +91,8 @@ class CenterAlgorithm(Served):
         if self.rank < self.shards.servers:
             mine = self.shards.slice(self.flat.data, self.rank)
             center = mine if self.dedicated else mine.clone()
-            self.server = CenterServer(self.comm, center, self.remote, self.index)
+            self.server = CenterServer(self.comm, center, self.remote, self.index,
+                                       outer.make(self.opts, center, anchor=center))
         if not self.is_worker:
             self.center = None
         elif self.server is not None:
@@ -108,12 +110,16 @@ class CenterAlgorithm(Served):
     tensors: tuple[str, ...] = ()
 
     def state_dict(self) -> dict:
+        step = self.server.outer if self.server is not None else None
         return {**super().state_dict(), "schedule": self.schedule.state_dict(),
+                "outer": step.state_dict() if step is not None else None,
                 **{name: getattr(self, name) for name in self.tensors}}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.schedule.load_state_dict(state["schedule"])
+        if state["outer"] is not None:
+            self.server.outer.load_state_dict(state["outer"])
         for name in self.tensors:
             getattr(self, name).copy_(state[name])
 
@@ -139,7 +145,7 @@ class AsyncEASGD(CenterAlgorithm):
     """Asynchronous EASGD (Algorithm 1): elastic exchange, then the optimizer's step."""
 
     name = "async-easgd"
-    options = (TAU, *ELASTIC, DEDICATED, SERVERS)
+    options = (TAU, *ELASTIC, DEDICATED, SERVERS, *OUTER)
 
     def __init__(self, model, optimizer, comm=None, **options):
         super().__init__(model, optimizer, comm, **options)

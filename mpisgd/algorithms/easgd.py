@@ -44,7 +44,7 @@ from __future__ import annotations
 import torch
 
 from .base import Algorithm
-from .options import CENTER, ELASTIC, SCHEDULE, TAU
+from .options import CENTER, ELASTIC, OUTER, SCHEDULE, TAU
 from .rounds import Elastic
 from .scheduled import Scheduled
 
@@ -97,7 +97,7 @@ class EASGD(Scheduled):
     """
 
     name = "easgd"
-    options = (TAU, *ELASTIC, CENTER, *SCHEDULE)
+    options = (TAU, *ELASTIC, CENTER, *SCHEDULE, *OUTER)
 
     def make_round(self) -> Elastic:
         alpha = checked_moving_rate(self, all_in_round=True)

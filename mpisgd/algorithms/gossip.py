@@ -62,7 +62,7 @@ import torch
 from .. import topology as topologies
 from ..errors import OptionError
 from ..topology.spectral import is_averaging
-from .options import AUX, ELASTIC, GOSSIP, OVERLAP, SCHEDULE, TAU, TOPOLOGY
+from .options import AUX, ELASTIC, GOSSIP, OUTER, OVERLAP, SCHEDULE, TAU, TOPOLOGY
 from .rounds import Mix
 from .scheduled import Scheduled
 
@@ -82,7 +82,7 @@ class Gossip(Scheduled):
     """
 
     name = "gossip"
-    options = (TAU, *SCHEDULE, TOPOLOGY, *GOSSIP, OVERLAP)
+    options = (TAU, *SCHEDULE, TOPOLOGY, *GOSSIP, OVERLAP, *OUTER)
     symmetric = False          # D-PSGD needs W doubly stochastic, not symmetric
     aux_allowed = False
 
@@ -181,7 +181,8 @@ class Cooperative(Gossip):
     """
 
     name = "cooperative"
-    options = (TAU, *SCHEDULE, TOPOLOGY.but(default="complete"), *GOSSIP, OVERLAP, AUX, *ELASTIC)
+    options = (TAU, *SCHEDULE, TOPOLOGY.but(default="complete"), *GOSSIP, OVERLAP, AUX, *ELASTIC,
+               *OUTER)
     symmetric = True
     aux_allowed = True
 

@@ -33,7 +33,7 @@ Example::
 """
 from __future__ import annotations
 
-from .options import MOMENTUM_POLICY, SCHEDULE, TAU
+from .options import MOMENTUM_POLICY, OUTER, SCHEDULE, TAU
 from .rounds import Average
 from .scheduled import Scheduled
 
@@ -49,7 +49,7 @@ class LocalSGD(Scheduled):
     """
 
     name = "local"
-    options = (TAU.but(default=8), *SCHEDULE, MOMENTUM_POLICY)
+    options = (TAU.but(default=8), *SCHEDULE, MOMENTUM_POLICY, *OUTER)
     final_round = True
 
     @classmethod

@@ -225,3 +225,53 @@ K = _positive_int("k", None, "K: gradients (k-batch-*) or distinct workers (k-sy
                   "server update (default: all workers for k-sync, k-async; 1 otherwise)")
 STALENESS_LR = Option("staleness_lr", None, "staleness-adaptive rate C,ETA_MAX: gradient i's rate "
                       "min(C/||w - w_tau(i)||^2, ETA_MAX)", str, parse=parse_staleness_lr)
+
+# ---- outer optimizer on the round's pseudo-gradient (mpisgd.algorithms.outer) ---------------
+OUTER = (
+    Option("outer", "none", "outer optimizer stepping the anchor on the round's pseudo-gradient "
+           "x_anchor - average: none (the plain algorithm), sgd (SlowMo), nesterov (DiLoCo) or "
+           "adam", str, choices=("none", "sgd", "nesterov", "adam")),
+    Option("outer_lr", 0.7, "outer learning rate (DiLoCo: 0.7; sgd 1 with momentum 0 is the "
+           "plain algorithm)", float, check=lambda v: v > 0, must="a positive number"),
+    Option("outer_momentum", 0.9, "outer momentum (sgd, nesterov; adam: beta1)", float,
+           check=lambda v: 0 <= v < 1, must="in [0, 1)"),
+)
+
+# ---- streaming fragments (mpisgd.algorithms.streaming) ------------------------------------
+STREAMING = (
+    _positive_int("fragments", 1, "F: the flat buffer in F contiguous fragments, fragment f "
+                  "averaged at steps = f tau/F (mod tau) (Streaming DiLoCo)"),
+    Option("fragment_delay", 0, "D: inner steps a fragment's Iallreduce overlaps before it is "
+           "applied (0 <= D < tau)", int, check=lambda v: v >= 0, must="a non-negative integer"),
+    Option("fragment_alpha", 0.0, "weight of the local fragment when the global one arrives: "
+           "x <- alpha x_local + (1 - alpha) x_global", float, check=lambda v: 0 <= v < 1,
+           must="in [0, 1)"),
+)
+
+
+def parse_compress(value) -> tuple[str, float | None]:
+    """``"fp16"``, ``"topk:0.01"``, ... -> ``(format, argument)``; ``ValueError`` saying what
+    it must be."""
+    must = ("none, fp16, bf16, int8, topk:RATIO (0 < RATIO <= 1) or powersgd:RANK "
+            "(a positive integer)")
+    name, _, arg = str(value).partition(":")
+    if name in ("none", "fp16", "bf16", "int8") and not arg:
+        return name, None
+    try:
+        if name == "topk" and 0 < float(arg) <= 1:
+            return name, float(arg)
+        if name == "powersgd" and float(arg).is_integer() and int(float(arg)) >= 1:
+            return name, int(float(arg))
+    except ValueError:
+        pass
+    raise ValueError(must)
+
+
+# ---- compressed exchanges (mpisgd.compress) -----------------------------------------------
+COMPRESS = (
+    Option("compress", "none", "compress what is averaged (sync: gradient buckets; local: the "
+           "pseudo-gradient): none, fp16, bf16, int8, topk:RATIO or powersgd:RANK", str,
+           parse=parse_compress),
+    Option("error_feedback", True, "carry each round's compression error into the next",
+           bool, must="true or false"),
+)

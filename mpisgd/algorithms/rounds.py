@@ -49,6 +49,12 @@ class Round(abc.ABC):
     #: The local step runs between :meth:`start` and :meth:`finish` (from the same x).
     simultaneous = False
 
+    @property
+    def averaged(self) -> torch.Tensor | None:
+        """What the round averages into, that an outer optimizer steps
+        (:mod:`mpisgd.algorithms.outer`): ``x`` (``None`` where this rank holds none)."""
+        return self.x
+
     @abc.abstractmethod
     def start(self, k: int = 0):
         """Post round ``k``'s communication; returns what :meth:`finish` completes."""
@@ -184,6 +190,11 @@ class Elastic(Round):
 
     def state_dict(self) -> dict:
         return {"center": self.center} if self.holds else {}
+
+    @property
+    def averaged(self) -> torch.Tensor | None:
+        """The centre c, where this rank holds it."""
+        return self.center if self.holds else None
 
     def consensus(self, telemetry) -> torch.Tensor:
         """c, the same on every rank (``telemetry``: the uncounted Comm that broadcasts it)."""

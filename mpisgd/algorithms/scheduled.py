@@ -29,7 +29,7 @@ import abc
 import torch
 
 from .. import schedule as schedules
-from . import state
+from . import outer, state
 from .base import Algorithm
 from .rounds import Round
 
@@ -56,6 +56,8 @@ class Scheduled(Algorithm):
         self.schedule = schedules.make(self.opts)
         #: This algorithm's round (:mod:`mpisgd.algorithms.rounds`).
         self.round: Round = self.make_round()
+        #: The outer optimizer on what the round averages into (``--outer``), or ``None``.
+        self.outer = outer.make(self.opts, self.round.averaged)
         self.state = state.policy(self.opts.get("momentum_policy", "local"), optimizer,
                                   self.flat, self.comm)
         self.deferred = bool(self.opts.get("overlap", False)) and not self.round.simultaneous
@@ -111,7 +113,7 @@ class Scheduled(Algorithm):
             pending = r.start(self.rounds)
             if local_step:
                 self.optimizer.step()
-            r.finish(pending)
+            self._finish_round(pending)
         else:
             if local_step:
                 self.optimizer.step()
@@ -121,15 +123,21 @@ class Scheduled(Algorithm):
             if self.deferred:
                 self._pending = pending
             else:
-                r.finish(pending)
+                self._finish_round(pending)
         self.rounds += 1
         self.state.after_round()
+
+    def _finish_round(self, pending) -> None:
+        """Complete a round, then the outer step on what it averaged (``--outer``)."""
+        self.round.finish(pending)
+        if self.outer is not None:
+            self.outer.step()
 
     def _settle(self) -> None:
         """Apply the deferred round in flight, if any."""
         if self._pending is not None:
             pending, self._pending = self._pending, None
-            self.round.finish(pending)
+            self._finish_round(pending)
 
     def _post_report(self, now: float):
         """Start gathering every worker's report on the round that ends now."""
@@ -153,6 +161,7 @@ class Scheduled(Algorithm):
         its start, so the same exchange follows)."""
         return {**super().state_dict(), "schedule": self.schedule.state_dict(),
                 "round": self.round.state_dict(), "since": self._since,
+                "outer": self.outer.state_dict() if self.outer is not None else None,
                 "round_start": self._round_start,
                 "pending": self.rounds - 1 if self._pending is not None else None}
 
@@ -160,6 +169,8 @@ class Scheduled(Algorithm):
         super().load_state_dict(state)
         self.schedule.load_state_dict(state["schedule"])
         self.round.load_state_dict(state["round"])
+        if self.outer is not None:
+            self.outer.load_state_dict(state["outer"])
         self._since, self._round_start = state["since"], state["round_start"]
         if state["pending"] is not None:
             counters = self.comm.bytes_sent, self.comm.comm_time

@@ -18,19 +18,29 @@ class CenterServer(Server):
     """The centre side: slice ``center`` of ``c`` (a flat tensor) served to ``workers``.
 
     The centre's own worker, if it trains too (``--center rank0``), updates
-    ``center`` directly (:class:`LocalCenter`).
+    ``center`` directly (:class:`LocalCenter`). ``outer``: an
+    :class:`~mpisgd.algorithms.outer.Outer` anchored on ``center`` that steps it on
+    each push's pseudo-gradient -delta (``--outer``); ``None``: c += delta.
     """
 
     kinds = (PULL, PUSH, PUSH_PULL, SYNC, DONE)
     checkpointed = Server.checkpointed + ("center",)
 
-    def __init__(self, comm: Comm, center: torch.Tensor, workers: list[int], index: dict[int, int]):
-        self.center = center
+    def __init__(self, comm: Comm, center: torch.Tensor, workers: list[int], index: dict[int, int],
+                 outer=None):
+        self.center, self.outer = center, outer
         super().__init__(comm, center, workers, index)
+
+    def apply(self, delta: torch.Tensor) -> torch.Tensor:
+        """c += delta, or the outer step on -delta; returns c."""
+        if self.outer is None:
+            return self.center.add_(delta)
+        self.outer.add(delta)
+        return self.center
 
     def handle(self, source: int, kind: int, mod: int) -> None:
         if kind in (PUSH, PUSH_PULL):
-            self.center.add_(self.buffer)
+            self.apply(self.buffer)
         if kind in (PULL, PUSH_PULL):
             self.comm.isend(self.center, source, REPLY).wait()
 
@@ -114,7 +124,7 @@ class LocalCenter(Checkpointed):
         return self.center
 
     def push(self, delta: torch.Tensor) -> None:
-        self.center.add_(delta)
+        self.server.apply(delta)
         self.pushed()
 
     def pushed(self) -> None:
@@ -125,7 +135,7 @@ class LocalCenter(Checkpointed):
     def push_pull(self, delta: torch.Tensor) -> torch.Tensor:
         self.server.counts["push_pull"][0] += 1
         self.pushes += 1
-        return self.center.add_(delta)
+        return self.server.apply(delta)
 
     def progress(self) -> None:
         """Serve the remote workers' messages that have arrived (between own steps)."""
