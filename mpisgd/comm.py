@@ -49,6 +49,12 @@ def _mpi_type(dtype: torch.dtype):
 
 REDUCIBLE = (torch.float32, torch.float64)
 
+#: Every operation not yet completed, by id: a Handle (and the tensors it keeps) dropped in
+#: flight with its Comm or algorithm must outlive it, since MPI still reads and writes
+#: that memory (a nonblocking collective cannot be freed or cancelled, MPI-3.1 sec. 5.12);
+#: it stays here, until the process ends, unless someone waits for it.
+_IN_FLIGHT: dict[int, "Handle"] = {}
+
 
 def check_reducible(dtype: torch.dtype) -> None:
     """``ValueError`` unless MPI can sum tensors of ``dtype`` (float32, float64)."""
@@ -95,6 +101,7 @@ class Handle:
         # A receive's source, tag and count, filled on completion (``status=True``).
         self.status = MPI.Status() if status else None
         self._statuses = [self.status] if status else None
+        _IN_FLIGHT[id(self)] = self
 
     @property
     def posted(self) -> bool:
@@ -127,6 +134,7 @@ class Handle:
 
     def _complete(self) -> None:
         self.done = True
+        _IN_FLIGHT.pop(id(self), None)
         self._owner._release(self)
         if self._finish is not None:
             self._finish()
@@ -474,6 +482,16 @@ class Comm:
         nbytes = send.numel() * send.element_size()
         return self._start([send, recv], lambda s, r: [self.mpi.Iallgather(s, _block(r, s))],
                            (self.size - 1) * nbytes, read_only=(True, "w"))
+
+    def ialltoall(self, send: torch.Tensor, recv: torch.Tensor) -> Handle:
+        """Nonblocking Alltoall: row r of ``send`` (size x chunk) goes to rank r, row r of
+        ``recv`` (size x chunk) comes from rank r. Counted as (P-1)/P of ``send``'s bytes
+        (the row a rank keeps does not travel)."""
+        nbytes = send.numel() * send.element_size()
+        per_rank = lambda s: [s[0], s[1] // self.size, s[2]]  # noqa: E731 - mpi4py: count per block
+        return self._start([send, recv],
+                           lambda s, r: [self.mpi.Ialltoall(per_rank(s), per_rank(r))],
+                           (self.size - 1) / self.size * nbytes, read_only=(True, "w"))
 
     def ineighbor_allgather(self, graph, send: torch.Tensor, recv: torch.Tensor) -> Handle:
         """Nonblocking neighbour Allgather on the dist-graph communicator ``graph``.

@@ -112,3 +112,47 @@ def _outer(outer: tuple[str, float, float], X0: torch.Tensor):
             A -= lr * (D + mu * state["b"] if kind == "nesterov" else state["b"])
         return A.clone()
     return step
+
+
+def streaming(x0: torch.Tensor, grad: Callable[[int, torch.Tensor], torch.Tensor], eta: float,
+              m: int, steps: int, tau: int, fragments: int = 1, delay: int = 0,
+              alpha: float = 0.0, outer: tuple[str, float, float] | None = None,
+              trace: bool = False):
+    """Streaming local SGD / Streaming DiLoCo on m workers from ``x0`` (length d), dense.
+
+    Fragment f (rows floor(f d/F) .. floor((f+1) d/F) of X) is averaged at the steps
+    s > 0 with s = floor(f tau/F) (mod tau); the mean of the workers' rows at s,
+    xbar, lands D = ``delay`` steps later: its anchor A <- xbar (or the outer step on
+    A - xbar), and every worker's rows <- alpha rows + (1 - alpha) A. Returns X (d x m)
+    after ``steps`` iterations (and the trace if asked).
+    """
+    X = x0.to(torch.float64)[:, None].repeat(1, m)
+    d = X.shape[0]
+    cuts = [f * d // fragments for f in range(fragments + 1)]
+    offsets = [f * tau // fragments for f in range(fragments)]
+    anchors = [X[cuts[f]:cuts[f + 1], 0].clone() for f in range(fragments)]
+    steppers = [_outer(outer, a) if outer is not None else None for a in anchors]
+    pending: dict[int, tuple[int, torch.Tensor]] = {}
+    history = []
+
+    def land(f: int, mean: torch.Tensor) -> None:
+        anchors[f] = steppers[f](mean) if steppers[f] is not None else mean
+        rows = slice(cuts[f], cuts[f + 1])
+        X[rows] = alpha * X[rows] + (1 - alpha) * anchors[f][:, None]
+
+    for k in range(steps):
+        s = k + 1
+        X = X - eta * grad(k, X)
+        for f in sorted(pending):
+            if pending[f][0] + delay <= s:
+                land(f, pending.pop(f)[1])
+        for f in range(fragments):
+            if s % tau == offsets[f]:
+                mean = X[cuts[f]:cuts[f + 1]].mean(1)
+                if delay:
+                    pending[f] = (s, mean)
+                else:
+                    land(f, mean)
+        if trace:
+            history.append(X.clone())
+    return (X, history) if trace else X

@@ -22,6 +22,14 @@ or ``"reset"`` (zeroed at each round, a true restart).
 The preset: a :class:`~mpisgd.algorithms.rounds.Average` round composed
 with the schedule and the state policy (:class:`~mpisgd.algorithms.scheduled.Scheduled`).
 
+``outer`` (DiLoCo, SlowMo: :mod:`mpisgd.algorithms.outer`) steps the average
+as a pseudo-gradient. ``fragments``, ``fragment_delay`` and ``compress``
+switch the round to the pseudo-gradient path of
+:mod:`mpisgd.algorithms.streaming`: F staggered fragments, each exchange
+overlapped with D steps, optionally compressed with error feedback
+(:mod:`mpisgd.compress`); F = 1, D = 0 without compression is this
+algorithm's plain round.
+
 Example::
 
     algo = mpisgd.build("local", model, opt, tau=8)
@@ -33,9 +41,17 @@ Example::
 """
 from __future__ import annotations
 
-from .options import MOMENTUM_POLICY, OUTER, SCHEDULE, TAU
+from ..errors import OptionError
+from .base import Algorithm
+from .options import COMPRESS, MOMENTUM_POLICY, OUTER, SCHEDULE, STREAMING, TAU
 from .rounds import Average
 from .scheduled import Scheduled
+from .streaming import Streaming
+
+
+def streams(opts: dict) -> bool:
+    """Whether ``opts`` ask for the pseudo-gradient path (fragments, a delay, compression)."""
+    return opts["fragments"] > 1 or opts["fragment_delay"] > 0 or opts["compress"] != "none"
 
 
 class LocalSGD(Scheduled):
@@ -49,26 +65,100 @@ class LocalSGD(Scheduled):
     """
 
     name = "local"
-    options = (TAU.but(default=8), *SCHEDULE, MOMENTUM_POLICY, *OUTER)
+    options = (TAU.but(default=8), *SCHEDULE, MOMENTUM_POLICY, *OUTER, *STREAMING, *COMPRESS)
     final_round = True
 
     @classmethod
     def check(cls, opts: dict) -> None:
         super().check(opts)
-        if opts["tau"] == 1 and opts["schedule"] == "periodic":
+        if opts["tau"] == 1 and opts["schedule"] == "periodic" and opts["fragments"] == 1:
             cls.warn("local SGD with tau = 1 averages parameters every step: with plain SGD "
                      "it is sync SGD with more traffic per step; use --algo sync")
+        if not streams(opts):
+            return
+        what = "fragments" if opts["fragments"] > 1 else \
+            "fragment_delay" if opts["fragment_delay"] else "compress"
+        if opts["schedule"] != "periodic":
+            raise OptionError(what, f"needs schedule periodic, got {opts['schedule']}")
+        if opts["momentum_policy"] != "local":
+            raise OptionError("momentum_policy", f"must be local with {what} (each worker keeps "
+                              f"its optimizer state), got {opts['momentum_policy']}")
+        if opts["fragments"] > opts["tau"]:
+            raise OptionError("fragments", f"must be at most tau = {opts['tau']} (one fragment "
+                              f"round per step at most), got {opts['fragments']}")
+        if opts["fragment_delay"] >= opts["tau"]:
+            raise OptionError("fragment_delay", f"must be less than tau = {opts['tau']} (a "
+                              f"fragment's round lands before its next one), got "
+                              f"{opts['fragment_delay']}")
+
+    def __init__(self, model, optimizer, comm=None, **options):
+        super().__init__(model, optimizer, comm, **options)
+        self.streaming = None
+        if streams(self.opts):
+            flat = self.flat
+            self.streaming = Streaming(
+                self.comm, flat.data, flat.buffers, self.opts, flat.offsets,
+                [p.shape for p in flat.params], self._compressor(),
+                self.stragglers.comm if self.stragglers is not None else None)
+
+    def _compressor(self):
+        """``(buf, shapes) -> CompressedMean`` for ``--compress`` (``None``: plain means)."""
+        if self.opts["compress"] == "none":
+            return None
+        from ..compress import CompressedMean
+
+        def make(buf, shapes):
+            cm = CompressedMean(self.comm, buf, self.opts["compress"], shapes,
+                                self.opts["error_feedback"])
+            cm.calibrate(self.telemetry)
+            return cm
+        return make
 
     def make_round(self) -> Average:
         return Average(self.comm, self.flat.data, self.flat.buffers)
+
+    def make_outer(self):
+        return None if streams(self.opts) else super().make_outer()   # per fragment there
+
+    def _step(self) -> None:
+        if self.streaming is None:
+            return super()._step()
+        self.finished = False
+        self.steps += 1
+        self.optimizer.step()
+        started = self.streaming.after_step(self.steps)
+        self.rounds += started
+        self._since = 0 if started else self._since + 1
 
     def finish(self) -> None:
         """Final synchronisation: average once more unless the last step ended a round.
 
         Afterwards every worker holds the consensus model, so saving
         ``model.state_dict()`` on any rank saves the model PR-SGD outputs.
+        With fragments: the rounds in flight land, then one round of every fragment.
         """
-        super().finish()
+        if self.streaming is None:
+            return super().finish()
+        if not self.finished:
+            self.rounds += self.streaming.flush(self.steps)
+        Algorithm.finish(self)
+
+    def state_dict(self) -> dict:
+        out = super().state_dict()
+        if self.streaming is not None:
+            out["streaming"] = self.streaming.state_dict()
+        return out
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        if self.streaming is not None:
+            self.streaming.load_state_dict(state["streaming"])
+
+    def worker_series(self) -> dict:
+        out = super().worker_series()
+        if self.streaming is not None:
+            out.update(self.streaming.series())
+        return out
 
     @property
     def replicas_identical(self) -> bool:

@@ -55,8 +55,10 @@ class Outer:
         self.optimizer = optimizer(kind, lr, momentum, [self.anchor])
         self._delta = torch.empty_like(x)
 
-    def _step(self) -> None:
-        self.anchor.grad = self._delta
+    @torch.no_grad()
+    def descend(self, pseudo_gradient: torch.Tensor) -> None:
+        """x_a <- OuterOpt(x_a, pseudo_gradient) (x untouched)."""
+        self.anchor.grad = pseudo_gradient
         self.optimizer.step()
         self.anchor.grad = None
 
@@ -64,14 +66,14 @@ class Outer:
     def step(self) -> None:
         """After a round: Delta = x_a - x, x_a <- OuterOpt(x_a, Delta), x <- x_a."""
         torch.sub(self.anchor, self.x, out=self._delta)
-        self._step()
+        self.descend(self._delta)
         self.x.copy_(self.anchor)
 
     @torch.no_grad()
     def add(self, delta: torch.Tensor) -> None:
         """A push to a centre held in the anchor: x_a <- OuterOpt(x_a, -delta)."""
         torch.neg(delta, out=self._delta)
-        self._step()
+        self.descend(self._delta)
 
     def state_dict(self) -> dict:
         return {"anchor": self.anchor, "optimizer": self.optimizer.state_dict()}

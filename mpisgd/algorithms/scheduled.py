@@ -57,7 +57,7 @@ class Scheduled(Algorithm):
         #: This algorithm's round (:mod:`mpisgd.algorithms.rounds`).
         self.round: Round = self.make_round()
         #: The outer optimizer on what the round averages into (``--outer``), or ``None``.
-        self.outer = outer.make(self.opts, self.round.averaged)
+        self.outer = self.make_outer()
         self.state = state.policy(self.opts.get("momentum_policy", "local"), optimizer,
                                   self.flat, self.comm)
         self.deferred = bool(self.opts.get("overlap", False)) and not self.round.simultaneous
@@ -71,6 +71,10 @@ class Scheduled(Algorithm):
     @abc.abstractmethod
     def make_round(self) -> Round:
         """The round (on ``self.comm`` and ``self.flat``), made once at construction."""
+
+    def make_outer(self):
+        """The outer step after each round (``--outer``; ``None``: none)."""
+        return outer.make(self.opts, self.round.averaged)
 
     @property
     def period(self) -> int:

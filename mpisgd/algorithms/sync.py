@@ -22,6 +22,22 @@ Example::
 
 For gradient accumulation, wrap all but the last backward in
 ``with algo.no_sync():`` as with DDP.
+
+Compressed gradients (``compress``: fp16, bf16, int8, topk:RATIO,
+powersgd:RANK; docs/compression.md): each bucket's mean goes through a
+:class:`~mpisgd.compress.CompressedMean` instead of the Allreduce,
+
+    g = (1/m) sum_i D(C(g_i + e_i)),    e_i <- g_i + e_i - D(C(g_i + e_i))
+
+with error feedback e_i per bucket (``error_feedback``, default on; PowerSGD
+compresses each parameter of >= 2 dims as a matrix). The buckets then hold
+the undivided gradients (the mean's 1/m is the compressor's), a bucket's
+first exchange still starts from backward with ``overlap``, and
+:meth:`SyncSGD.synchronize` completes them in bucket order; BatchNorm
+buffers keep the plain Allreduce. Every replica decodes the same data, so
+replicas stay identical. The dense Allreduce of each bucket is timed once
+at construction, uncounted, so that the run record's ``compress/*``
+figures say whether compression paid (:func:`mpisgd.compress.paid`).
 """
 from __future__ import annotations
 
@@ -30,7 +46,7 @@ import contextlib
 from .._mpi import MPI
 
 from .base import Algorithm
-from .options import BUCKET_MB, OVERLAP
+from .options import BUCKET_MB, COMPRESS, OVERLAP
 
 
 class SyncSGD(Algorithm):
@@ -40,10 +56,13 @@ class SyncSGD(Algorithm):
         bucket_mb: bucket size in MB (default 25, as DDP).
         overlap: start each bucket's Allreduce from backward (default True);
             False exchanges all buckets in :meth:`step`.
+        compress: ``none`` (default), or the compressed format of the gradient
+            buckets' mean (module docstring); error_feedback: keep each rank's
+            compression residual per bucket (default True).
     """
 
     name = "sync"
-    options = (BUCKET_MB, OVERLAP.but(default=True))
+    options = (BUCKET_MB, OVERLAP.but(default=True), *COMPRESS)
 
     def __init__(self, model, optimizer, comm=None, **options):
         super().__init__(model, optimizer, comm, **options)
@@ -56,11 +75,29 @@ class SyncSGD(Algorithm):
             self.opts["overlap"] = False
         self._scale = 1.0 / self.comm.size            # the mean's 1/P (see _adopt, _launch)
         self._bucket_grads = [self.flat.grad[b.start:b.end] for b in self.flat.buckets]
+        self._compressors = None
+        if self.opts["compress"] != "none":
+            self._scale = 1.0                         # buckets hold sums; the mean is the codec's
+            self._compressors = self._make_compressors()
         self._reset()
         self._accumulating = False
         for i, p in enumerate(self.flat.params):
             if p.requires_grad:
                 p.register_post_accumulate_grad_hook(self._hook(i))
+
+    def _make_compressors(self) -> list:
+        """One :class:`~mpisgd.compress.CompressedMean` per bucket (the shapes of its
+        parameters for PowerSGD), its dense time measured on the telemetry (collective)."""
+        from ..compress import CompressedMean
+        flat, out = self.flat, []
+        for bucket, grad in zip(flat.buckets, self._bucket_grads):
+            shapes = [(flat.offsets[i][0] - bucket.start, tuple(flat.params[i].shape))
+                      for i in bucket.params]
+            cm = CompressedMean(self.comm, grad, self.opts["compress"], shapes,
+                                self.opts["error_feedback"])
+            cm.calibrate(self.telemetry)
+            out.append(cm)
+        return out
 
     def _reset(self) -> None:
         self._ready = [0] * len(self._sizes)          # gradients ready per bucket
@@ -138,6 +175,9 @@ class SyncSGD(Algorithm):
         :meth:`Comm.allreduce`, which hands a host buffer to ``MPI_Allreduce`` without a
         handle (at one bucket per model, that bookkeeping was a tenth of a 4 MB exchange).
         """
+        if self._compressors is not None:       # undivided: the codec takes the mean
+            self._handles.append(self._compressors[k].start())
+            return
         grad = self._bucket_grads[k]
         slotted = self._slotted[k]
         if slotted and self._scale != 1.0:
@@ -175,6 +215,14 @@ class SyncSGD(Algorithm):
         extra = []
         if self.flat.buffers.numel():   # BatchNorm statistics: averaged, so replicas stay equal
             extra.append(self.comm.iallreduce(self.flat.buffers, average=True))
+        if self._compressors is not None:   # then every bucket's second exchange, in order
+            self._launch(last)
+            for cm, pending in zip(self._compressors, self._handles):
+                cm.finish(pending)
+            for h in extra:
+                h.wait()
+            self._synchronized = True
+            return
         self._launch(last, blocking=True)
         for h in self._handles + extra:
             h.wait()
@@ -190,5 +238,29 @@ class SyncSGD(Algorithm):
 
     @property
     def replicas_identical(self) -> bool:
-        """Always: same averaged gradients, buffers averaged every step."""
+        """Always: same averaged gradients (compressed too: every rank decodes the same
+        data), buffers averaged every step."""
         return True
+
+    def worker_series(self) -> dict:
+        """The base figures, and with ``compress`` the buckets' counters summed
+        (``compress/bytes``, ``dense_bytes``, ``codec_seconds``, ``exchange_seconds``,
+        ``dense_seconds``, ``rounds``: :func:`mpisgd.compress.series`)."""
+        out = super().worker_series()
+        if self._compressors is not None:
+            from ..compress import series
+            out.update(series(self._compressors))
+        return out
+
+    def state_dict(self) -> dict:
+        """The base state, and with ``compress`` each bucket's residual (and PowerSGD's Q)."""
+        state = super().state_dict()
+        if self._compressors is not None:
+            state["compress"] = [cm.state_dict() for cm in self._compressors]
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        if self._compressors is not None:
+            for cm, saved in zip(self._compressors, state["compress"]):
+                cm.load_state_dict(saved)
