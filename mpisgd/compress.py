@@ -145,8 +145,8 @@ class CompressedMean:
     Counters: ``bytes`` (what this object's exchanges counted on ``comm``), ``dense_bytes``
     (what a dense Allreduce of ``buf`` would have, 2 (P-1)/P ``buf.nbytes`` per round),
     ``rounds``, ``codec_seconds`` (compress, decompress, reduce), ``exchange_seconds``
-    (MPI calls and waits), ``dense_seconds`` (one dense Allreduce, :meth:`calibrate`;
-    ``None`` before).
+    (MPI calls and waits); from :meth:`calibrate` (``None`` before), ``dense_seconds``
+    (one dense Allreduce) and ``quiet_seconds`` (one compressed exchange, measured alike).
 
     The buffers are allocated once, on ``buf.device``; nothing is allocated per round
     beyond small per-block tensors (and PowerSGD's QR).
@@ -166,7 +166,8 @@ class CompressedMean:
         self.bytes = self.dense_bytes = 0.0
         self.rounds = 0
         self.codec_seconds = self.exchange_seconds = 0.0
-        self.dense_seconds = None
+        self.dense_seconds = self.quiet_seconds = None
+        self.shapes = shapes
         self._codec = _CODECS[fmt](self, arg, shapes)
 
     # ---- one round --------------------------------------------------
@@ -206,20 +207,32 @@ class CompressedMean:
 
     # ---- measurement and checkpoints ----------------------------------
 
-    def calibrate(self, telemetry, trials: int = 3) -> float:
-        """Measure one dense Allreduce of a scratch buffer like ``buf`` on ``telemetry``
-        (an uncounted :class:`~mpisgd.comm.Comm`; collective): one warm-up, then the
-        median of ``trials``, each after a barrier. Sets and returns :attr:`dense_seconds`."""
-        scratch = torch.zeros_like(self.buf)
-        times = []
+    def calibrate(self, telemetry, trials: int = 3) -> tuple[float, float]:
+        """Measure, on ``telemetry`` (an uncounted :class:`~mpisgd.comm.Comm`; collective),
+        one dense Allreduce of a scratch copy of ``buf`` and the exchange part of one
+        compressed round of it (a twin with its own buffers: this one's residual is
+        untouched), each after a barrier: one warm-up, then the median of ``trials``.
+
+        Measured alike, the two say what the wire saves; the exchange seconds of the
+        run itself also hold the waits for slower ranks, which a dense Allreduce would
+        wait as well. Sets and returns (:attr:`dense_seconds`, :attr:`quiet_seconds`)."""
+        scratch = self.buf.detach().clone()
+        twin = CompressedMean(telemetry, scratch.clone(), self.spec, self.shapes,
+                              self.residual is not None)
+        dense, quiet = [], []
         for t in range(trials + 1):
             telemetry.barrier()
             t0 = time.perf_counter()
             telemetry.allreduce(scratch)
+            d = time.perf_counter() - t0
+            telemetry.barrier()
+            e0 = twin.exchange_seconds
+            twin.run()
             if t:
-                times.append(time.perf_counter() - t0)
-        self.dense_seconds = statistics.median(times)
-        return self.dense_seconds
+                dense.append(d)
+                quiet.append(twin.exchange_seconds - e0)
+        self.dense_seconds, self.quiet_seconds = statistics.median(dense), statistics.median(quiet)
+        return self.dense_seconds, self.quiet_seconds
 
     def state_dict(self) -> dict:
         """The residual, PowerSGD's Q and the counters (tensors and numbers)."""
@@ -471,12 +484,13 @@ _CODECS = {"fp16": _Chunked, "bf16": _Chunked, "int8": _Chunked, "topk": _TopK,
 
 def series(compressors) -> dict:
     """The counters of ``compressors`` summed, as run-record figures ``compress/...``:
-    bytes, dense_bytes, rounds (exchanges), codec_seconds, exchange_seconds and
-    dense_seconds (each one's measured dense Allreduce time times its rounds; 0 if
-    not calibrated)."""
+    bytes, dense_bytes, rounds (exchanges), codec_seconds, exchange_seconds, and from
+    :meth:`CompressedMean.calibrate` dense_seconds and quiet_seconds (each one's
+    measured time of a dense Allreduce and of its compressed exchange, times its rounds;
+    0 if not calibrated)."""
     out = {f"compress/{k}": float(sum(getattr(c, k) for c in compressors)) for k in COUNTERS}
-    out["compress/dense_seconds"] = float(sum((c.dense_seconds or 0.0) * c.rounds
-                                              for c in compressors))
+    for k in ("dense_seconds", "quiet_seconds"):
+        out[f"compress/{k}"] = float(sum((getattr(c, k) or 0.0) * c.rounds for c in compressors))
     return out
 
 
@@ -484,11 +498,13 @@ def paid(figures, compress: str = "") -> str | None:
     """One sentence on whether compression paid, from :func:`series`'s figures (numbers, or
     one per worker as a run record holds them: averaged). ``None`` with no round.
 
-    It paid when exchange + codec seconds are below the dense Allreduce's measured
-    seconds for the same rounds (:meth:`CompressedMean.calibrate`)::
+    It paid when the compressed exchange plus the codec's seconds (compressing,
+    decoding, reducing, as spent in the run) are below the dense Allreduce's, the two
+    exchanges measured alike (:meth:`CompressedMean.calibrate`) over the run's rounds::
 
         compression int8: 0.26x the bytes; exchange 0.41 s + codec 0.12 s against
-        0.98 s dense (measured): paid, 0.45 s saved
+        0.98 s dense (measured alike; 1.20 s of exchange and waits in the run): paid,
+        0.45 s saved
     """
     def value(name):
         v = figures.get(f"compress/{name}", 0.0)
@@ -501,11 +517,12 @@ def paid(figures, compress: str = "") -> str | None:
         return None
     dense_bytes = value("dense_bytes")
     ratio = value("bytes") / dense_bytes if dense_bytes else float("nan")
-    ex, codec, dense = value("exchange_seconds"), value("codec_seconds"), value("dense_seconds")
-    head = f"compression {compress}: {ratio:.2f}x the bytes; exchange {ex:.2f} s + codec " \
-           f"{codec:.2f} s"
+    run, codec = value("exchange_seconds"), value("codec_seconds")
+    quiet, dense = value("quiet_seconds"), value("dense_seconds")
+    head = f"compression {compress}: {ratio:.2f}x the bytes; "
     if not dense:
-        return head + " (dense time not measured)"
-    saved = dense - ex - codec
+        return head + f"exchange {run:.2f} s + codec {codec:.2f} s (dense time not measured)"
+    saved = dense - quiet - codec
     verdict = f"paid, {saved:.2f} s saved" if saved > 0 else f"did not pay, {-saved:.2f} s lost"
-    return f"{head} against {dense:.2f} s dense (measured): {verdict}"
+    return (head + f"exchange {quiet:.2f} s + codec {codec:.2f} s against {dense:.2f} s dense "
+            f"(measured alike; {run:.2f} s of exchange and waits in the run): {verdict}")

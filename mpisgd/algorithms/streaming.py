@@ -85,9 +85,10 @@ class Streaming:
         self.fragments = []
         for start, end in bounds(x.numel(), opts["fragments"]):
             view = x[start:end]
-            cm = compressor(view, shapes_within(offsets, shapes, start, end)) if compressor \
-                else None
-            self.fragments.append(Fragment(view, make_outer(opts, view), cm))
+            frag = Fragment(view, make_outer(opts, view))
+            if compressor is not None:          # the mean of Delta (in send), compressed
+                frag.compressor = compressor(frag.send, shapes_within(offsets, shapes, start, end))
+            self.fragments.append(frag)
         F = len(self.fragments)
         self.offsets = [f * self.tau // F for f in range(F)]
         self._deadlines: dict[int, float] = {}

@@ -144,6 +144,11 @@ class RunRecord:
             old = f.attrs.get("warnings", "")
             f.attrs["warnings"] = (old + "\n" if old else "") + text
 
+    def attribute(self, name: str, text: str) -> None:
+        """Set the root attribute ``name`` to ``text`` (e.g. ``compression``: whether it paid)."""
+        with h5py.File(self.path, "a") as f:
+            f.attrs[name] = text
+
     def stopped(self, status: str) -> None:
         """Mark a run that every rank ended early alike: ``interrupted: ...`` (a signal; a
         checkpoint was written) or ``failed: non-finite ...``."""

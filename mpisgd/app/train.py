@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import __version__, checkpoint, data as datasets, device as placement, models, ops
+from ..compress import paid
 from ..errors import ConfigError, agree, digest
 from ..mpienv import check_environment, mpi_library
 from .config import TrainConfig
@@ -360,6 +361,9 @@ def _train(cfg, comm, algo, model, opt, data, shards, record, quiet, signals,
                "warning": _stall_warning(rows, first_loss, data.classes)}
     if summary["warning"]:
         record.warn(summary["warning"])
+    summary["compression"] = paid(series, cfg.options.get("compress", ""))
+    if summary["compression"]:
+        record.attribute("compression", summary["compression"])
     if not quiet:
         print(summary_line(summary), flush=True)
     return summary
@@ -499,6 +503,7 @@ def summary_line(s: dict) -> str:
             f"train loss {s['train_loss']:.4f}, {s['wall_time']:.2f} s, "
             f"{int(s['rounds'])} rounds, {_human_bytes(s['bytes_sent'])} sent, "
             f"device: {s['device']}, kernels: {s['kernels']}; record: {s['path']}"
+            + (f"; {s['compression']}" if s.get("compression") else "")
             + (f"; warning: {s['warning']}" if s.get("warning") else ""))
 
 

@@ -67,6 +67,36 @@ def test_train_writes_the_documented_record(shared_dir, algo, extra):
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("algo, extra", [
+    ("sync", {"compress": "int8"}),
+    ("local", {"tau": 8, "outer": "nesterov", "outer_lr": 0.7, "outer_momentum": 0.9,
+               "fragments": 2, "fragment_delay": 1, "compress": "fp16"})])
+def test_a_compressed_run_records_its_bytes_and_whether_it_paid(shared_dir, algo, extra):
+    comm = MPI.COMM_WORLD
+    out = os.path.join(shared_dir, f"{algo}-compressed.h5")
+    cfg = from_sources(None, dict(algo=algo, steps=32, log_every=8, out=out, threads=1, **extra))
+    summary = train.run(cfg, comm, quiet=True)
+    comm.Barrier()
+    if comm.rank != 0:
+        return
+    fmt = extra["compress"]
+    assert summary["compression"].startswith(f"compression {fmt}: ")
+    assert summary["compression"] in train.summary_line(summary)
+    with h5py.File(out, "r") as f:
+        assert f.attrs["status"] == "completed"
+        assert f.attrs["compression"] == summary["compression"]
+        c = {k: f["compress"][k][()] for k in f["compress"]}
+        assert c["bytes"].shape == (comm.size,) and np.all(c["bytes"] > 0)
+        ratio = c["bytes"].sum() / c["dense_bytes"].sum()
+        assert ratio < (0.26 if fmt == "int8" else 0.51)
+        assert np.all(c["dense_seconds"] > 0) and np.all(c["quiet_seconds"] > 0)
+        if algo == "local":      # 4 rounds of 2 fragments, then the final round of both
+            assert list(f["streaming"]["fragments"][()]) == [2] * comm.size
+            assert np.all(f["streaming"]["round_bytes_max"][()] > 0)
+            assert list(c["rounds"]) == [10] * comm.size
+
+
 @pytest.mark.mpi(min_size=3)
 @pytest.mark.parametrize("algo", ["async-easgd", "eamsgd", "downpour"])
 def test_dedicated_centre_run_records_the_centre(shared_dir, algo):
