@@ -82,20 +82,23 @@ def quantize(x: torch.Tensor, q: torch.Tensor, step: torch.Tensor, work: torch.T
 
     ``work`` (like x, x's dtype; may be x itself) ends holding round(x / step) as floats.
     No clamp is needed: |x| / fl(max|x|/127) <= 127 (1 + 2^-23) < 127.5. An all-zero
-    block gets step 0 and q 0.
+    block gets step 0 and q 0. Every large operation has one dtype (torch's
+    mixed-dtype kernels are ten times slower on CPU: docs/compression.md).
     """
-    lo, hi = torch.aminmax(x, dim=1)
+    hi = torch.amax(x, dim=1)
+    lo = torch.amin(x, dim=1)
     torch.maximum(hi, lo.neg_(), out=hi)
     step.copy_(hi).div_(127)
     safe = torch.where(step > 0, step, torch.ones((), dtype=step.dtype, device=step.device))
-    torch.div(x, safe.unsqueeze(1), out=work)
+    torch.div(x, safe.to(x.dtype).unsqueeze(1), out=work)
     work.round_()
     q.copy_(work)
 
 
 def dequantize(q: torch.Tensor, step: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """``out`` (blocks x b) <- q step, per block; returns ``out``."""
-    return torch.mul(q, step.unsqueeze(1), out=out)
+    out.copy_(q)
+    return out.mul_(step.to(out.dtype).unsqueeze(1))
 
 
 def topk(x: torch.Tensor, k: int, work: torch.Tensor, values: torch.Tensor,
@@ -268,7 +271,12 @@ class _Codec:
 
 
 class _Chunked(_Codec):
-    """fp16, bf16, int8: Alltoall (reduce-scatter), sum in float, recompress, Allgather."""
+    """fp16, bf16, int8: Alltoall (reduce-scatter), sum in float, recompress, Allgather.
+
+    Every pass over the buffer is a one-dtype torch kernel: a half or int8 operand is
+    first copied into a float scratch (``tmp``, ``part``), since torch's mixed-dtype
+    CPU kernels take ten times as long as the copy and the single-dtype operation.
+    """
 
     HALF = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -290,8 +298,9 @@ class _Chunked(_Codec):
         self.gsend = torch.empty(chunk, dtype=kind, device=dev)
         self.grecv = torch.empty_like(self.send)
         self.red = torch.empty(chunk, **self.like)           # float32 or float64 sums
+        self.part = torch.empty(chunk, **self.like)          # one rank's chunk, decoded
+        self.tmp = torch.empty(N, **self.like)               # D(C(a)) or round(a / s); result
         if self.int8:
-            self.tmp = torch.empty(N, **self.like)           # round(a / s), then the result
             self.step = torch.empty(P, self.nb, dtype=torch.float32, device=dev)
             self.rstep = torch.empty_like(self.step)
             self.gstep = torch.empty(self.nb, dtype=torch.float32, device=dev)
@@ -310,11 +319,11 @@ class _Chunked(_Codec):
             xb, qf = x.view(-1, self.b), self.tmp.view(-1, self.b)
             quantize(xb, self.send.view(-1, self.b), self.step.view(-1), qf)
             if ef:                           # a - q s, in place of a
-                xb.addcmul_(qf, self.step.view(-1, 1), value=-1)
+                xb.addcmul_(qf, self.step.view(-1, 1).to(x.dtype), value=-1)
         else:
             self.send.view(-1).copy_(x)
-            if ef:
-                x.sub_(self.send.view(-1))
+            if ef:                           # a - D(C(a))
+                x.sub_(self.tmp.copy_(self.send.view(-1)))
         if ef and x is not acc:
             acc.copy_(x[:self.n])
         handles = [self.cm._exchange(lambda: self.comm.ialltoall(self.send, self.recv))]
@@ -322,32 +331,35 @@ class _Chunked(_Codec):
             handles.append(self.cm._exchange(lambda: self.comm.ialltoall(self.step, self.rstep)))
         return _Pending(*handles)
 
+    def _decode(self, q: torch.Tensor, step, out: torch.Tensor) -> torch.Tensor:
+        """``out`` <- D(q) (one chunk or all)."""
+        if step is None:
+            return out.copy_(q)
+        return dequantize(q.view(-1, self.b), step.reshape(-1), out.view(-1, self.b))
+
     def finish(self, pending):
         self.cm._wait(pending)
-        P, red = self.P, self.red
+        P, red, part = self.P, self.red, self.part
+        for r in range(P):
+            step = self.rstep[r] if self.int8 else None
+            self._decode(self.recv[r], step, red if r == 0 else part)
+            if r:
+                red.add_(part)
+        red.mul_(1.0 / P)
         if self.int8:
-            red.zero_()
-            rb = red.view(self.nb, self.b)
-            self.rstep.mul_(1.0 / P)
-            for r in range(P):
-                rb.addcmul_(self.recv[r].view(self.nb, self.b), self.rstep[r].unsqueeze(1))
-            quantize(rb, self.gsend.view(self.nb, self.b), self.gstep, rb)
+            quantize(red.view(self.nb, self.b), self.gsend.view(self.nb, self.b), self.gstep,
+                     part.view(self.nb, self.b))
             got = _Pending(
                 self.cm._exchange(lambda: self.comm.iallgather(self.gsend, self.grecv)),
                 self.cm._exchange(lambda: self.comm.iallgather(self.gstep, self.grstep)))
         else:
-            torch.sum(self.recv, dim=0, dtype=red.dtype, out=red)
-            red.mul_(1.0 / P)
             self.gsend.copy_(red)
             got = _Pending(self.cm._exchange(lambda: self.comm.iallgather(self.gsend, self.grecv)))
         self.cm._wait(got)
-        out = self.buf if self.work is None else self.tmp if self.int8 else None
-        if self.int8:
-            dequantize(self.grecv.view(-1, self.b), self.grstep.view(-1), out.view(-1, self.b))
-            if out is not self.buf:
-                self.buf.copy_(out[:self.n])
-        else:
-            self.buf.copy_(self.grecv.view(-1)[:self.n])
+        out = self.buf if self.work is None else self.tmp
+        self._decode(self.grecv.view(-1), self.grstep if self.int8 else None, out)
+        if out is not self.buf:
+            self.buf.copy_(out[:self.n])
 
 
 class _TopK(_Codec):
