@@ -59,6 +59,23 @@ def regression_run(name: str, x0: torch.Tensor, steps: int, comm, eta: float, **
     return algo, trace
 
 
+def centered_trace(algo, model, opt, steps: int) -> list:
+    """A centre-rank algorithm on the regression problem (every worker sees worker 0's
+    batches): the centre serves; a worker steps ``steps`` times, then finishes. Returns
+    the worker's parameters after each step (nothing on the centre)."""
+    ys = []
+    if not algo.is_worker:
+        algo.serve()
+        return ys
+    for step in range(steps):
+        opt.zero_grad()
+        regression_loss(model, 0, step).backward()
+        algo.step()
+        ys.append(algo.flat.data.clone())
+    algo.finish()
+    return ys
+
+
 def classifier_batch(worker: int, step: int, n: int = 5):
     g = torch.Generator().manual_seed(7919 * (worker + 1) + step)
     return (torch.randn(n, 4, generator=g, dtype=torch.float64),

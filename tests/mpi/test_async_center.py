@@ -14,7 +14,8 @@ from mpi4py import MPI
 
 import mpisgd
 from mpisgd.server.center import CenterClient, LocalCenter
-from helpers import ATOL, D, RTOL, regression_batch, regression_loss, regression_model
+from helpers import ATOL, D, RTOL, centered_trace, regression_batch, regression_loss, \
+    regression_model
 
 ETA = 0.05
 ALGOS = ["async-easgd", "eamsgd", "downpour"]
@@ -152,16 +153,7 @@ def test_one_worker_equals_the_sequential_rule(name, tau, place):
     steps, alpha = 7, 0.3
     options = {"alpha": alpha} if name != "downpour" else {}
     algo, model, opt = build(name, comm, tau=tau, **PLACES[place], **options)
-    ys = []
-    if not algo.is_worker:
-        algo.serve()
-    else:
-        for step in range(steps):
-            opt.zero_grad()
-            regression_loss(model, 0, step).backward()
-            algo.step()
-            ys.append(algo.flat.data.clone())
-        algo.finish()
+    ys = centered_trace(algo, model, opt, steps)
     final = algo.consensus()
     comm.Free()
     want, centre = sequential(name, steps, tau, alpha)

@@ -21,14 +21,21 @@ def shared_dir():
     yield path
 
 
+def _train(shared_dir, name, **flags):
+    """One run of the driver on every rank (one thread each) into ``shared_dir/name.h5``;
+    (the record's path, the summary) once every rank is done."""
+    out = os.path.join(shared_dir, f"{name}.h5")
+    summary = train.run(from_sources(None, dict(out=out, threads=1, **flags)), MPI.COMM_WORLD,
+                        quiet=True)
+    MPI.COMM_WORLD.Barrier()
+    return out, summary
+
+
 @pytest.mark.mpi(min_size=2)
 @pytest.mark.parametrize("algo, extra", [("sync", {}), ("local", {"tau": 4})])
 def test_train_writes_the_documented_record(shared_dir, algo, extra):
     comm = MPI.COMM_WORLD
-    out = os.path.join(shared_dir, f"{algo}.h5")
-    cfg = from_sources(None, dict(algo=algo, steps=40, log_every=10, out=out, threads=1, **extra))
-    summary = train.run(cfg, comm, quiet=True)
-    comm.Barrier()
+    out, summary = _train(shared_dir, algo, algo=algo, steps=40, log_every=10, **extra)
     if comm.rank != 0:
         assert summary == {}
         return
@@ -74,10 +81,8 @@ def test_train_writes_the_documented_record(shared_dir, algo, extra):
                "fragments": 2, "fragment_delay": 1, "compress": "fp16"})])
 def test_a_compressed_run_records_its_bytes_and_whether_it_paid(shared_dir, algo, extra):
     comm = MPI.COMM_WORLD
-    out = os.path.join(shared_dir, f"{algo}-compressed.h5")
-    cfg = from_sources(None, dict(algo=algo, steps=32, log_every=8, out=out, threads=1, **extra))
-    summary = train.run(cfg, comm, quiet=True)
-    comm.Barrier()
+    out, summary = _train(shared_dir, f"{algo}-compressed", algo=algo, steps=32, log_every=8,
+                          **extra)
     if comm.rank != 0:
         return
     fmt = extra["compress"]

@@ -14,8 +14,8 @@ import torch
 from mpi4py import MPI
 
 from mpisgd import reference, topology
-from helpers import ATOL, D, RTOL, regression_batch, regression_grad, regression_loss, \
-    regression_run
+from helpers import ATOL, D, RTOL, centered_trace, regression_batch, regression_grad, \
+    regression_loss, regression_run
 from test_async_center import build as build_centered, pair_or_self
 
 ETA = 0.05
@@ -106,16 +106,7 @@ def test_easgd_outer_steps_the_centre(comm, center):
 
 def centered(name, comm, steps, tau, **options):
     algo, model, opt = build_centered(name, comm, tau=tau, **options)
-    ys = []
-    if not algo.is_worker:
-        algo.serve()
-    else:
-        for step in range(steps):
-            opt.zero_grad()
-            regression_loss(model, 0, step).backward()
-            algo.step()
-            ys.append(algo.flat.data.clone())
-        algo.finish()
+    ys = centered_trace(algo, model, opt, steps)
     return ys, algo.consensus()
 
 
