@@ -13,7 +13,8 @@ same received data. Formats (``spec``, read by
 :func:`~mpisgd.algorithms.options.parse_compress`):
 
 * ``fp16``, ``bf16``: a_r cast to the half type, relative error <= 2^-11
-  (fp16) or 2^-8 (bf16) per element.
+  (fp16) or 2^-8 (bf16) per element; fp16 clamps to +-65504 first (what exceeds
+  it stays in the residual, never an infinity).
 * ``int8``: blocks of at most :data:`BLOCK` elements, each with its fp32
   step s = max|a| / 127 and q = round(a / s) in [-127, 127]; error <= s/2 =
   max|a|/254 per element. The steps travel with the data.
@@ -71,6 +72,12 @@ __all__ = ["BLOCK", "CompressedMean", "dequantize", "paid", "quantize", "series"
 #: The largest int8 block: one fp32 step per BLOCK elements (1/1024 of the int8 bytes x 4).
 BLOCK = 1024
 
+#: The smallest int8 step: the smallest normal float32.
+TINY = torch.finfo(torch.float32).tiny
+
+#: fp16's largest finite value: a cast clamps to it (the excess stays in the residual).
+FP16_MAX = torch.finfo(torch.float16).max
+
 COUNTERS = ("bytes", "dense_bytes", "rounds", "codec_seconds", "exchange_seconds")
 
 
@@ -81,16 +88,17 @@ def quantize(x: torch.Tensor, q: torch.Tensor, step: torch.Tensor, work: torch.T
     per block, ``q`` (int8, like x) = round(x / step), so |x - q step| <= step / 2.
 
     ``work`` (like x, x's dtype; may be x itself) ends holding round(x / step) as floats.
-    No clamp is needed: |x| / fl(max|x|/127) <= 127 (1 + 2^-23) < 127.5. An all-zero
-    block gets step 0 and q 0. Every large operation has one dtype (torch's
-    mixed-dtype kernels are ten times slower on CPU: docs/compression.md).
+    No clamp is needed: |x| / fl(max|x|/127) <= 127 (1 + 2^-23) < 127.5, since the step
+    is at least the smallest normal float32 (a subnormal step would lose that bound;
+    below it the block's values are < 127 x 1.2e-38 and q s still within s/2 of them):
+    an all-zero block gets that step and q 0. Every large operation has one dtype
+    (torch's mixed-dtype kernels are ten times slower on CPU: docs/compression.md).
     """
     hi = torch.amax(x, dim=1)
     lo = torch.amin(x, dim=1)
     torch.maximum(hi, lo.neg_(), out=hi)
-    step.copy_(hi).div_(127)
-    safe = torch.where(step > 0, step, torch.ones((), dtype=step.dtype, device=step.device))
-    torch.div(x, safe.to(x.dtype).unsqueeze(1), out=work)
+    step.copy_(hi).div_(127).clamp_(min=TINY)
+    torch.div(x, step.to(x.dtype).unsqueeze(1), out=work)
     work.round_()
     q.copy_(work)
 
@@ -219,7 +227,7 @@ class CompressedMean:
         Measured alike, the two say what the wire saves; the exchange seconds of the
         run itself also hold the waits for slower ranks, which a dense Allreduce would
         wait as well. Sets and returns (:attr:`dense_seconds`, :attr:`quiet_seconds`)."""
-        scratch = self.buf.detach().clone()
+        scratch = torch.ones_like(self.buf)
         twin = CompressedMean(telemetry, scratch.clone(), self.spec, self.shapes,
                               self.residual is not None)
         dense, quiet = [], []
@@ -320,9 +328,13 @@ class _Chunked(_Codec):
             quantize(xb, self.send.view(-1, self.b), self.step.view(-1), qf)
             if ef:                           # a - q s, in place of a
                 xb.addcmul_(qf, self.step.view(-1, 1).to(x.dtype), value=-1)
+        elif self.cm.format == "fp16":       # clamped, not inf: the excess is fed back
+            self.send.view(-1).copy_(torch.clamp(x, -FP16_MAX, FP16_MAX, out=self.tmp))
+            if ef:                           # a - D(C(a))
+                x.sub_(self.tmp.copy_(self.send.view(-1)))
         else:
             self.send.view(-1).copy_(x)
-            if ef:                           # a - D(C(a))
+            if ef:
                 x.sub_(self.tmp.copy_(self.send.view(-1)))
         if ef and x is not acc:
             acc.copy_(x[:self.n])

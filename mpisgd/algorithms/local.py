@@ -144,9 +144,11 @@ class LocalSGD(Scheduled):
         Algorithm.finish(self)
 
     def state_dict(self) -> dict:
+        # the exchanges in flight complete first: the base state's byte counters see them
+        streaming = self.streaming.state_dict() if self.streaming is not None else None
         out = super().state_dict()
-        if self.streaming is not None:
-            out["streaming"] = self.streaming.state_dict()
+        if streaming is not None:
+            out["streaming"] = streaming
         return out
 
     def load_state_dict(self, state: dict) -> None:

@@ -64,7 +64,8 @@ class Fragment:
         self.send = torch.empty_like(x)          # Delta, then its mean
         self.compressor = compressor
         self.pending = None                      # (posted at step, handle or None once exchanged)
-        self.last = 0                            # the step its last round was posted at
+        self.synced = 0                          # the step x last became the anchor (alpha 0)
+        self.round = None                        # its round's index in Streaming.round_bytes
 
 
 class Streaming:
@@ -86,7 +87,7 @@ class Streaming:
         for start, end in bounds(x.numel(), opts["fragments"]):
             view = x[start:end]
             frag = Fragment(view, make_outer(opts, view))
-            if compressor is not None:          # the mean of Delta (in send), compressed
+            if compressor is not None and end > start:   # the mean of Delta, compressed
                 frag.compressor = compressor(frag.send, shapes_within(offsets, shapes, start, end))
             self.fragments.append(frag)
         F = len(self.fragments)
@@ -103,12 +104,12 @@ class Streaming:
         once); returns how many rounds started."""
         for f, frag in enumerate(self.fragments):
             if frag.pending is not None and frag.pending[0] + self.delay_steps <= step:
-                self._apply(f)
+                self._apply(f, step)
         started = self.due(step)
         for f in started:
             self._start(f, step)
             if not self.delay_steps:
-                self._apply(f)
+                self._apply(f, step)
         return len(started)
 
     def _start(self, f: int, step: int) -> None:
@@ -121,10 +122,11 @@ class Streaming:
             handle = self.comm.iallreduce(frag.send, average=True)
         if f == 0 and self.buffers is not None:     # the model writes them every step:
             self.comm.allreduce(self.buffers, average=True)   # averaged at once
+        frag.round = len(self.round_bytes)
         self.round_bytes.append(self.comm.bytes_sent - before)
         if self.delay is not None:
             self._deadlines[f] = time.perf_counter() + self.delay()
-        frag.pending, frag.last = (step, handle), step
+        frag.pending = (step, handle)
 
     def _exchange(self, f: int) -> None:
         """Complete fragment ``f``'s communication (its mean in ``send``), not yet applied."""
@@ -132,16 +134,18 @@ class Streaming:
         step, handle = frag.pending
         if handle is None:
             return
-        if isinstance(handle, tuple):
+        before = self.comm.bytes_sent
+        if isinstance(handle, tuple):                # its second exchange is posted here
             frag.compressor.finish(handle[1])
         else:
             handle.wait()
+        self.round_bytes[frag.round] += self.comm.bytes_sent - before
         frag.pending = (step, None)
 
     @torch.no_grad()
-    def _apply(self, f: int, alpha: float | None = None) -> None:
-        """Land fragment ``f``'s round: the anchor steps, x mixes with it by ``alpha``
-        (default ``fragment_alpha``; 0: replaced)."""
+    def _apply(self, f: int, step: int, alpha: float | None = None) -> None:
+        """Land fragment ``f``'s round after local step ``step``: the anchor steps, x mixes
+        with it by ``alpha`` (default ``fragment_alpha``; 0: replaced)."""
         alpha = self.alpha if alpha is None else alpha
         frag = self.fragments[f]
         self._exchange(f)
@@ -156,23 +160,23 @@ class Streaming:
             frag.x.mul_(alpha).add_(frag.anchor, alpha=1 - alpha)
         else:
             frag.x.copy_(frag.anchor)
+            frag.synced = step
         frag.pending = None
 
     def flush(self, step: int) -> int:
         """After local step ``step``: apply every round in flight, then one blocking round
-        of every fragment not averaged at this very step (all workers then hold the
-        anchors: the last round replaces x, whatever ``fragment_alpha``); returns the
-        rounds started."""
-        current = [frag.last == step and frag.pending is None and not self.alpha
-                   for frag in self.fragments]
+        of every fragment whose x is not its anchor after this very step (all workers
+        then hold the anchors: the last round replaces x, whatever ``fragment_alpha``; a
+        fragment that a round replaced at this step needs none, and with an outer
+        momentum one more would move it); returns the rounds started."""
         for f, frag in enumerate(self.fragments):
             if frag.pending is not None:
-                self._apply(f)
+                self._apply(f, step)
         started = 0
-        for f, done in enumerate(current):
-            if not done:
+        for f, frag in enumerate(self.fragments):
+            if frag.synced != step:
                 self._start(f, step)
-                self._apply(f, alpha=0.0)
+                self._apply(f, step, alpha=0.0)
                 started += 1
         return started
 
@@ -195,24 +199,33 @@ class Streaming:
 
     def state_dict(self) -> dict:
         """Anchors, outer and compressor states, and the rounds in flight: their exchange
-        is completed here (every rank checkpoints at the same step), their application
-        stays due at its step."""
-        out = []
+        is completed here (every rank checkpoints at the same step; call this before the
+        communicator's counters are read), their application stays due at its step, with
+        what is left of its injected delay."""
+        out, now = [], time.perf_counter()
         for f, frag in enumerate(self.fragments):
             if frag.pending is not None:
                 self._exchange(f)
+            deadline = self._deadlines.get(f)
             out.append({"anchor": frag.anchor, "send": frag.send,
                         "posted": frag.pending[0] if frag.pending is not None else None,
+                        "synced": frag.synced, "round": frag.round,
+                        "delay_left": max(0.0, deadline - now) if deadline is not None else None,
                         "outer": frag.outer.state_dict() if frag.outer is not None else None,
                         "compressor": frag.compressor.state_dict()
                         if frag.compressor is not None else None})
         return {"fragments": out, "round_bytes": list(self.round_bytes)}
 
     def load_state_dict(self, state: dict) -> None:
-        for frag, saved in zip(self.fragments, state["fragments"]):
+        now = time.perf_counter()
+        self._deadlines.clear()
+        for f, (frag, saved) in enumerate(zip(self.fragments, state["fragments"])):
             frag.anchor.copy_(saved["anchor"])
             frag.send.copy_(saved["send"])
             frag.pending = (saved["posted"], None) if saved["posted"] is not None else None
+            frag.synced, frag.round = saved["synced"], saved["round"]
+            if saved["delay_left"] is not None:
+                self._deadlines[f] = now + saved["delay_left"]
             if frag.outer is not None:
                 frag.outer.load_state_dict(saved["outer"])
             if frag.compressor is not None:

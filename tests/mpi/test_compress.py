@@ -116,6 +116,20 @@ def test_bytes_are_exact(comm, fmt, extra_steps):
     assert figures["compress/rounds"] == 2 and figures["compress/bytes"] == cm.bytes
 
 
+def test_fp16_clamps_and_feeds_the_excess_back(comm):
+    """|a| > 65504 is sent as +-65504, never inf; the excess stays in the residual."""
+    c = Comm(comm)
+    buf = torch.tensor([1e5, 1.0, -2.0, 3.0] * c.size)
+    cm = CompressedMean(c, buf, "fp16")
+    cm.run()
+    assert torch.isfinite(buf).all() and buf[0] == 65504.0
+    assert cm.residual[0] == 1e5 - 65504.0
+    buf.zero_()
+    cm.run()                                          # the excess goes out next round
+    assert torch.isfinite(buf).all() and torch.isfinite(cm.residual).all()
+    assert buf[0] == pytest.approx(1e5 - 65504.0, rel=2 ** -10)
+
+
 def quadratic_topk(c: Comm, error_feedback: bool, steps=600, eta=0.02) -> torch.Tensor:
     """Gradient descent on sum_r 0.5 |x - b_r|^2, b_r = (+-10, 1), the gradient's mean
     through top-1 of 2: rank r's first coordinate always dominates its own gradient."""

@@ -87,11 +87,12 @@ def test_peak_round_bytes_fall_by_the_number_of_fragments(comm):
 
 
 @pytest.mark.mpi(min_size=2)
-def test_checkpoint_with_a_fragment_in_flight_continues_identically(comm):
+@pytest.mark.parametrize("compress", ["none", "int8"])
+def test_checkpoint_with_a_fragment_in_flight_continues_identically(comm, compress):
     steps, stop, opts = 13, 7, dict(tau=4, fragments=2, fragment_delay=2, fragment_alpha=0.25,
-                                    outer="nesterov")
+                                    outer="nesterov", compress=compress)
     reference_run, want = run(steps, comm, **opts)
-    reference_run.finish()
+    want_bytes = reference_run.comm.bytes_sent
     first, _ = run(stop, comm, **opts)              # fragment 1 posted at step 6, lands at 8
     assert first.streaming.in_flight
     state = first.state_dict()                      # completes the exchange (not the round)
@@ -102,7 +103,37 @@ def test_checkpoint_with_a_fragment_in_flight_continues_identically(comm):
         regression_loss(second.model, comm.rank, step).backward()
         second.step()
         assert torch.allclose(second.flat.data, want[step], rtol=RTOL, atol=ATOL), step
+    assert second.comm.bytes_sent == want_bytes           # the exchange in flight counted once
+    assert second.streaming.round_bytes == reference_run.streaming.round_bytes
+    reference_run.finish()
     second.finish()
+    assert torch.equal(second.flat.data, reference_run.flat.data)
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("outer", [None, "nesterov"])
+def test_a_round_landed_at_the_last_step_needs_no_final_round(comm, outer):
+    """tau 4, D = 1: the round posted at step 4 lands at step 5 and replaces x, so the
+    workers agree; finish() adds no round (with an outer momentum one would move x)."""
+    extra = {"outer": outer} if outer else {}
+    algo, _ = run(5, comm, tau=4, fragments=1, fragment_delay=1, **extra)
+    before, rounds, sent = algo.flat.data.clone(), algo.rounds, algo.comm.bytes_sent
+    assert torch.equal(before, comm.bcast(before, root=0))
+    algo.finish()
+    assert torch.equal(algo.flat.data, before)
+    assert (algo.rounds, algo.comm.bytes_sent) == (rounds, sent)
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("compress", ["fp16", "int8", "topk:0.5", "powersgd:1"])
+def test_a_compressed_round_counts_all_its_bytes(comm, compress):
+    algo, _ = run(8, comm, tau=2, fragments=2, compress=compress)
+    figures = algo.streaming.series()
+    rounds = figures["compress/rounds"]
+    assert rounds == algo.rounds == 8
+    assert figures["streaming/round_bytes_mean"] * rounds == pytest.approx(
+        figures["compress/bytes"])
+    algo.finish()
 
 
 @pytest.mark.parametrize("options, name", [

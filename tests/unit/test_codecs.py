@@ -11,13 +11,14 @@ import pytest
 import torch
 
 from mpisgd.algorithms.options import COMPRESS, OptionError, parse_compress
-from mpisgd.compress import dequantize, paid, quantize, topk
+from mpisgd.compress import TINY, dequantize, paid, quantize, topk
 
 
 @pytest.mark.parametrize("text, expected", [
     ("none", ("none", None)), ("fp16", ("fp16", None)), ("bf16", ("bf16", None)),
     ("int8", ("int8", None)), ("topk:1", ("topk", 1.0)), ("topk:0.01", ("topk", 0.01)),
-    ("topk:1e-3", ("topk", 1e-3)), ("powersgd:1", ("powersgd", 1)), ("powersgd:4.0", ("powersgd", 4)),
+    ("topk:1e-3", ("topk", 1e-3)), ("powersgd:1", ("powersgd", 1)),
+    ("powersgd:4.0", ("powersgd", 4)),
 ])
 def test_formats_parse(text, expected):
     assert parse_compress(text) == expected
@@ -44,13 +45,15 @@ def blocks(seed=0, rows=16, b=64, dtype=torch.float32):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_int8_error_is_at_most_half_a_step(dtype):
     x = blocks(dtype=dtype)
-    x[3] = 0.0                                         # an all-zero block: step 0, exact
+    x[3] = 0.0                                 # an all-zero block: the smallest step, exact
     q = torch.empty(x.shape, dtype=torch.int8)
     step = torch.empty(x.shape[0], dtype=torch.float32)
     work = torch.empty_like(x)
     quantize(x, q, step, work)
     absmax = x.abs().amax(dim=1)
-    assert torch.allclose(step.double(), absmax.double() / 127, rtol=2 ** -23, atol=0)
+    assert torch.allclose(step.double(), (absmax.double() / 127).clamp(min=TINY), rtol=2 ** -23,
+                          atol=0)
+    assert step[3] == TINY
     assert int(q.abs().max()) == 127 and int(q.abs().amax(dim=1).min()) in (0, 127)
     assert torch.equal(work, q.to(dtype))
     out = dequantize(q, step, torch.empty_like(x))
@@ -69,6 +72,16 @@ def test_int8_in_place_work_and_extremes():
     out = dequantize(q, step, torch.empty(3, 4))
     assert torch.isfinite(out).all()
     assert ((expected - out).abs() <= expected.abs().amax(1, keepdim=True) / 254 * 1.000001).all()
+
+
+def test_int8_subnormal_blocks_keep_their_sign():
+    x = torch.tensor([[2.5e-43, -1e-44, 0.0, 1e-45]])
+    q, step = torch.empty(x.shape, dtype=torch.int8), torch.empty(1)
+    quantize(x, q, step, torch.empty_like(x))
+    assert step[0] == TINY and q.tolist() == [[0, 0, 0, 0]]
+    x = torch.tensor([[1e-37, -5e-38, 2e-38, 0.0]])      # normal values, step near TINY
+    quantize(x, q, step, torch.empty_like(x))
+    assert q[0, 0] > 0 and q[0, 1] < 0 and q.abs().max() <= 127
 
 
 @pytest.mark.parametrize("half, bits", [(torch.float16, 11), (torch.bfloat16, 8)])
