@@ -164,6 +164,22 @@ class Handle:
         self._owner._wait(self._requests, self._statuses)
         self._complete()
 
+    def cancel(self) -> bool:
+        """Cancel a posted receive that no message matched yet (``MPI_Cancel``, then the
+        wait it requires); returns whether it was cancelled. A receive that a message
+        has already matched completes normally instead (its result copied back)."""
+        if self.done or not self.posted or self.status is None:
+            return False
+        for r in self._requests:
+            r.Cancel()
+        MPI.Request.Waitall(self._requests, self._statuses)
+        if not self.status.Is_cancelled():
+            self._complete()
+            return False
+        self._finish = None                 # nothing arrived: nothing to copy back
+        self._complete()
+        return True
+
 
 class Comm:
     """Tensor communication on one MPI communicator, with byte and time counters.
@@ -245,6 +261,14 @@ class Comm:
             head._start()
             if head is upto:
                 return
+
+    def cancel_receives(self) -> int:
+        """Cancel every posted receive on this communicator (any of its siblings') that no
+        message has matched: what a run stopped at a rendezvous leaves behind (a
+        server's next receive), so that nothing is pending when the communicator is
+        freed or MPI finalizes. Returns how many were cancelled."""
+        mine = [h for h in list(_IN_FLIGHT.values()) if h._owner.mpi == self.mpi]
+        return sum(h.cancel() for h in mine)
 
     def flush(self) -> None:
         """Post every queued operation (waiting for its device data). Call it before a raw

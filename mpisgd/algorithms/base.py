@@ -370,7 +370,11 @@ class Algorithm(abc.ABC):
     def close(self) -> None:
         """Free the MPI objects the algorithm made (a private Dup of ``comm``; a gossip
         graph communicator and its persistent requests). Collective; call it once, last:
-        MPI allows only so many communicators per process (MPICH: about 2000)."""
+        MPI allows only so many communicators per process (MPICH: about 2000).
+        Receives still posted and unmatched (a run stopped at a rendezvous leaves a
+        server's next receive) are cancelled first."""
+        if self.comm.mpi != MPI.COMM_NULL:
+            self.comm.cancel_receives()
         if self.private_comm and self.comm.mpi != MPI.COMM_NULL:
             self.comm.mpi.Free()
 

@@ -172,3 +172,27 @@ def test_wait_posts_what_is_queued_behind_it(comm):
         got = torch.zeros(4)
         c.irecv(got, 0, 3).wait()
         c.isend(got * 2, 0, 7).wait()
+
+
+
+@pytest.mark.mpi(min_size=2)
+def test_unmatched_receives_are_cancelled(comm):
+    """What a stopped run leaves posted (a server's next receive) is cancelled by
+    cancel_receives(): done, nothing copied, nothing left in flight, and a later message
+    with that tag goes to a later receive."""
+    from mpisgd import comm as comm_module
+    c = Comm(comm)
+    if c.size < 2:
+        return
+    left = torch.zeros(3)
+    lonely = c.irecv(left, source=(c.rank + 1) % c.size, tag=77)
+    c.barrier()
+    assert c.cancel_receives() == 1
+    assert lonely.done and lonely.status.Is_cancelled() and torch.equal(left, torch.zeros(3))
+    assert not [h for h in comm_module._IN_FLIGHT.values() if h._owner.mpi == comm]
+    assert c.cancel_receives() == 0
+    later = torch.zeros(3)
+    recv = c.irecv(later, source=(c.rank - 1) % c.size, tag=77)
+    c.isend(torch.full((3,), float(c.rank)), dest=(c.rank + 1) % c.size, tag=77).wait()
+    recv.wait()
+    assert torch.equal(later, torch.full((3,), float((c.rank - 1) % c.size)))
