@@ -99,6 +99,39 @@ def check_environment() -> None:
         setting(name)
 
 
+#: What a launcher tells each task about the job's size, and the fix when MPI disagrees.
+LAUNCHER_SIZES = (
+    ("SLURM_STEP_NUM_TASKS", "srun",
+     "srun needs the PMI this MPI speaks: --mpi=pmi2 for MPICH (the pip wheel), --mpi=pmix "
+     "for Open MPI (srun --mpi=list shows what this Slurm has); or start the ranks with this "
+     "MPI's own mpiexec inside the allocation"),
+    ("OMPI_COMM_WORLD_SIZE", "Open MPI's mpirun",
+     "launch with the mpiexec of the MPI that mpi4py uses"),
+    ("PMI_SIZE", "a PMI launcher (MPICH's mpiexec, srun --mpi=pmi2)",
+     "launch with the mpiexec of the MPI that mpi4py uses"),
+)
+
+
+def check_launch(world_size: int) -> None:
+    """``ConfigError`` when the launcher started several tasks but MPI sees a world of one.
+
+    Each task then trains alone, all writing the same record (srun without the PMI
+    the MPI understands; one MPI's mpiexec starting another MPI's program). A world
+    of one under a launcher that says N > 1 tasks is only ever that mistake; a
+    singleton run outside any launcher, or mpiexec's proxies started by srun (their
+    step has one task per node, the world is larger), pass.
+    """
+    if world_size != 1:
+        return
+    for var, launcher, fix in LAUNCHER_SIZES:
+        value = os.environ.get(var, "")
+        if value.isdigit() and int(value) > 1:
+            raise ConfigError(
+                f"{launcher} started {value} tasks ({var}={value}) but MPI sees a world of 1 "
+                f"({' '.join(mpi_library().split())}): each task would train alone; {fix} "
+                f"(with the pip wheel: .venv/bin/mpiexec -n {value})")
+
+
 def mpi_library() -> str:
     """The first line of ``MPI_Get_library_version`` (e.g. ``MPICH Version: 5.0.2``)."""
     return MPI.Get_library_version().strip().splitlines()[0].strip()

@@ -36,7 +36,7 @@ from .. import device as placement
 from ..comm import Comm, check_reducible
 from ..errors import agree, digest, install_abort_hook
 from ..flat import ParamBuffer
-from ..mpienv import check_environment
+from ..mpienv import check_environment, check_launch
 from ..stragglers import Stragglers, wait
 from .options import STRAGGLERS, Option, resolve
 
@@ -132,6 +132,7 @@ class Algorithm(abc.ABC):
         self.stragglers = None
         try:                 # a rank whose files or environment differ must not leave the
             check_environment()      # others waiting
+            check_launch(MPI.COMM_WORLD.Get_size())
             self.validate()
             if device is not None:
                 device = placement.parse(device)

@@ -34,9 +34,10 @@ import torch
 import torch.nn.functional as F
 
 from .. import __version__, checkpoint, data as datasets, device as placement, models, ops
+from .._mpi import MPI
 from ..compress import paid
 from ..errors import ConfigError, agree, digest
-from ..mpienv import check_environment, mpi_library
+from ..mpienv import check_environment, check_launch, mpi_library
 from .config import TrainConfig
 from .health import stalled
 from .record import METRICS, RANK_FIELDS, RunRecord, claim
@@ -88,6 +89,7 @@ def prepare(cfg: TrainConfig, comm):
     error, key, pieces = None, "", None
     try:
         check_environment()
+        check_launch(MPI.COMM_WORLD.Get_size())
         cfg.validate()
         placement.check_available(cfg.device)
         data = datasets.load(cfg.data)

@@ -206,3 +206,22 @@ def test_train_command_end_to_end(tmp_path):
     from mpisgd.app.record import read
     rec = read(str(out))
     assert rec["attrs"]["status"] == "completed" and rec["metrics"]["rounds"][-1] == 10
+
+
+def test_srun_without_a_pmi_stops_every_task_with_the_fix(tmp_path):
+    """What srun does without a PMI the MPI understands: N plain processes, each told it
+    is one of N tasks, each an MPI world of 1. Every task exits 2 with the fix, before
+    training, and none writes the record they would all share."""
+    out = str(tmp_path / "a.h5")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "OMPI_", "SLURM_"))}
+    procs = [subprocess.Popen([sys.executable, "-m", "mpisgd", "train", "--quiet", "--out", out],
+                              env={**env, "SLURM_STEP_NUM_TASKS": "2", "SLURM_PROCID": str(i)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              cwd=ROOT) for i in range(2)]
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 2, stderr
+        lines = [line for line in (stdout + stderr).splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("mpisgd: error: srun started 2 tasks")
+        assert "--mpi=pmi2" in lines[0] and "Traceback" not in stderr
+    assert not os.path.exists(out)

@@ -79,3 +79,34 @@ def test_every_variable_is_in_the_user_guide():
     with open(guide, encoding="utf-8") as f:
         text = f.read()
     assert [name for name in mpienv.ENVIRONMENT if f"`{name}`" not in text] == []
+
+
+LAUNCH_VARS = [var for var, _, _ in mpienv.LAUNCHER_SIZES]
+
+
+@pytest.fixture
+def no_launcher(monkeypatch):
+    for var in LAUNCH_VARS:
+        monkeypatch.delenv(var, raising=False)
+    return monkeypatch
+
+
+@pytest.mark.parametrize("var, fix", [("SLURM_STEP_NUM_TASKS", "--mpi=pmi2"),
+                                      ("OMPI_COMM_WORLD_SIZE", "the mpiexec of the MPI"),
+                                      ("PMI_SIZE", "the mpiexec of the MPI")])
+def test_a_launcher_of_n_tasks_with_a_world_of_one_is_refused(no_launcher, var, fix):
+    no_launcher.setenv(var, "4")
+    with pytest.raises(ConfigError) as err:
+        mpienv.check_launch(1)
+    message = str(err.value)
+    assert f"started 4 tasks ({var}=4) but MPI sees a world of 1" in message
+    assert fix in message and ".venv/bin/mpiexec -n 4" in message
+    mpienv.check_launch(4)                  # the launcher and MPI agree
+    mpienv.check_launch(2)                  # mpiexec's proxies under srun: a larger world
+
+
+def test_a_singleton_outside_a_launcher_or_of_one_task_passes(no_launcher):
+    mpienv.check_launch(1)
+    no_launcher.setenv("SLURM_STEP_NUM_TASKS", "1")
+    no_launcher.setenv("SLURM_NTASKS", "8")  # the allocation's size says nothing of this step
+    mpienv.check_launch(1)
