@@ -262,6 +262,18 @@ class Comm:
             if head is upto:
                 return
 
+    def link_delay(self, seconds: float) -> None:
+        """Spend an injected link delay (``--comm-delay``): asleep, and counted as
+        communication (``comm_time``) and waiting (``wait_time``), as a slow link's
+        transfer would be, not as compute."""
+        if seconds <= 0:
+            return
+        t0 = time.perf_counter()
+        time.sleep(seconds)
+        dt = time.perf_counter() - t0
+        self.comm_time += dt
+        self.wait_time += dt
+
     def cancel_receives(self) -> int:
         """Cancel every posted receive on this communicator (any of its siblings') that no
         message has matched: what a run stopped at a rendezvous leaves behind (a

@@ -300,9 +300,10 @@ class Algorithm(abc.ABC):
         return None
 
     def _round_delay(self) -> None:
-        """Spend the injected delay of one communication round (``comm_delay``), if any."""
+        """Spend the injected delay of one communication round (``comm_delay``), if any,
+        as communication time (:meth:`Comm.link_delay`)."""
         if self.stragglers is not None:
-            wait(self.stragglers.comm())
+            self.comm.link_delay(self.stragglers.comm())
 
     def rendezvous(self) -> None:
         """Bring every rank to a point where collectives are safe, mid-training.

@@ -31,7 +31,6 @@ import time
 
 import torch
 
-from ..stragglers import wait
 from .outer import Outer, make as make_outer
 
 
@@ -150,8 +149,8 @@ class Streaming:
         frag = self.fragments[f]
         self._exchange(f)
         deadline = self._deadlines.pop(f, None)
-        if deadline is not None:
-            wait(deadline - time.perf_counter())
+        if deadline is not None:             # what the D steps did not hide: link time
+            self.comm.link_delay(deadline - time.perf_counter())
         if frag.outer is not None:
             frag.outer.descend(frag.send)
         else:

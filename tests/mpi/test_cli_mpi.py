@@ -176,6 +176,26 @@ def test_parameter_server_run_records_server_and_stragglers(shared_dir, algo, se
 
 
 @pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("algo, extra", [("local", {"tau": 4}),
+                                         ("local", {"tau": 4, "fragments": 2,
+                                                    "fragment_delay": 1})])
+def test_an_injected_link_delay_is_communication_time(shared_dir, algo, extra):
+    """--comm-delay is a slow link: its seconds are in comm_time and wait_time, not in
+    compute_time (as recorded per rank; compute_time = training time - comm_time)."""
+    comm = MPI.COMM_WORLD
+    out, _ = _train(shared_dir, f"link-{len(extra)}", algo=algo, steps=16, log_every=8,
+                    comm_delay="0.02", **extra)
+    if comm.rank != 0:
+        return
+    with h5py.File(out, "r") as f:
+        r = {k: f["ranks"][k][()] for k in ("compute_time", "comm_time", "wait_time")}
+        slept = f["stragglers"]["comm_delay"][()]
+    assert np.all(slept >= 0.02 * 4 - 1e-9)          # at least 4 rounds of 20 ms
+    floor = slept if not extra.get("fragment_delay") else 0.0   # overlapped: partly hidden
+    assert np.all(r["comm_time"] >= floor) and np.all(r["wait_time"] >= floor)
+
+
+@pytest.mark.mpi(min_size=2)
 def test_stragglers_apply_to_every_algorithm(shared_dir):
     """A slow worker under sync SGD: the others wait for it; the delays are recorded."""
     comm = MPI.COMM_WORLD
