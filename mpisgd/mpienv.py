@@ -132,6 +132,15 @@ def check_launch(world_size: int) -> None:
                 f"(with the pip wheel: .venv/bin/mpiexec -n {value})")
 
 
+def srun_mpi(library: str | None = None) -> str:
+    """The ``srun --mpi`` plugin that starts ranks of this MPI: ``pmix`` for Open MPI,
+    ``pmi2`` for the MPICH family (MPICH and its pip wheel, MVAPICH, Intel MPI, Cray MPICH).
+
+    Reads the library version only: MPI is not initialised (a login node can ask).
+    """
+    return "pmix" if "open mpi" in (library or mpi_library()).lower() else "pmi2"
+
+
 def mpi_library() -> str:
     """The first line of ``MPI_Get_library_version`` (e.g. ``MPICH Version: 5.0.2``)."""
     return MPI.Get_library_version().strip().splitlines()[0].strip()

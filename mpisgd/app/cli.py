@@ -73,6 +73,28 @@ def _report_parser(sub) -> None:
     p.set_defaults(func=_report)
 
 
+def _sweep_parser(sub) -> None:
+    from .sweep import SCHEDULERS
+    p = sub.add_parser("sweep", help="a grid of configurations as job arrays (or run here)",
+                       description="mpisgd sweep GRID.yaml --out DIR --scheduler slurm: one array "
+                                   "task per configuration; again to skip what completed and "
+                                   "resume what was interrupted (docs/studies.md)")
+    p.add_argument("grid", metavar="GRID.yaml")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="the study's folder: manifest, configs, runs/, checkpoints/, logs/, jobs/")
+    p.add_argument("--scheduler", choices=SCHEDULERS, default="slurm",
+                   help="slurm, pbs or lsf (a job array per rank count and time limit), or "
+                        "local (one after another here, with this MPI's mpiexec; default slurm)")
+    p.add_argument("--parallel", type=int, metavar="N",
+                   help="at most N array tasks at once (Slurm %%N, LSF %%N)")
+    p.add_argument("--submit-arg", action="append", default=[], metavar="ARG",
+                   help="an argument for sbatch/qsub/bsub, e.g. --submit-arg=--partition=gpu "
+                        "(repeatable)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="write the manifest and the array scripts, submit nothing")
+    p.set_defaults(func=_sweep)
+
+
 def _topology_parser(sub) -> None:
     from ..topology import TOPOLOGIES, WEIGHTS
     p = sub.add_parser("topology", help="a mixing matrix's degrees, weights, spectrum and zeta",
@@ -103,6 +125,7 @@ def parser() -> argparse.ArgumentParser:
     _train_parser(sub)
     _report_parser(sub)
     _topology_parser(sub)
+    _sweep_parser(sub)
     return p
 
 
@@ -144,6 +167,14 @@ def _report(args) -> int:
         return report.main(args.records, args.out, args.target)
     except (OSError, KeyError, ImportError) as err:
         raise ConfigError(str(err).strip("'\"")) from None
+
+
+def _sweep(args) -> int:
+    from . import sweep
+    if args.parallel is not None and args.parallel < 1:
+        raise ConfigError(f"--parallel must be a positive integer, got {args.parallel}")
+    return sweep.main(args.grid, args.out, args.scheduler, args.parallel, args.submit_arg,
+                      args.dry_run)
 
 
 def _topology(args) -> int:
