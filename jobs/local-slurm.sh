@@ -2,7 +2,7 @@
 # A real single-node Slurm on localhost, for the tests and for trying the job scripts:
 #   bash jobs/local-slurm.sh start     # install (Debian's slurm-wlm, munge) and start; idempotent
 #   bash jobs/local-slurm.sh status    # exit 0 when a job can be submitted
-#   bash jobs/local-slurm.sh stop      # stop the daemons (the state directory stays)
+#   bash jobs/local-slurm.sh stop      # stop the daemons, munged too (the state directory stays)
 # Then: export SLURM_CONF=${MPISGD_SLURM_DIR:-/tmp/mpisgd-slurm}/slurm.conf   (printed by start)
 #
 # The node advertises max(4, nproc) CPUs (SlurmdParameters=config_overrides), so a 4-rank job
@@ -101,6 +101,7 @@ stop() {
     for pid in "$DIR/slurmd.pid" "$DIR/slurmctld.pid"; do
         for _ in $(seq 50); do running "$pid" || break; sleep 0.1; done
     done
+    if running /run/munge/munged.pid; then kill "$(cat /run/munge/munged.pid)"; fi
 }
 
 case "${1:-}" in

@@ -95,6 +95,18 @@ def _sweep_parser(sub) -> None:
     p.set_defaults(func=_sweep)
 
 
+def _study_parser(sub) -> None:
+    p = sub.add_parser("study", help="a grid of configurations one after another in this launch",
+                       description="mpiexec -n 4 python -m mpisgd study GRID.yaml --out DIR: "
+                                   "each configuration on the first RANKS ranks, with its own "
+                                   "record; pays the start-up once (docs/studies.md)")
+    p.add_argument("grid", metavar="GRID.yaml")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="the study's folder (the same layout as mpisgd sweep)")
+    p.add_argument("--quiet", action="store_true", help="no line per configuration")
+    p.set_defaults(func=_study)
+
+
 def _topology_parser(sub) -> None:
     from ..topology import TOPOLOGIES, WEIGHTS
     p = sub.add_parser("topology", help="a mixing matrix's degrees, weights, spectrum and zeta",
@@ -126,6 +138,7 @@ def parser() -> argparse.ArgumentParser:
     _report_parser(sub)
     _topology_parser(sub)
     _sweep_parser(sub)
+    _study_parser(sub)
     return p
 
 
@@ -175,6 +188,17 @@ def _sweep(args) -> int:
         raise ConfigError(f"--parallel must be a positive integer, got {args.parallel}")
     return sweep.main(args.grid, args.out, args.scheduler, args.parallel, args.submit_arg,
                       args.dry_run)
+
+
+def _study(args) -> int:
+    from .._mpi import MPI
+    from ..errors import abort_on_exception
+    from . import study
+    comm = MPI.COMM_WORLD
+    abort_on_exception(comm)          # an unexpected error on one rank ends the job
+    if comm.Get_rank() != 0:
+        warnings.simplefilter("ignore")
+    return study.main(args.grid, args.out, comm, args.quiet)
 
 
 def _topology(args) -> int:

@@ -168,7 +168,8 @@ def from_sources(yaml_path: str | None, flags: dict) -> TrainConfig:
     known_algo = algorithms.all_options()
     unknown = sorted(set(values) - set(GENERAL) - set(known_algo))
     if unknown:
-        raise ConfigError(f"--config {yaml_path}: unknown key {unknown[0]!r}")
+        where = f"--config {yaml_path}: " if yaml_path else ""
+        raise ConfigError(f"{where}unknown key {unknown[0]!r}")
     kinds = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
     general = {k: _coerce(k, kinds[k], v) for k, v in values.items() if k in GENERAL}
     options = {k: v for k, v in values.items() if k in known_algo}
