@@ -39,7 +39,11 @@ with its measured step time; its random part does not.)
 
 Recording: :meth:`Stragglers.summary` gives totals per worker; the
 algorithms write it into the run record under ``/stragglers/<name>``, one
-value per worker, next to ``/ranks/*``.
+value per worker, next to ``/ranks/*``. The totals are the seconds actually
+spent: a delay cut short (:meth:`Stragglers.spend`, the parameter server's
+cancellation abandoning the work) counts what was slept, and
+``compute_drawn`` and ``compute_cut`` keep what was drawn and how many were
+cut.
 
 Example::
 
@@ -340,6 +344,7 @@ class Stragglers:
         self._comm_rng = (generator(self.seed, streams.COMM_DELAY) if self.shared_comm else
                           generator(self.seed, self.worker, streams.COMM_DELAY))
         self._totals = {"compute": [0.0, 0, 0.0], "comm": [0.0, 0, 0.0]}   # total, count, max
+        self._drawn, self._cut = 0.0, 0        # compute delays drawn (seconds), cut short (count)
 
     @property
     def active(self) -> bool:
@@ -360,17 +365,34 @@ class Stragglers:
         entry[2] = max(entry[2], seconds)
         return seconds
 
-    def compute(self, step_seconds: float) -> float:
-        """Extra seconds for this step: (FACTOR - 1)(step_seconds + X) + X, recorded.
+    def compute(self, step_seconds: float, record: bool = True) -> float:
+        """Extra seconds for this step: (FACTOR - 1)(step_seconds + X) + X, recorded unless
+        ``record`` is false (then :meth:`spend` records what was slept).
 
         ``step_seconds`` is the measured compute time of the step (>= 0).
         """
         if not step_seconds >= 0:
             raise ValueError(f"step_seconds must be >= 0, got {step_seconds!r}")
         if self.compute_model is None:
-            return self._record("compute", 0.0)
-        x = self.compute_model.sample(self._compute_rng)
-        return self._record("compute", (self._factor - 1.0) * (step_seconds + x) + x)
+            drawn = 0.0
+        else:
+            x = self.compute_model.sample(self._compute_rng)
+            drawn = (self._factor - 1.0) * (step_seconds + x) + x
+        if record:
+            self._drawn += drawn
+            self._record("compute", drawn)
+        return drawn
+
+    def spend(self, drawn: float, interrupted: Callable[[], bool] | None = None) -> float:
+        """Sleep a compute delay :meth:`compute` drew (``record=False``), until
+        ``interrupted()`` says the work is abandoned; record and return the seconds slept."""
+        start = time.perf_counter()
+        cut = wait(drawn, interrupted)
+        spent = min(drawn, time.perf_counter() - start) if cut else drawn
+        self._drawn += drawn
+        self._cut += int(cut)
+        self._record("compute", spent)
+        return spent
 
     def comm(self) -> float:
         """Extra seconds for one communication round, recorded."""
@@ -379,22 +401,26 @@ class Stragglers:
         return self._record("comm", self.comm_model.sample(self._comm_rng))
 
     def summary(self) -> dict:
-        """Totals so far: ``{compute,comm}_{delay,count,max}`` (seconds, calls, seconds)."""
+        """Totals so far: ``{compute,comm}_{delay,count,max}`` (seconds spent, calls, seconds),
+        ``compute_drawn`` (seconds drawn) and ``compute_cut`` (delays cut short)."""
         out = {}
         for kind, (total, count, largest) in self._totals.items():
             out.update({f"{kind}_delay": total, f"{kind}_count": count, f"{kind}_max": largest})
+        out.update(compute_drawn=self._drawn, compute_cut=self._cut)
         return out
 
     def state_dict(self) -> dict:
         """The random streams' positions and the totals so far, for a checkpoint."""
         return {"compute_rng": self._compute_rng.bit_generator.state,
                 "comm_rng": self._comm_rng.bit_generator.state,
-                "totals": {k: list(v) for k, v in self._totals.items()}}
+                "totals": {k: list(v) for k, v in self._totals.items()},
+                "drawn": [self._drawn, self._cut]}
 
     def load_state_dict(self, state: dict) -> None:
         self._compute_rng.bit_generator.state = state["compute_rng"]
         self._comm_rng.bit_generator.state = state["comm_rng"]
         self._totals = {k: list(v) for k, v in state["totals"].items()}
+        self._drawn, self._cut = state.get("drawn", [self._totals["compute"][0], 0])
 
     def __repr__(self) -> str:
         return (f"Stragglers(compute={str(self.compute_model or '')!r}, "

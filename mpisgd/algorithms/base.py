@@ -37,7 +37,7 @@ from ..comm import Comm, check_reducible
 from ..errors import agree, digest, install_abort_hook
 from ..flat import ParamBuffer
 from ..mpienv import check_environment, check_launch
-from ..stragglers import Stragglers, wait
+from ..stragglers import Stragglers
 from .options import STRAGGLERS, Option, resolve
 
 
@@ -282,7 +282,8 @@ class Algorithm(abc.ABC):
                 torch.cuda.current_stream(self.flat.device).synchronize()   # a slower GPU
             now = time.perf_counter()
             compute = now - self._stepped if self._stepped is not None else 0.0
-            wait(self.stragglers.compute(compute), self._cancellation())
+            self.stragglers.spend(self.stragglers.compute(compute, record=False),
+                                  self._cancellation())
         self._step()
         self._stepped = time.perf_counter()
 

@@ -173,6 +173,27 @@ def test_parameter_server_run_records_server_and_stragglers(shared_dir, algo, se
         assert np.all(d["compute_delay"] > 0) and np.all(d["compute_max"] <= d["compute_delay"])
         assert list(d["comm_count"]) == list(s["grad"])        # one round per push
         assert d["comm_delay"] == pytest.approx(0.0005 * d["comm_count"])
+        assert np.all(d["compute_drawn"] >= d["compute_delay"] - 1e-12)
+
+
+@pytest.mark.mpi(min_size=4)
+def test_a_compute_delay_cut_short_is_recorded_as_slept(shared_dir):
+    """K-sync, K = 1: the first gradient ends every other worker's delay; what each worker
+    spent in delays fits in the run's time, and the cuts are counted."""
+    comm = MPI.COMM_WORLD
+    out = os.path.join(shared_dir, "k1-cut.h5")
+    cfg = from_sources(None, dict(algo="k-sync", k=1, steps=12, log_every=12, out=out, threads=1,
+                                  momentum=0.0, straggler="exp:0.05"))
+    train.run(cfg, comm, quiet=True)
+    comm.Barrier()
+    if comm.rank != 0:
+        return
+    with h5py.File(out, "r") as f:
+        d = {k: f["stragglers"][k][()] for k in f["stragglers"]}
+        wall = f["metrics"]["wall_time"][-1]
+    assert np.all(d["compute_delay"] <= wall)
+    assert d["compute_cut"].sum() > 0
+    assert d["compute_drawn"].sum() > d["compute_delay"].sum()
 
 
 @pytest.mark.mpi(min_size=2)

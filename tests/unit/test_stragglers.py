@@ -236,7 +236,7 @@ def test_summary_totals():
     comms = [s.comm() for _ in range(30)]
     got = s.summary()
     assert set(got) == {"compute_delay", "compute_count", "compute_max",
-                        "comm_delay", "comm_count", "comm_max"}
+                        "comm_delay", "comm_count", "comm_max", "compute_drawn", "compute_cut"}
     assert got["compute_delay"] == pytest.approx(sum(computes), rel=1e-12)
     assert got["compute_count"] == 100 and got["compute_max"] == max(computes)
     assert got["comm_delay"] == pytest.approx(sum(comms), rel=1e-12)
@@ -247,7 +247,8 @@ def test_summary_inactive_is_zero():
     s = Stragglers(None, None, seed=2, worker=0)
     assert s.compute(0.5) == 0.0 and s.comm() == 0.0
     assert s.summary() == {"compute_delay": 0.0, "compute_count": 1, "compute_max": 0.0,
-                           "comm_delay": 0.0, "comm_count": 1, "comm_max": 0.0}
+                           "comm_delay": 0.0, "comm_count": 1, "comm_max": 0.0,
+                           "compute_drawn": 0.0, "compute_cut": 0}
 
 
 # ---- wait -------------------------------------------------------------------
@@ -282,3 +283,20 @@ def test_wait_nonpositive():
     start = time.perf_counter()
     assert wait(-1.0) is False and wait(0.0) is False
     assert time.perf_counter() - start < 0.5
+
+
+def test_a_delay_cut_short_records_what_was_slept():
+    s = Stragglers("shifted-exp:0.2,1e-300", None, seed=0, worker=0)
+    drawn = s.compute(0.0, record=False)
+    assert drawn == pytest.approx(0.2) and s.summary()["compute_count"] == 0
+    t0 = time.perf_counter()
+    spent = s.spend(drawn, lambda: time.perf_counter() - t0 > 0.02)
+    assert 0.02 <= spent < 0.15
+    got = s.summary()
+    assert got["compute_delay"] == spent and got["compute_max"] == spent
+    assert got["compute_drawn"] == drawn and got["compute_cut"] == 1 and got["compute_count"] == 1
+    assert s.spend(s.compute(0.0, record=False)) == pytest.approx(0.2)        # not cut: all of it
+    assert s.summary()["compute_cut"] == 1
+    restored = Stragglers("shifted-exp:0.2,1e-300", None, seed=0, worker=0)
+    restored.load_state_dict(s.state_dict())
+    assert restored.summary() == s.summary()
