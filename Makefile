@@ -58,7 +58,7 @@ launch: install
 
 test: unit mpi launch
 
-# bench: all twelve scripts in benchmarks/ (docs/benchmarks.md), at the rank counts of the
+# bench: all eleven scripts in benchmarks/ (docs/benchmarks.md), at the rank counts of the
 # figures there. Several run more ranks than a small machine has cores, which Open MPI must
 # be told (--oversubscribe, whatever NP is); MPICH needs no flag.
 bench: BENCH_MPI = $(MPIEXEC) $(filter-out --oversubscribe,$(MPIFLAGS)) \

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Mapping
 
+import numpy as np
 import torch
 
 from .._mpi import MPI
@@ -37,6 +38,7 @@ from ..comm import Comm, check_reducible
 from ..errors import agree, digest, install_abort_hook
 from ..flat import ParamBuffer
 from ..mpienv import check_environment, check_launch
+from ..steptimes import StepTimes
 from ..stragglers import Stragglers
 from .options import STRAGGLERS, Option, resolve
 
@@ -185,6 +187,8 @@ class Algorithm(abc.ABC):
         self.rounds = 0      # communication rounds taken
         self.finished = False
         self._stepped = None  # when the last step() returned (the next step's compute starts)
+        self._entered = None  # when the last step() was called
+        self.step_times = StepTimes(self.rank)     # per step: compute and wall (mpisgd.steptimes)
         #: The clock schedules read: seconds of training, from the end of construction;
         #: the training driver sets its own, which starts at its start barrier and
         #: stops during log points.
@@ -277,13 +281,16 @@ class Algorithm(abc.ABC):
             else:
                 self._loss_sum = self._loss_sum + loss
             self._loss_count += 1
+        now = time.perf_counter()
+        compute = now - self._stepped if self._stepped is not None else 0.0
         if self.stragglers is not None:
             if self.flat.device.type == "cuda":   # the delay follows this step's kernels, as on
                 torch.cuda.current_stream(self.flat.device).synchronize()   # a slower GPU
-            now = time.perf_counter()
-            compute = now - self._stepped if self._stepped is not None else 0.0
-            self.stragglers.spend(self.stragglers.compute(compute, record=False),
-                                  self._cancellation())
+                compute = time.perf_counter() - (self._stepped or now)
+            compute += self.stragglers.spend(self.stragglers.compute(compute, record=False),
+                                             self._cancellation())
+        self.step_times.add(compute, now - self._entered if self._entered is not None else np.nan)
+        self._entered = now
         self._step()
         self._stepped = time.perf_counter()
 
@@ -397,7 +404,7 @@ class Algorithm(abc.ABC):
                  "optimizer": self.optimizer.state_dict(),
                  "steps": self.steps, "rounds": self.rounds,
                  "loss": [self._loss_sum, self._loss_count, self._loss_first],
-                 "comm": self.comm.counters()}
+                 "comm": self.comm.counters(), "step_times": self.step_times.state_dict()}
         if self.stragglers is not None:
             state["stragglers"] = self.stragglers.state_dict()
         return state
@@ -410,6 +417,8 @@ class Algorithm(abc.ABC):
         self.optimizer.load_state_dict(state["optimizer"])
         self.steps, self.rounds = state["steps"], state["rounds"]
         self._loss_sum, self._loss_count, self._loss_first = state["loss"]
+        if "step_times" in state:
+            self.step_times.load_state_dict(state["step_times"])
         counters = dict(state["comm"])
         self.comm.staging_before = counters.pop("staging_time") - self.comm.boundary.copy_seconds()
         for k, v in counters.items():
@@ -423,9 +432,10 @@ class Algorithm(abc.ABC):
 
     def worker_series(self) -> dict:
         """This worker's figures for the run record, ``{"group/name": number}``."""
-        if self.stragglers is None:
-            return {}
-        return {f"stragglers/{k}": v for k, v in self.stragglers.summary().items()}
+        out = self.step_times.series()
+        if self.stragglers is not None:
+            out.update({f"stragglers/{k}": v for k, v in self.stragglers.summary().items()})
+        return out
 
     def series(self, train_time: float) -> dict:
         """What the algorithm adds to the run record, ``{"group/name": array}``, on rank 0.

@@ -64,12 +64,24 @@ def _train_parser(sub) -> None:
 
 
 def _report_parser(sub) -> None:
-    p = sub.add_parser("report", help="curves and a table from HDF5 run records",
-                       description="python -m mpisgd report RUN.h5 [RUN.h5 ...] --out FIG.png")
-    p.add_argument("records", nargs="+", metavar="RUN.h5")
+    p = sub.add_parser("report", help="curves and a table from HDF5 run records, over seeds",
+                       description="python -m mpisgd report RUN.h5|DIR [...] --out FIG.png: "
+                                   "runs that differ only in the seed are one curve, their "
+                                   "mean with a band (docs/user-guide.md)")
+    p.add_argument("records", nargs="+", metavar="RUN.h5|DIR",
+                   help="run records, or folders (a study's DIR) searched for *.h5")
     p.add_argument("--out", help="PNG (or PDF, SVG) figure to write")
     p.add_argument("--target", type=float, default=0.1,
-                   help="test error whose first crossing the table reports (default 0.1)")
+                   help="test error whose first crossing the table reports, drawn as a "
+                        "dashed line (default 0.1)")
+    p.add_argument("--panels", default="train_loss,test_error",
+                   help="figure rows: train_loss, test_loss, test_error, consensus_distance "
+                        "(comma-separated; default train_loss,test_error)")
+    p.add_argument("--x", default="time,steps,bytes",
+                   help="figure columns: time, steps, bytes (default all three)")
+    p.add_argument("--band", choices=("minmax", "std", "none"), default="minmax",
+                   help="the band around a group's mean: lowest to highest run (default), "
+                        "+- one standard deviation, or none")
     p.set_defaults(func=_report)
 
 
@@ -177,7 +189,7 @@ def _train(args) -> int:
 def _report(args) -> int:
     from . import report
     try:
-        return report.main(args.records, args.out, args.target)
+        return report.main(args.records, args.out, args.target, args.panels, args.x, args.band)
     except (OSError, KeyError, ImportError) as err:
         raise ConfigError(str(err).strip("'\"")) from None
 

@@ -170,7 +170,8 @@ def read(path: str) -> dict:
         out = {"path": path, "attrs": dict(f.attrs),
                "metrics": {k: f["metrics"][k][()] for k in f.get("metrics", {})},
                "ranks": {k: _value(f["ranks"][k]) for k in f.get("ranks", {})},
-               "final": {k: f["final"][k][()] for k in f.get("final", {})}}
+               "final": {k: f["final"][k][()] for k in f.get("final", {})},
+               "steps": {k: f["steps"][k][()] for k in f.get("steps", {})}}
     out["config"] = json.loads(out["attrs"].get("config", "{}"))
     note = failure(path) if out["attrs"].get("status") == INTERRUPTED else None
     if note:

@@ -1,24 +1,101 @@
-"""``mpisgd report``: curves and a comparison table from run records.
+"""``mpisgd report``: curves and a comparison table from run records, grouped over seeds.
 
-Draws train loss and test error against wall-clock time, steps and bytes
-sent (a 2 x 3 figure, one line per run) and prints, per run: time and step at
-which the test error first reached ``--target``, final test error and loss,
-rounds and bytes sent.
+``mpisgd report PATH... [--out FIG] [--target T] [--panels ...] [--x ...]``:
+each PATH is a record or a folder (a study's ``DIR``: every ``*.h5`` under
+it). Records whose configurations differ only in the seed (and what follows
+it: the data order, delays, random graphs; their paths) form one group,
+drawn as the mean over its runs with a band from the lowest to the highest
+run (``--band std``: mean +- one standard deviation; ``none``). Curves of a
+group are put on common abscissae first: the steps where every run logged,
+or for time and bytes a grid up to the shortest run's end, each run linearly
+interpolated (``numpy.interp``).
+
+Labels carry what tells groups apart: the algorithm, its period or K (``tau``,
+``k``), the options whose values differ between the groups shown where they apply, and always the worker count
+(``async-easgd, 3 workers``) and the number of runs. Axes: losses and the
+test error on log scales (the error in percent, so 2-10% is not squashed
+against 70%), bytes in MB or GB, ``--target`` as a dashed line on error
+panels.
+
+The table, one row per group: runs (completed of all), time and step at
+which the test error first reached the target (mean +- sd over the runs that
+reached it, and how many did), final error and loss (mean +- sd), rounds,
+bytes, and the step time's 50th, 90th and 99th percentiles pooled over the
+runs' workers (``/steps/step_sample``, :mod:`mpisgd.steptimes`).
 """
 from __future__ import annotations
 
+import glob
+import json
 import os
 
 import numpy as np
 
 from .record import read
 
+#: Configuration keys that do not make a different experiment (the seed's followers, paths).
+NOT_A_CONFIGURATION = {"seed", "out", "checkpoint_dir", "checkpoint_every", "resume", "overwrite",
+                       "threads", "log_every", "quiet"}
+SEEDED_OPTIONS = {"straggler_seed", "topology_seed"}
+HEADLINE = ("tau", "k")          #: options always in a label where they apply
+PANELS = {"train_loss": "train loss", "test_loss": "test loss", "test_error": "test error",
+          "consensus_distance": "consensus distance"}
+XS = {"time": ("wall_time", "wall-clock time (s)"), "steps": ("step", "steps"),
+      "bytes": ("bytes_sent", "bytes sent")}
 
-def label(rec: dict) -> str:
-    cfg = rec["config"]
-    opts = cfg.get("options", {})
-    extra = f" tau={opts['tau']}" if "tau" in opts and cfg.get("algo") != "sync" else ""
-    return f"{cfg.get('algo', '?')}{extra} ({os.path.basename(rec['path'])})"
+
+def records_in(paths: list[str]) -> list[str]:
+    """The record files ``paths`` name: files as given, folders searched for ``*.h5``."""
+    out = []
+    for p in paths:
+        if os.path.isdir(p):
+            found = sorted(glob.glob(os.path.join(p, "**", "*.h5"), recursive=True))
+            if not found:
+                raise FileNotFoundError(f"no run records (*.h5) under {p}")
+            out += found
+        elif os.path.exists(p):
+            out.append(p)
+        else:
+            raise FileNotFoundError(f"no such run record: {p}")
+    return out
+
+
+def experiment(rec: dict) -> dict:
+    """The configuration that makes the experiment: without the seed and the paths."""
+    cfg = {k: v for k, v in rec["config"].items() if k not in NOT_A_CONFIGURATION}
+    cfg["options"] = {k: v for k, v in cfg.get("options", {}).items() if k not in SEEDED_OPTIONS}
+    cfg["workers"] = int(rec["attrs"].get("workers", 0))
+    return cfg
+
+
+def group(records: list[dict]) -> list[list[dict]]:
+    """Records by :func:`experiment`, in the order their first record came."""
+    groups: dict[str, list[dict]] = {}
+    for rec in records:
+        groups.setdefault(json.dumps(experiment(rec), sort_keys=True, default=str), []).append(rec)
+    return list(groups.values())
+
+
+def _flat(cfg: dict) -> dict:
+    return {**{k: v for k, v in cfg.items() if k != "options"}, **cfg.get("options", {})}
+
+
+def labels(groups: list[list[dict]]) -> list[str]:
+    """``local tau=8, 4 workers (3 seeds)``: the algorithm, what differs, the workers."""
+    flats = [_flat(experiment(g[0])) for g in groups]
+    keys = sorted({k for f in flats for k in f})
+    varying = [k for k in keys if k not in ("algo", "workers")       # differs where it applies
+               and (k in HEADLINE or len({json.dumps(f[k], default=str) for f in flats if k in f}) > 1)]
+    out = []
+    for f, runs in zip(flats, groups):
+        text = f.get("algo", "?")
+        text += "".join(f" {k}={f[k]}" for k in varying if f.get(k) is not None)
+        text += f", {f['workers']} workers"
+        if len(runs) > 1:
+            seeds = len({r["config"].get("seed") for r in runs})
+            text += f" ({len(runs)} runs" + (f", {seeds} seeds)" if seeds != len(runs) else ")")
+        out.append(text)
+    return out
 
 
 def first_reach(rec: dict, target: float):
@@ -28,26 +105,74 @@ def first_reach(rec: dict, target: float):
     return (m["wall_time"][hit[0]], m["step"][hit[0]]) if len(hit) else None
 
 
+def curve(runs: list[dict], x: str, y: str, band: str = "minmax"):
+    """``(xs, mean, low, high)`` of ``y`` against ``x`` over ``runs`` on common abscissae."""
+    logged = [r["metrics"] for r in runs if len(r["metrics"].get("step", []))]
+    if not logged:
+        return None
+    if x == "step":
+        xs = np.array(sorted(set.intersection(*(set(m["step"].tolist()) for m in logged))))
+    else:
+        end = min(m[x][-1] for m in logged)
+        xs = np.unique(np.concatenate([m[x][m[x] <= end] for m in logged]))
+    ys = np.stack([np.interp(xs, m[x], m[y]) for m in logged])
+    mean = ys.mean(0)
+    if band == "std":
+        sd = ys.std(0, ddof=1) if len(ys) > 1 else np.zeros_like(mean)
+        return xs, mean, mean - sd, mean + sd
+    return xs, mean, ys.min(0), ys.max(0)
+
+
+def _mean_sd(values, fmt: str) -> str:
+    if not values:
+        return "-"
+    v = np.asarray(values, dtype=float)
+    return format(v.mean(), fmt) + (f"+-{format(v.std(ddof=1), fmt)}" if len(v) > 1 else "")
+
+
+def step_percentiles(runs: list[dict]) -> list[float] | None:
+    """Step time's 50th, 90th, 99th percentiles (seconds), pooled over the runs' workers."""
+    samples = [r.get("steps", {}).get("step_sample") for r in runs]
+    pooled = np.concatenate([np.ravel(s) for s in samples if s is not None] or [np.array([])])
+    pooled = pooled[np.isfinite(pooled)]
+    return list(np.percentile(pooled, [50, 90, 99])) if len(pooled) else None
+
+
 def table(records: list[dict], target: float) -> str:
-    head = f"{'run':<44} {'status':<10} {'t@target':>9} {'step@tgt':>8} " \
-           f"{'final err':>9} {'final loss':>10} {'rounds':>7} {'bytes':>10}"
+    groups = group(records)
+    names = labels(groups)
+    width = max([28] + [len(n) for n in names])
+    head = (f"{'configuration':<{width}} {'runs':>5} {'t@target s':>12} {'step@tgt':>9} "
+            f"{'final err':>13} {'final loss':>13} {'rounds':>7} {'MB sent':>9} "
+            f"{'step ms p50/p90/p99':>20}")
     lines = [f"target test error: {target}", head, "-" * len(head)]
-    for rec in records:
-        m = rec["metrics"]
-        reach = first_reach(rec, target)
-        status = str(rec["attrs"].get("status", "?"))
-        if not len(m.get("step", [])):
-            lines.append(f"{label(rec)[:44]:<44} {status[:10]:<10} (no log points)")
+    for name, runs in zip(names, groups):
+        done = sum(str(r["attrs"].get("status")) == "completed" for r in runs)
+        logged = [r for r in runs if len(r["metrics"].get("step", []))]
+        if not logged:
+            status = str(runs[0]["attrs"].get("status", "?"))
+            lines.append(f"{name:<{width}} {f'{done}/{len(runs)}':>5} (no log points: {status[:60]})")
             continue
-        lines.append(
-            f"{label(rec)[:44]:<44} {status[:10]:<10} "
-            f"{(f'{reach[0]:.2f}s' if reach else '-'):>9} {(str(int(reach[1])) if reach else '-'):>8} "
-            f"{m['test_error'][-1]:>9.4f} {m['test_loss'][-1]:>10.4f} {int(m['rounds'][-1]):>7} "
-            f"{m['bytes_sent'][-1]:>10.3g}")
+        reach = [first_reach(r, target) for r in logged]
+        hit = [x for x in reach if x is not None]
+        t = _mean_sd([x[0] for x in hit], ".2f") + (f" ({len(hit)}/{len(logged)})"
+                                                     if len(hit) < len(logged) else "")
+        steps = _mean_sd([x[1] for x in hit], ".0f")
+        err = _mean_sd([r["metrics"]["test_error"][-1] for r in logged], ".4f")
+        loss = _mean_sd([r["metrics"]["test_loss"][-1] for r in logged], ".4f")
+        rounds = np.mean([r["metrics"]["rounds"][-1] for r in logged])
+        mb = np.mean([r["metrics"]["bytes_sent"][-1] for r in logged]) / 1e6
+        pct = step_percentiles(logged)
+        pct = "/".join(f"{1e3 * p:.2f}" for p in pct) if pct else "-"
+        lines.append(f"{name:<{width}} {f'{done}/{len(runs)}':>5} {t:>12} {steps:>9} {err:>13} "
+                     f"{loss:>13} {rounds:>7.0f} {mb:>9.3g} {pct:>20}")
     return "\n".join(lines)
 
 
-def plot(records: list[dict], out: str) -> None:
+def plot(records: list[dict], out: str, target: float | None = None,
+         panels: tuple[str, ...] = ("train_loss", "test_error"),
+         xs: tuple[str, ...] = ("time", "steps", "bytes"), band: str = "minmax"):
+    """Write the figure to ``out``; returns it (the caller closes it: ``plt.close(fig)``)."""
     try:
         import matplotlib
     except ImportError:
@@ -55,38 +180,73 @@ def plot(records: list[dict], out: str) -> None:
                           "(without --out, report prints the table only)") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    xs = (("wall_time", "wall-clock time (s)"), ("step", "steps"), ("bytes_sent", "bytes sent (all ranks)"))
-    ys = (("train_loss", "train loss"), ("test_error", "test error"))
-    fig, axes = plt.subplots(len(ys), len(xs), figsize=(15, 8))
-    for rec in records:
-        m = rec["metrics"]
-        if not len(m.get("step", [])):
-            continue
-        for row, (metric, _) in enumerate(ys):
-            for col, (x, _) in enumerate(xs):
-                axes[row][col].plot(m[x], m[metric], marker=".", label=label(rec))
-    for row, (_, ylabel) in enumerate(ys):
-        for col, (_, xlabel) in enumerate(xs):
+    from matplotlib.ticker import FuncFormatter, PercentFormatter
+    groups = group(records)
+    names = labels(groups)
+    most = max((r["metrics"]["bytes_sent"][-1] for g in groups for r in g
+                if len(r["metrics"].get("step", []))), default=0)
+    unit, scale = ("GB", 1e9) if most >= 1e9 else ("MB", 1e6)
+    fig, axes = plt.subplots(len(panels), len(xs), figsize=(5 * len(xs), 3.6 * len(panels)),
+                             squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (name, runs) in enumerate(zip(names, groups)):
+        color = colors[i % len(colors)]
+        for row, y in enumerate(panels):
+            for col, x in enumerate(xs):
+                got = curve(runs, XS[x][0], y, band)
+                if got is None:
+                    continue
+                cx, mean, low, high = got
+                if x == "bytes":
+                    cx = cx / scale
+                ax = axes[row][col]
+                ax.plot(cx, mean, color=color, label=name, lw=1.5)
+                if len(runs) > 1 and band != "none":
+                    ax.fill_between(cx, low, high, color=color, alpha=0.2, lw=0)
+    for row, y in enumerate(panels):
+        for col, x in enumerate(xs):
             ax = axes[row][col]
-            ax.set_xlabel(xlabel)
-            ax.set_ylabel(ylabel)
-            ax.grid(alpha=0.3)
-            if row == 0:
-                ax.set_yscale("log")
-    axes[0][0].legend(fontsize=8)
+            ax.set_xlabel(XS[x][1] + (f" ({unit}, all ranks)" if x == "bytes" else ""))
+            ax.set_ylabel(PANELS[y])
+            ax.grid(alpha=0.3, which="both")
+            ax.set_yscale("log")
+            if x == "bytes":
+                ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            if y == "test_error":
+                ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+                ax.yaxis.set_minor_formatter(FuncFormatter(_minor_percent))
+                if target is not None:
+                    ax.axhline(target, color="k", ls="--", lw=0.8, label=f"target {target:.1%}")
+    axes[-1][0].legend(fontsize=8)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    fig.savefig(out, dpi=150)
+    return fig
 
 
-def main(paths: list[str], out: str | None, target: float) -> int:
-    missing = [p for p in paths if not os.path.exists(p)]
-    if missing:
-        raise FileNotFoundError(f"no such run record: {missing[0]}")
-    records = [read(p) for p in paths]
+def _minor_percent(value: float, _) -> str:
+    """2% and 5% (20%, 50%) between the decades; the other minor ticks unlabelled."""
+    if value <= 0:
+        return ""
+    mantissa = round(value / 10 ** np.floor(np.log10(value)))
+    return f"{100 * value:g}%" if mantissa in (2, 5) else ""
+
+
+def _choices(text: str, known, what: str) -> tuple[str, ...]:
+    items = tuple(s.strip() for s in text.split(",") if s.strip())
+    bad = [s for s in items if s not in known]
+    if bad or not items:
+        raise KeyError(f"--{what} takes a comma-separated list of {', '.join(known)}, got {text!r}")
+    return items
+
+
+def main(paths: list[str], out: str | None, target: float, panels: str = "train_loss,test_error",
+         xs: str = "time,steps,bytes", band: str = "minmax") -> int:
+    chosen_panels, chosen_xs = _choices(panels, PANELS, "panels"), _choices(xs, XS, "x")
+    records = [read(p) for p in records_in(paths)]
     print(table(records, target))
     if out:
-        plot(records, out)
+        import matplotlib.pyplot as plt
+        plt.close(plot(records, out, target, chosen_panels, chosen_xs, band))
         print(f"figure: {out}")
     return 0

@@ -98,7 +98,7 @@ def test_report_table_and_figure(tmp_path, capsys):
     png = str(tmp_path / "fig.png")
     assert cli.main(["report", out, out, "--out", png, "--target", "0.9"]) == 0
     text = capsys.readouterr().out
-    assert "target test error: 0.9" in text and text.count("completed") == 2
+    assert "target test error: 0.9" in text and "sync, 1 workers (2 runs, 1 seeds)   2/2" in text
     assert open(png, "rb").read(4) == b"\x89PNG"
     reach = report.first_reach(record.read(out), 0.9)
     assert reach is not None and reach[1] == 10
