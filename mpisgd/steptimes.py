@@ -2,10 +2,11 @@
 
 Two durations per step, measured in :meth:`mpisgd.algorithms.Algorithm.step`:
 
-* ``compute``: from the end of the previous step's communication to the end of
-  this step's injected delay: the forward/backward (and data) the caller
-  did, plus ``--straggler``'s delay as slept: what the step costs before any
-  communication;
+* ``compute``: from the end of the previous step's communication to the
+  ``step()`` call: the forward/backward (and data) the caller did, plus
+  ``--straggler``'s delay as drawn (a delay the parameter server cancels
+  counts whole: it stands for the computation that was abandoned): what the
+  step costs before any communication;
 * ``step``: between successive ``step()`` calls: compute plus the previous
   step's communication, the wall time a step takes.
 

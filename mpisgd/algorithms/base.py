@@ -287,8 +287,9 @@ class Algorithm(abc.ABC):
             if self.flat.device.type == "cuda":   # the delay follows this step's kernels, as on
                 torch.cuda.current_stream(self.flat.device).synchronize()   # a slower GPU
                 compute = time.perf_counter() - (self._stepped or now)
-            compute += self.stragglers.spend(self.stragglers.compute(compute, record=False),
-                                             self._cancellation())
+            drawn = self.stragglers.compute(compute, record=False)
+            self.stragglers.spend(drawn, self._cancellation())
+            compute += drawn        # what the step stands for, a cancelled one whole
         self.step_times.add(compute, now - self._entered if self._entered is not None else np.nan)
         self._entered = now
         self._step()

@@ -119,6 +119,30 @@ def _study_parser(sub) -> None:
     p.set_defaults(func=_study)
 
 
+def _calibrate_parser(sub) -> None:
+    p = sub.add_parser("calibrate", help="this allocation's latency and bandwidth (alpha-beta)",
+                       description="mpiexec -n 4 python -m mpisgd calibrate --out network.json: "
+                                   "ping-pong and Allreduce over message sizes, fitted "
+                                   "(docs/scaling.md)")
+    p.add_argument("--out", metavar="FILE", help="write the fit (JSON) for mpisgd project")
+    p.add_argument("--sizes", help="message sizes in bytes, comma-separated "
+                                   "(default 8,64,...,16777216)")
+    p.set_defaults(func=_calibrate)
+
+
+def _project_parser(sub) -> None:
+    p = sub.add_parser("project", help="projected step time at larger worker counts",
+                       description="mpisgd project RUN.h5|DIR ... --workers 64,256,1024 "
+                                   "--network network.json (docs/scaling.md)")
+    p.add_argument("records", nargs="+", metavar="RUN.h5|DIR")
+    p.add_argument("--workers", required=True, metavar="P,P,...",
+                   help="worker counts to project to, comma-separated")
+    p.add_argument("--network", required=True, metavar="FILE|ALPHA,BETA",
+                   help="mpisgd calibrate's file, or latency (s) and inverse bandwidth (s/B)")
+    p.add_argument("--out", metavar="FIG", help="plot the projection (PNG, PDF, SVG)")
+    p.set_defaults(func=_project)
+
+
 def _topology_parser(sub) -> None:
     from ..topology import TOPOLOGIES, WEIGHTS
     p = sub.add_parser("topology", help="a mixing matrix's degrees, weights, spectrum and zeta",
@@ -151,6 +175,8 @@ def parser() -> argparse.ArgumentParser:
     _topology_parser(sub)
     _sweep_parser(sub)
     _study_parser(sub)
+    _calibrate_parser(sub)
+    _project_parser(sub)
     return p
 
 
@@ -211,6 +237,40 @@ def _study(args) -> int:
     if comm.Get_rank() != 0:
         warnings.simplefilter("ignore")
     return study.main(args.grid, args.out, comm, args.quiet)
+
+
+def _calibrate(args) -> int:
+    from .._mpi import MPI
+    from ..errors import abort_on_exception
+    from . import calibrate
+    sizes = calibrate.SIZES
+    if args.sizes:
+        try:
+            sizes = [int(float(v)) for v in args.sizes.split(",") if v.strip()]
+        except ValueError:
+            sizes = []
+        if not sizes or min(sizes) < 1:
+            raise ConfigError(f"--sizes must be positive byte counts, got {args.sizes!r}")
+    comm = MPI.COMM_WORLD
+    if comm.Get_size() < 2:
+        raise ConfigError("calibrate needs at least 2 ranks (mpiexec -n 2 or more)")
+    abort_on_exception(comm)
+    return calibrate.main(comm, args.out, sizes)
+
+
+def _project(args) -> int:
+    from . import project
+    try:
+        workers = [int(v) for v in args.workers.split(",") if v.strip()]
+    except ValueError:
+        workers = []
+    if not workers or min(workers) < 1:
+        raise ConfigError(f"--workers must be positive integers, comma-separated, got "
+                          f"{args.workers!r}")
+    try:
+        return project.main(args.records, workers, args.network, args.out)
+    except (OSError, KeyError) as err:
+        raise ConfigError(str(err).strip("'\"")) from None
 
 
 def _topology(args) -> int:

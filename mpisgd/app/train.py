@@ -353,6 +353,7 @@ def _train(cfg, comm, algo, model, opt, data, shards, record, quiet, signals,
         return {}
     record.complete({name: [r[i] for r in ranks] for i, name in enumerate(RANK_FIELDS)},
                     params.detach().cpu().float().numpy())
+    record.attribute("train_samples", len(data.y_train))     # time per epoch (mpisgd project)
     record.series("ranks", "host", [h for h, _, _ in where])
     record.series("ranks", "device", [d for _, d, _ in where])
     for key, values in series.items():

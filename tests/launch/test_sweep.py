@@ -88,3 +88,16 @@ def _logged(record):
             return len(f["metrics/step"]) >= 2
     except (OSError, KeyError):
         return False
+
+
+def test_calibrate_fits_this_machine_and_project_reads_the_file(tmp_path):
+    done = run(tmp_path, "calibrate", "--out", "net.json", "--sizes", "8,4096,262144", np_=2,
+               timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "point-to-point: alpha" in done.stdout and "network: net.json" in done.stdout
+    import json
+    body = json.load(open(tmp_path / "net.json"))
+    assert body["alpha"] >= 0 and body["beta"] > 0 and body["allreduce"]["ranks"] == 2
+    assert [n for n, _ in body["p2p_points"]] == [8, 4096, 262144]
+    alone = run(tmp_path, "calibrate", np_=1, timeout=60)
+    assert alone.returncode == 2 and "calibrate needs at least 2 ranks" in alone.stderr

@@ -1,0 +1,289 @@
+"""Projected step time at worker counts one cannot run: compute draws plus alpha-beta collectives.
+
+A step's compute C (forward/backward plus injected delay) is a random
+variable: the empirical distribution of a record's per-worker samples
+(:class:`Empirical`, ``/steps/compute_sample``) or a parametric one
+(:class:`Exponential`). Communication is the alpha-beta model
+(:mod:`mpisgd.network`), plus the record's injected ``--comm-delay`` (a
+link delay per round, its mean). With n the bytes of one model copy, P
+workers, d the mean link delay and c0 the fitted overhead per step (below):
+
+* ``sync``: every step waits for the slowest worker, then one Allreduce:
+  ``T = E[max_P C] + AR(n, P) + d + c0``; E[max] of the empirical
+  distribution is exact (:meth:`Empirical.order`);
+* ``local`` (and replicated ``easgd``, ``cooperative`` with the complete graph):
+  a round is tau steps then an Allreduce: ``T = (E[max_P (C_1 + ... + C_tau)] +
+  AR(n, P) + d) / tau + c0`` (Monte Carlo sums; exact for tau = 1);
+* ``gossip`` (and ``cooperative``): lock-step with the neighbours, the max-plus
+  recurrence ``t_i(r+1) = max_{j in N[i]} t_j(r) + C_i(r) + NB(n, deg) + d``
+  over the graph of P nodes, simulated for 200 rounds (exact in distribution;
+  the slowest neighbourhood sets the pace, not the slowest worker);
+* the parameter-server family and the asynchronous centre: a discrete-event
+  simulation (:func:`simulate_server`) of P workers drawing C and a server
+  (S servers: each holds 1/S of the bytes, in parallel) that receives and
+  sends messages one at a time, ``alpha + (n / S) beta`` each, by the
+  protocol's rules (K-sync cancels and restarts everyone; K-async keeps the
+  slower workers going; async answers each push at once). With exponential
+  C and a free network it reproduces the closed forms of REFERENCES.md:
+  K-sync ``E[X_(K:P)] = mu (H_P - H_{P-K})`` per update.
+
+c0 is what the model leaves out on the machine the records came from
+(Python around each step, wake-ups): :func:`fit_overhead` takes it as the
+mean of measured minus modelled step time over the records given, at their
+own worker counts, and :func:`project` adds it at every P. The projection
+reports its own error where it can: fit on the records with the fewer
+workers, predict the largest (``mpisgd project`` prints it).
+"""
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .network import Network
+
+LOCKSTEP_ROUND = {"sync": False, "local": True, "easgd": True}
+GOSSIP = ("gossip", "cooperative")
+SERVER = {            # protocol: (cancel on update, distinct workers, pusher waits for the update)
+    "ps-sync": (True, True, True), "k-sync": (True, True, True),
+    "k-async": (False, True, True), "k-batch-sync": (True, False, False),
+    "k-batch-async": (False, False, False), "async": (False, False, False),
+    "async-easgd": (False, False, False), "eamsgd": (False, False, False),
+    "downpour": (False, False, False),
+}
+CENTRE = ("async-easgd", "eamsgd", "downpour")     # tau local steps per push
+
+
+class Exponential:
+    """C ~ Exp(mean): order statistics in closed form."""
+
+    def __init__(self, mean: float):
+        self.m = float(mean)
+
+    @property
+    def mean(self) -> float:
+        return self.m
+
+    def order(self, k: int, p: int) -> float:
+        """E[X_(k:p)] = mean (H_p - H_{p-k})."""
+        return self.m * sum(1.0 / i for i in range(p - k + 1, p + 1))
+
+    def draw(self, rng: np.random.Generator, shape) -> np.ndarray:
+        return rng.exponential(self.m, shape)
+
+
+class Empirical:
+    """C distributed as a sample (seconds): draws with replacement; exact order statistics."""
+
+    def __init__(self, sample):
+        x = np.sort(np.asarray(sample, dtype=float).ravel())
+        x = x[np.isfinite(x)]
+        if not len(x):
+            raise ValueError("no compute times to project from")
+        self.x = x
+
+    @property
+    def mean(self) -> float:
+        return float(self.x.mean())
+
+    def order(self, k: int, p: int) -> float:
+        """E[X_(k:p)] of p draws: sum_i x_(i) (G(i/m) - G((i-1)/m)), G(u) = P(Bin(p, u) >= k)."""
+        m = len(self.x)
+        u = np.arange(m + 1) / m
+        return float(np.dot(self.x, np.diff(_binomial_tail(u, p, k))))
+
+    def draw(self, rng: np.random.Generator, shape) -> np.ndarray:
+        return rng.choice(self.x, size=shape)
+
+
+def _binomial_tail(u: np.ndarray, p: int, k: int) -> np.ndarray:
+    """P(Bin(p, u) >= k) for each u, in log space (p up to millions)."""
+    j = np.arange(k, p + 1)
+    logc = np.array([math.lgamma(p + 1) - math.lgamma(i + 1) - math.lgamma(p - i + 1) for i in j])
+    out = np.zeros_like(u)
+    inner = (u > 0) & (u < 1)
+    lu, l1u = np.log(u[inner])[:, None], np.log1p(-u[inner])[:, None]
+    out[inner] = np.exp(logc[None, :] + j[None, :] * lu + (p - j)[None, :] * l1u).sum(1)
+    out[u >= 1] = 1.0
+    return np.clip(out, 0.0, 1.0)
+
+
+@dataclass
+class Workload:
+    """What a run does per step, read off its record (or given)."""
+    algo: str
+    workers: int
+    nbytes: float                          #: one model copy, bytes
+    compute: object                        #: Empirical or Exponential
+    options: dict = field(default_factory=dict)
+    link_delay: float = 0.0                #: mean injected delay per round (--comm-delay)
+    batch: int = 32
+    train_samples: int | None = None
+    measured: float | None = None          #: measured seconds per worker step
+    path: str = ""
+
+    @property
+    def tau(self) -> int:
+        return int(self.options.get("tau") or 1)
+
+    @property
+    def servers(self) -> int:
+        return int(self.options.get("servers") or 1)
+
+
+def _mean_delay(spec) -> float:
+    if not spec:
+        return 0.0
+    text = str(spec)
+    return float(text[4:]) if text.startswith("exp:") else float(text)
+
+
+def workload(rec: dict) -> Workload:
+    """A :class:`Workload` from a record (:func:`mpisgd.app.record.read`)."""
+    cfg = rec["config"]
+    opts = cfg.get("options", {})
+    sample = rec.get("steps", {}).get("compute_sample")
+    if sample is None:
+        raise ValueError(f"{rec['path']}: no /steps/compute_sample (a record of mpisgd < 0.15); "
+                         "rerun it")
+    m = rec["metrics"]
+    measured = None
+    if len(m.get("step", [])) >= 2 and m["step"][-1] > m["step"][0]:
+        measured = float((m["wall_time"][-1] - m["wall_time"][0]) / (m["step"][-1] - m["step"][0]))
+    samples = rec["attrs"].get("train_samples")
+    return Workload(cfg["algo"], int(rec["attrs"]["workers"]), 4.0 * len(rec["final"]["params"]),
+                    Empirical(sample), opts, _mean_delay(opts.get("comm_delay")),
+                    int(cfg.get("batch_size", 32)), int(samples) if samples is not None else None,
+                    measured, rec["path"])
+
+
+def model_step(w: Workload, p: int, net: Network, rng_seed: int = 0) -> dict:
+    """The modelled seconds per worker step at p workers (no overhead), and its parts."""
+    rng = np.random.default_rng(rng_seed)
+    n, algo = w.nbytes, w.algo
+    if algo in LOCKSTEP_ROUND and not (algo == "easgd" and w.options.get("center") == "rank0"):
+        tau = w.tau if LOCKSTEP_ROUND[algo] else 1
+        comm = net.allreduce_time(n, p) + w.link_delay
+        if tau == 1:
+            compute = w.compute.order(p, p)
+        else:
+            trials = max(200, 400_000 // (p * tau))
+            compute = float(w.compute.draw(rng, (trials, p, tau)).sum(2).max(1).mean())
+        step = (compute + comm) / tau
+        return {"step": step, "compute": compute / tau, "comm": comm / tau,   # compute: waits incl.
+                "bytes": 2 * (p - 1) / p * n / tau}
+    if algo in GOSSIP:
+        from .topology import build
+        topo = build(w.options.get("topology") or "ring", p, w.options.get("weights") or "metropolis")
+        support = topo.support().numpy() if hasattr(topo.support(), "numpy") else np.asarray(topo.support())
+        adj = support != 0
+        np.fill_diagonal(adj, True)
+        degree = int(adj.sum(1).max()) - 1
+        comm = net.neighbours(n, degree) + w.link_delay
+        tau, rounds = w.tau, 200
+        t = np.zeros(p)
+        index = [np.flatnonzero(row) for row in adj]
+        for _ in range(rounds):
+            c = w.compute.draw(rng, (p, tau)).sum(1)
+            t = np.array([t[ix].max() for ix in index]) + c + comm
+        step = float(t.mean()) / (rounds * tau)
+        return {"step": step, "compute": w.compute.mean, "comm": comm / tau,
+                "bytes": degree * n / tau}
+    if algo in SERVER:
+        s = w.servers
+        from .algorithms import ALGORITHMS
+        k = w.options.get("k")        # the algorithm's own default: all workers or 1 (k_all)
+        k = int(k) if k is not None else (p if getattr(ALGORITHMS.get(algo), "k_all", False) else 1)
+        tau = w.tau if algo in CENTRE else 1
+        service = net.p2p(n / s)
+        out = simulate_server(w.compute, p, min(k, p), algo, service, service, tau=tau,
+                              link_delay=w.link_delay, rng=rng)
+        comm = 2 * service + w.link_delay       # one push and its reply, per computation
+        return {"step": out["step"], "compute": w.compute.mean, "comm": comm / tau,
+                "bytes": 2 * n / tau, "update": out["update"]}
+    raise ValueError(f"project: no model for --algo {algo}")
+
+
+def simulate_server(dist, p: int, k: int, algo: str, service_in: float, service_out: float,
+                    tau: int = 1, link_delay: float = 0.0, updates: int = 2000, rng=None) -> dict:
+    """Seconds per update and per worker step (a computation, cancelled ones included) of
+    one server and p workers.
+
+    K-sync and ps-sync in closed form: every update cancels and restarts all
+    workers with fresh draws, so an update takes ``E[X_(K:P)] + d + K s_in +
+    P s_out`` (the K pushes received, the new w sent to all P, one at a time).
+    The others by discrete-event simulation of ``updates`` updates: a worker's
+    push reaches the server ``C + d`` after it started, the server takes them in
+    arrival order, ``s_in`` each; K-async sends the new w to the K workers that
+    pushed (the rest go on), async and K-batch-async answer each push at once
+    (``s_out``), K-batch-sync lets a pusher go on at the same version and restarts
+    everyone at an update.
+    """
+    cancel, distinct, waits = SERVER[algo]
+    k = p if algo == "ps-sync" else k
+    if cancel and distinct:
+        t = dist.order(k, p) + link_delay + k * service_in + p * service_out
+        return {"update": t, "step": t, "updates": None}
+    rng = rng or np.random.default_rng(0)
+
+    def work() -> float:
+        return float(dist.draw(rng, tau).sum())
+
+    version, batch, done, busy, t_update = 0, 0, 0, 0.0, 0.0
+    started, generation = [1] * p, [0] * p
+    events = [(work() + link_delay, i, 0, 0) for i in range(p)]
+    heapq.heapify(events)
+    counted, waiting = set(), set()
+
+    def restart(j: int, at: float) -> None:
+        generation[j] += 1
+        started[j] += 1
+        heapq.heappush(events, (at + work() + link_delay, j, version, generation[j]))
+
+    while done < updates and events:
+        t, i, v, gen = heapq.heappop(events)
+        if gen != generation[i]:
+            continue                            # cancelled by an update
+        busy = max(busy, t) + service_in
+        counted.add(i if distinct else (i, batch))
+        batch += 1
+        if len(counted) >= k:                   # an update
+            done, t_update, version = done + 1, busy, version + 1
+            receivers = range(p) if cancel else sorted(waiting | {i})
+            for m, j in enumerate(receivers):
+                restart(j, busy + (m + 1) * service_out)
+            busy += len(receivers) * service_out
+            counted, waiting = set(), set()
+        elif waits:                             # K-async: waits for the update
+            waiting.add(i)
+        elif cancel:                            # K-batch-sync: goes on at this version
+            restart(i, t)
+        else:                                   # answered at once
+            busy += service_out
+            restart(i, busy)
+    steps = sum(started) / p
+    return {"update": t_update / max(done, 1), "step": t_update / max(steps, 1), "updates": done}
+
+
+def fit_overhead(loads: list[Workload], net: Network) -> float:
+    """c0: the mean of measured minus modelled seconds per step over ``loads`` (>= 0)."""
+    gaps = [w.measured - model_step(w, w.workers, net)["step"] for w in loads if w.measured]
+    return max(0.0, float(np.mean(gaps))) if gaps else 0.0
+
+
+def project(w: Workload, workers: list[int], net: Network, overhead: float = 0.0) -> list[dict]:
+    """Rows per worker count: step time, compute utilisation, bytes per step, time per epoch."""
+    rows = []
+    for p in workers:
+        m = model_step(w, p, net)
+        step = m["step"] + overhead
+        row = {"workers": p, "step": step, "compute": m["compute"], "comm": m["comm"],
+               "utilisation": min(1.0, w.compute.mean / step) if step > 0 else 1.0,
+               "bytes": m["bytes"], "limit": w.compute.mean,
+               "epoch": (w.train_samples / (p * w.batch) * step) if w.train_samples else None}
+        if "update" in m:
+            row["update"] = m["update"] + overhead
+        rows.append(row)
+    return rows
