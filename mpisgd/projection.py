@@ -201,7 +201,7 @@ def model_step(w: Workload, p: int, net: Network, rng_seed: int = 0) -> dict:
         out = simulate_server(w.compute, p, min(k, p), algo, service, service, tau=tau,
                               link_delay=w.link_delay, rng=rng)
         comm = 2 * service + w.link_delay       # one push and its reply, per computation
-        return {"step": out["step"], "compute": w.compute.mean, "comm": comm / tau,
+        return {"step": out["step"] / tau, "compute": w.compute.mean, "comm": comm / tau,
                 "bytes": 2 * n / tau, "update": out["update"]}
     raise ValueError(f"project: no model for --algo {algo}")
 

@@ -64,13 +64,20 @@ class ParameterServerSGD(Served):
             raise OptionError("staleness_lr", "needs the whole ||w - w_tau||^2 on one server: "
                               "use it with servers 1")
 
+    @classmethod
+    def worker_count(cls, size: int, opts: dict) -> int:
+        """The workers, and K at most that many where the server waits for K distinct ones
+        (checked with the rank count, before MPI: a study's grid is refused up front)."""
+        workers = super().worker_count(size, opts)
+        k = opts.get("k")
+        if cls.protocol.distinct_workers and k is not None and k > workers:
+            raise OptionError("k", f"must be at most the number of workers ({workers}) for "
+                              f"{cls.name}: the server waits for K distinct workers, got {k}")
+        return workers
+
     def validate(self):
         super().validate()
-        workers = self.worker_count(self.size, self.opts)
-        k = self.opts.get("k")
-        if self.protocol.distinct_workers and k is not None and k > workers:
-            raise OptionError("k", f"must be at most the number of workers ({workers}) for "
-                              f"{self.name}: the server waits for K distinct workers, got {k}")
+        self.worker_count(self.size, self.opts)
         groups = [{key: v for key, v in g.items() if key != "params"}
                   for g in self.optimizer.param_groups]
         if any(g != groups[0] for g in groups):

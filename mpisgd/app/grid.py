@@ -13,7 +13,8 @@ study keys below, and a ``grid:`` mapping from a key to a list of values::
 
 Expansion is the cartesian product of the grid's lists, in the file's key
 order, the last key varying fastest (``itertools.product``): the example is
-3 x 2 x 3 = 18 tasks. Study keys, in the base or the grid:
+3 x 2 x 3 = 18 tasks. A value may be a mapping, a bundle of keys set
+together (``algo: [sync, {algo: k-sync, k: 2}]``: K only where it applies). Study keys, in the base or the grid:
 
 * ``ranks``: MPI ranks of the task (its workers are what the algorithm makes
   of them: ps and easgd keep one rank for the centre);
@@ -110,8 +111,13 @@ def name_of(values: dict) -> str:
     """``tau-8_ranks-4_seed-0``: the grid's values, safe as a file name."""
     if not values:
         return "run"
-    parts = [f"{k.replace('_', '-')}-{v}" for k, v in values.items()]
-    return "_".join(re.sub(r"[^A-Za-z0-9.+-]+", "-", p) for p in parts)
+    def safe(text: str) -> str:
+        return re.sub(r"[^A-Za-z0-9.+-]+", "-", text)
+    parts = []
+    for k, v in values.items():
+        items = v.items() if isinstance(v, dict) else [(k, v)]
+        parts += [safe(f"{str(a).replace('_', '-')}-{b}") for a, b in items]
+    return "_".join(parts)
 
 
 def expand(base: dict, grid: dict, out: str) -> list[Task]:
@@ -123,7 +129,10 @@ def expand(base: dict, grid: dict, out: str) -> list[Task]:
     keys = list(grid)
     for combo in itertools.product(*(grid[k] for k in keys)):
         values = dict(zip(keys, combo))
-        merged = {**base, **values}
+        merged = dict(base)
+        for key, value in values.items():   # a mapping is a bundle of keys set together
+            merged.update({str(k).replace("-", "_"): v for k, v in value.items()}
+                          if isinstance(value, dict) else {key: value})
         study = {k: merged.pop(k, default) for k, default in STUDY_KEYS.items()}
         name = name_of(values)
         if name in seen:
@@ -142,7 +151,8 @@ def expand(base: dict, grid: dict, out: str) -> list[Task]:
                 cfg.validate()
                 cfg.spec.workers(ranks)
         except (ConfigError, ValueError) as err:
-            raise ConfigError(f"task {name}: {err}") from None
+            said = err.flagged() if hasattr(err, "flagged") else str(err)   # --k, not k
+            raise ConfigError(f"task {name}: {said}") from None
         tasks.append(Task(name, ranks, parse_time(study["time"], name), cpus, merged, values))
     return tasks
 

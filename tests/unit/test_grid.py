@@ -70,6 +70,8 @@ def test_time_limits(value, expected):
     ("algo: local\ngrid:\n  tau: [0, 2]\n", "task tau-0: --tau must be a positive integer, got 0"),
     ("algo: ps-sync\ngrid:\n  ranks: [1, 2]\n", "task ranks-1: algorithm ps-sync needs at least 2 ranks"),
     ("grid:\n  ranks: [0]\n", "task ranks-0: ranks must be a positive integer, got 0"),
+    ("algo: k-sync\nk: 2\ngrid:\n  ranks: [3, 2]\n",
+     "task ranks-2: --k must be at most the number of workers (1) for k-sync"),
     ("time: soon\n", "time must be HH:MM:SS, MM:SS or minutes, got 'soon'"),
     ("- 1\n", "expected a mapping"),
 ])
@@ -141,3 +143,10 @@ def test_srun_speaks_the_pmi_of_the_mpi():
     assert srun_mpi("MPICH Version: 5.0.2") == "pmi2"
     assert srun_mpi("Intel(R) MPI Library 2021.10") == "pmi2"
     assert srun_mpi("Open MPI v5.0.3, package: Open MPI") == "pmix"
+
+
+def test_a_mapping_value_sets_several_keys_together(tmp_path):
+    text = "steps: 5\ngrid:\n  algo: [sync, {algo: k-sync, k: 2}]\n  ranks: [3]\n"
+    tasks = grid.expand(*grid.load(write(tmp_path, text)), str(tmp_path / "d"))
+    assert [t.name for t in tasks] == ["algo-sync_ranks-3", "algo-k-sync_k-2_ranks-3"]
+    assert tasks[1].config["k"] == 2 and "k" not in tasks[0].config
