@@ -16,6 +16,8 @@ import time
 import torch
 from mpi4py import MPI
 
+from mpisgd._mpi import idle_barrier  # noqa: F401  (a barrier that sleeps; the scripts use it)
+
 
 def arguments(doc: str) -> argparse.ArgumentParser:
     """An argument parser whose ``--help`` shows ``doc`` (the script's docstring) as written."""
@@ -79,17 +81,6 @@ def interleaved(contenders: dict, trials: int, comm=MPI.COMM_WORLD, warmup: int 
             if t >= warmup:
                 times[name].append(dt)
     return {name: statistics.median(v) for name, v in times.items()}
-
-
-def idle_barrier(comm=MPI.COMM_WORLD, poll: float = 1e-3) -> None:
-    """A barrier that sleeps while it waits (``Ibarrier``, tested every ``poll`` seconds).
-
-    For ranks that sit out a measurement: MPI's own Barrier spins, taking a
-    core from the ranks being measured on an oversubscribed machine.
-    """
-    request = comm.Ibarrier()
-    while not request.Test():
-        time.sleep(poll)
 
 
 def init_gloo(comm=MPI.COMM_WORLD) -> None:

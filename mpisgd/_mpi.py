@@ -24,3 +24,16 @@ class _LazyMPI:
 
 
 MPI = _LazyMPI()
+
+
+def idle_barrier(comm, poll: float = 1e-3) -> None:
+    """A barrier that sleeps while it waits (``Ibarrier``, tested every ``poll`` seconds).
+
+    For ranks that sit out what others do (a study's task on fewer ranks, a
+    calibration's ping-pong): MPI's own Barrier spins, taking a core from the
+    ranks at work on an oversubscribed node.
+    """
+    import time
+    request = comm.Ibarrier()
+    while not request.Test():
+        time.sleep(poll)

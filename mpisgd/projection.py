@@ -30,7 +30,9 @@ workers, d the mean link delay and c0 the fitted overhead per step (below):
 c0 is what the model leaves out on the machine the records came from
 (Python around each step, wake-ups): :func:`fit_overhead` takes it as the
 mean of measured minus modelled step time over the records given, at their
-own worker counts, and :func:`project` adds it at every P. The projection
+own worker counts, and :func:`project` adds it at every P. For the server
+families it fits instead the server's cost per message, o (LogGP's
+overhead), which an update pays once per message it needs. The projection
 reports its own error where it can: fit on the records with the fewer
 workers, predict the largest (``mpisgd project`` prints it).
 """
@@ -159,8 +161,9 @@ def workload(rec: dict) -> Workload:
                     measured, rec["path"])
 
 
-def model_step(w: Workload, p: int, net: Network, rng_seed: int = 0) -> dict:
-    """The modelled seconds per worker step at p workers (no overhead), and its parts."""
+def model_step(w: Workload, p: int, net: Network, rng_seed: int = 0, message: float = 0.0) -> dict:
+    """The modelled seconds per worker step at p workers, and its parts; ``message``: the
+    server's own cost per message (LogGP's o), added to each one's alpha + n beta."""
     rng = np.random.default_rng(rng_seed)
     n, algo = w.nbytes, w.algo
     if algo in LOCKSTEP_ROUND and not (algo == "easgd" and w.options.get("center") == "rank0"):
@@ -197,7 +200,7 @@ def model_step(w: Workload, p: int, net: Network, rng_seed: int = 0) -> dict:
         k = w.options.get("k")        # the algorithm's own default: all workers or 1 (k_all)
         k = int(k) if k is not None else (p if getattr(ALGORITHMS.get(algo), "k_all", False) else 1)
         tau = w.tau if algo in CENTRE else 1
-        service = net.p2p(n / s)
+        service = net.p2p(n / s) + message
         out = simulate_server(w.compute, p, min(k, p), algo, service, service, tau=tau,
                               link_delay=w.link_delay, rng=rng)
         comm = 2 * service + w.link_delay       # one push and its reply, per computation
@@ -267,23 +270,60 @@ def simulate_server(dist, p: int, k: int, algo: str, service_in: float, service_
     return {"update": t_update / max(done, 1), "step": t_update / max(steps, 1), "updates": done}
 
 
-def fit_overhead(loads: list[Workload], net: Network) -> float:
-    """c0: the mean of measured minus modelled seconds per step over ``loads`` (>= 0)."""
-    gaps = [w.measured - model_step(w, w.workers, net)["step"] for w in loads if w.measured]
-    return max(0.0, float(np.mean(gaps))) if gaps else 0.0
+@dataclass
+class Overhead:
+    """What the model leaves out, fitted on records: seconds per step (``step``, c0: the
+    lock-step families) and per server message (``message``, o: the server families)."""
+    step: float = 0.0
+    message: float = 0.0
 
 
-def project(w: Workload, workers: list[int], net: Network, overhead: float = 0.0) -> list[dict]:
-    """Rows per worker count: step time, compute utilisation, bytes per step, time per epoch."""
+def fit_overhead(loads: list[Workload], net: Network) -> Overhead:
+    """The overhead that makes the model meet the records at their own worker counts.
+
+    Lock-step and gossip: c0 = mean(measured - modelled) per step (>= 0). The
+    server families: the per-message cost o (>= 0) that the server pays on each
+    message it takes or sends, solved by bisection per record and averaged:
+    unlike a per-step constant it grows with the messages an update needs
+    (K in, P out for K-sync), which is how a busy server slows with P.
+    """
+    measured = [w for w in loads if w.measured]
+    if not measured:
+        return Overhead()
+    if measured[0].algo not in SERVER:
+        gaps = [w.measured - model_step(w, w.workers, net)["step"] for w in measured]
+        return Overhead(step=max(0.0, float(np.mean(gaps))))
+    costs = []
+    for w in measured:
+        lo, hi = 0.0, max(w.measured, 1e-6)
+        if model_step(w, w.workers, net, message=0.0)["step"] >= w.measured:
+            costs.append(0.0)
+            continue
+        for _ in range(30):
+            mid = (lo + hi) / 2
+            if model_step(w, w.workers, net, message=mid)["step"] < w.measured:
+                lo = mid
+            else:
+                hi = mid
+        costs.append((lo + hi) / 2)
+    return Overhead(message=float(np.mean(costs)))
+
+
+def project(w: Workload, workers: list[int], net: Network, overhead=None) -> list[dict]:
+    """Rows per worker count: step time, compute utilisation, bytes per step, time per epoch.
+
+    ``overhead``: an :class:`Overhead` (or seconds per step) added at every count."""
+    if not isinstance(overhead, Overhead):
+        overhead = Overhead(step=float(overhead or 0.0))
     rows = []
     for p in workers:
-        m = model_step(w, p, net)
-        step = m["step"] + overhead
+        m = model_step(w, p, net, message=overhead.message)
+        step = m["step"] + overhead.step
         row = {"workers": p, "step": step, "compute": m["compute"], "comm": m["comm"],
                "utilisation": min(1.0, w.compute.mean / step) if step > 0 else 1.0,
                "bytes": m["bytes"], "limit": w.compute.mean,
                "epoch": (w.train_samples / (p * w.batch) * step) if w.train_samples else None}
         if "update" in m:
-            row["update"] = m["update"] + overhead
+            row["update"] = m["update"] + overhead.step
         rows.append(row)
     return rows

@@ -25,16 +25,11 @@ from datetime import datetime, timezone
 
 import numpy as np
 
+from .._mpi import idle_barrier
 from ..errors import ConfigError
 from ..network import Network, fit
 
 SIZES = [8, 64, 512, 4096, 32768, 262144, 2097152, 16777216]
-
-
-def _idle_barrier(comm, poll: float = 1e-3) -> None:
-    request = comm.Ibarrier()
-    while not request.Test():
-        time.sleep(poll)
 
 
 def _repeat(fn, comm, minimum: int = 5, seconds: float = 0.02) -> float:
@@ -78,7 +73,7 @@ def measure(comm, sizes=SIZES) -> dict:
             pair.Free()
         else:
             t = None
-        _idle_barrier(comm)
+        idle_barrier(comm)
         p2p.append((n, comm.bcast(t, root=0)))
         out = np.empty_like(buf)
         t = _repeat(lambda: comm.Allreduce(buf, out, op=MPI.SUM), comm)

@@ -144,22 +144,30 @@ class TrainConfig:
 GENERAL = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "options"]
 
 
+def read_mapping(path: str, where: str, missing: str, expected: str) -> dict:
+    """A YAML file's top-level mapping; ``ConfigError`` (``missing``, or ``where: ...``) for a
+    missing, unreadable or invalid file, or one that is not a mapping (``expected``)."""
+    import yaml
+    if not os.path.exists(path):
+        raise ConfigError(missing)
+    try:
+        with open(path, encoding="utf-8") as f:
+            loaded = yaml.safe_load(f) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{where}: not valid YAML ({err})") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{where}: cannot read it ({err})") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{where}: expected {expected}")
+    return loaded
+
+
 def from_sources(yaml_path: str | None, flags: dict) -> TrainConfig:
     """Merge defaults, a YAML file and explicitly given flags into a config."""
     values: dict = {}
     if yaml_path:
-        import yaml
-        if not os.path.exists(yaml_path):
-            raise ConfigError(f"--config: no such file: {yaml_path}")
-        try:
-            with open(yaml_path, encoding="utf-8") as f:
-                loaded = yaml.safe_load(f) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"--config {yaml_path}: not valid YAML ({err})") from None
-        except (OSError, UnicodeDecodeError) as err:
-            raise ConfigError(f"--config {yaml_path}: cannot read it ({err})") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"--config {yaml_path}: expected a mapping of option: value")
+        loaded = read_mapping(yaml_path, f"--config {yaml_path}", f"--config: no such file: {yaml_path}",
+                              "a mapping of option: value")
         bad_keys = [k for k in loaded if not isinstance(k, str)]
         if bad_keys:
             raise ConfigError(f"--config {yaml_path}: keys must be option names, got {bad_keys[0]!r}")

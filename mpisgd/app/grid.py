@@ -75,16 +75,9 @@ class Task:
 
 def load(path: str) -> tuple[dict, dict]:
     """``(base, grid)`` from a grid file; ``ConfigError`` naming the file and the problem."""
-    import yaml
-    if not os.path.exists(path):
-        raise ConfigError(f"no such grid file: {path}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            loaded = yaml.safe_load(f) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from None
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"{path}: expected a mapping of key: value with a grid: mapping")
+    from .config import read_mapping
+    loaded = read_mapping(path, path, f"no such grid file: {path}",
+                          "a mapping of key: value with a grid: mapping")
     base = {str(k).replace("-", "_"): v for k, v in loaded.items() if k != "grid"}
     grid = loaded.get("grid") or {}
     if not isinstance(grid, dict):

@@ -3,7 +3,8 @@
 Groups the records by configuration (:func:`mpisgd.app.report.experiment`,
 the worker count aside: the same algorithm at several P is one fit set),
 pools their per-worker compute samples into one distribution, fits the
-overhead c0 per step (:func:`mpisgd.projection.fit_overhead`), and prints,
+overhead (c0 per step, or the server's cost per message o:
+:func:`mpisgd.projection.fit_overhead`), and prints,
 per configuration and requested worker count, the projected step time, its
 limit (E[C], the step time if communication and waiting were free), the
 modelled communication (network and injected link delay) and the waiting
@@ -97,9 +98,11 @@ def main(paths: list[str], workers: list[int], network: str, out: str | None) ->
         except ValueError as err:
             raise ConfigError(f"{label}: {err}") from None
         measured = sorted({(w.workers, w.measured) for w in loads if w.measured})
+        fitted = (f"server cost per message o {c0.message * 1e3:.3f} ms" if c0.message
+                  else f"overhead c0 {c0.step * 1e3:.2f} ms/step")
         print(f"\n{label}: fitted on {', '.join(f'{p}' for p in sorted({w.workers for w in loads}))} "
-              f"workers ({len(loads)} records); E[C] {pooled.mean * 1e3:.2f} ms, overhead c0 "
-              f"{c0 * 1e3:.2f} ms/step, {base.nbytes / 1e6:.3g} MB per model")
+              f"workers ({len(loads)} records); E[C] {pooled.mean * 1e3:.2f} ms, {fitted}, "
+              f"{base.nbytes / 1e6:.3g} MB per model")
         check = validate(loads, net)
         if check:
             p, pred, meas = check
@@ -109,7 +112,7 @@ def main(paths: list[str], workers: list[int], network: str, out: str | None) ->
               f"{'util':>6} {'MB/step':>9} {'epoch s':>9}")
         for r in rows:
             epoch = f"{r['epoch']:.3g}" if r["epoch"] is not None else "-"
-            wait = max(0.0, r["step"] - r["limit"] - r["comm"] - c0)
+            wait = max(0.0, r["step"] - r["limit"] - r["comm"] - c0.step)
             print(f"  {r['workers']:>8} {r['step'] * 1e3:>9.3f} {r['limit'] * 1e3:>9.3f} "
                   f"{r['comm'] * 1e3:>9.3f} {wait * 1e3:>9.3f} {100 * r['utilisation']:>5.0f}% "
                   f"{r['bytes'] / 1e6:>9.3g} {epoch:>9}")

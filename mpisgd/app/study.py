@@ -21,17 +21,10 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 
+from .._mpi import idle_barrier
 from ..errors import ConfigError, agree
 from . import grid
-
-
-def _quiet_barrier(comm, poll: float = 0.01) -> None:
-    """A barrier that sleeps between tests (ranks not in a task must leave the cores to it)."""
-    request = comm.Ibarrier()
-    while not request.Test():
-        time.sleep(poll)
 
 
 def main(grid_file: str, out: str, comm, quiet: bool = False) -> int:
@@ -76,7 +69,7 @@ def main(grid_file: str, out: str, comm, quiet: bool = False) -> int:
             except ConfigError as err:        # raised on the task's ranks alike (their agree)
                 outcome = f"error: task {task.name}: {err}"
         sub.Free()
-        _quiet_barrier(comm)
+        idle_barrier(comm, 0.01)
         outcome = comm.bcast(outcome, root=0)
         if outcome.startswith("error: "):
             err = ConfigError(outcome[len("error: "):])

@@ -100,8 +100,19 @@ def test_networks_parse_from_a_pair_or_a_file(tmp_path):
 
 def test_the_overhead_is_what_the_model_leaves_out():
     w = Workload("sync", 4, 0.0, Empirical([0.01]), measured=0.013)
-    assert fit_overhead([w], FREE) == pytest.approx(0.003)
-    assert project(w, [4], FREE, 0.003)[0]["step"] == pytest.approx(0.013)
+    assert fit_overhead([w], FREE).step == pytest.approx(0.003)
+    assert project(w, [4], FREE, fit_overhead([w], FREE))[0]["step"] == pytest.approx(0.013)
+
+
+def test_a_server_overhead_is_per_message_and_grows_with_the_workers():
+    mu, o = 0.02, 0.001
+    truth = Workload("k-sync", 3, 0.0, Exponential(mu), {"k": 1})
+    truth.measured = model_step(truth, 3, FREE, message=o)["step"]
+    fitted = fit_overhead([truth], FREE)
+    assert fitted.step == 0 and fitted.message == pytest.approx(o, rel=1e-6)
+    at = {p: project(truth, [p], FREE, fitted)[0]["update"] for p in (3, 15)}
+    for p in (3, 15):                    # K-sync: (K + P) messages per update
+        assert at[p] == pytest.approx(mu * (H(p) - H(p - 1)) + (1 + p) * o, rel=1e-6)
 
 
 @pytest.fixture(scope="module")
