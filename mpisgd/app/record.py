@@ -57,6 +57,7 @@ import fcntl
 import json
 import os
 import socket
+import time
 from datetime import datetime, timezone
 
 import h5py
@@ -166,7 +167,7 @@ def read(path: str) -> dict:
     A record that says the job ended early, beside a failure a rank noted, reads
     as ``failed: rank R: ...``.
     """
-    with h5py.File(path, "r") as f:
+    with _open_for_reading(path) as f:
         out = {"path": path, "attrs": dict(f.attrs),
                "metrics": {k: f["metrics"][k][()] for k in f.get("metrics", {})},
                "ranks": {k: _value(f["ranks"][k]) for k in f.get("ranks", {})},
@@ -177,6 +178,24 @@ def read(path: str) -> dict:
     if note:
         out["attrs"]["status"] = f"failed: {note}"
     return out
+
+
+def _open_for_reading(path: str, patience: float = 10.0) -> h5py.File:
+    """``path`` opened read-only, waiting out a running job's write.
+
+    The writer holds HDF5's file lock for the few milliseconds of each log
+    point; a reader that meets it (``BlockingIOError``: a report or a sweep
+    looking at a live study) tries again every 50 ms for up to ``patience``
+    seconds, then lets the error through.
+    """
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            return h5py.File(path, "r")
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def claim(path: str, overwrite: bool = False, resume: bool = False) -> None:

@@ -14,8 +14,9 @@ import subprocess
 import sys
 import time
 
-import h5py
 import pytest
+
+from mpisgd.app import record
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HARNESS = os.path.join(ROOT, "jobs", "local-slurm.sh")
@@ -34,8 +35,9 @@ def slurm():
 
 
 def status(path):
-    with h5py.File(path, "r") as f:
-        return f.attrs["status"], int(f.attrs["world_size"]), f["metrics/step"][()]
+    """A record the running task is still writing (``read`` waits out its lock)."""
+    rec = record.read(str(path))
+    return rec["attrs"]["status"], int(rec["attrs"]["world_size"]), rec["metrics"]["step"]
 
 
 def sweep(tmp_path, env, text, *extra, timeout=300):
@@ -63,8 +65,7 @@ def test_a_sweep_runs_as_a_job_array_of_mpi_tasks_and_skips_what_completed(slurm
             path = tmp_path / "study" / "runs" / f"tau-{tau}_seed-{seed}.h5"
             st, world, steps = status(path)
             assert (st, world, steps[-1]) == ("completed", 2, 12), (path, st, world)
-            with h5py.File(path, "r") as f:
-                finals[tau, seed] = f["final/params"][()]
+            finals[tau, seed] = record.read(str(path))["final"]["params"]
     assert not (finals[4, 0] == finals[4, 1]).all()          # the seeds differ
     logs = sorted(os.listdir(tmp_path / "study" / "logs"))
     assert len(logs) == 4

@@ -109,3 +109,18 @@ def test_a_completed_record_ignores_a_late_note(tmp_path):
     new(path)._status("completed")
     record.note_failure(path, 1, OSError("after the end"))
     assert record.read(path)["attrs"]["status"] == "completed"
+
+
+def test_a_record_being_written_is_read_once_the_writer_lets_go(tmp_path):
+    """A live study: another process holds HDF5's write lock; ``read`` waits it out."""
+    path = str(tmp_path / "run.h5")
+    new(path).log(**ROW)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import h5py, sys, time\n"
+         f"f = h5py.File({path!r}, 'a'); print('held', flush=True); time.sleep(0.6); f.close()"],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "held\n"
+    with pytest.raises(BlockingIOError):
+        record._open_for_reading(path, patience=0)
+    assert record.read(path)["metrics"]["step"].tolist() == [1.0]
+    assert holder.wait(timeout=30) == 0
