@@ -14,12 +14,10 @@ import argparse
 import os
 import sys
 
-import numpy as np
-
 from mpisgd.app import project as app, report
 from mpisgd.app.record import read
 from mpisgd.network import Network
-from mpisgd.projection import Empirical, fit_overhead, project
+from mpisgd.projection import project
 
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 p.add_argument("study")
@@ -29,24 +27,22 @@ a = p.parse_args()
 fit_ranks = {int(v) for v in a.fit_ranks.split(",")}
 net = Network.parse(a.network or os.path.join(a.study, "network.json"))
 records = [read(path) for path in report.records_in([os.path.join(a.study, "runs")])]
+ranks = {rec["path"]: int(rec["attrs"]["world_size"]) for rec in records}   # servers included
 print(f"network: {net.source}; fit on {sorted(fit_ranks)} ranks")
 print(f"{'configuration':<22} {'ranks':>5} {'workers':>7} {'predicted ms':>12} {'measured ms':>11} "
       f"{'error':>7}")
 worst = 0.0
 for label, loads in app.families(records):
-    small = [w for w in loads if int(w.workers + (w.algo in ("async-easgd", "k-sync"))) in fit_ranks]
+    small = [w for w in loads if ranks[w.path] in fit_ranks]
     big = [w for w in loads if w not in small and w.measured]
     if not small or not big:
         continue
-    pooled = Empirical(np.concatenate([w.compute.x for w in small]))
-    c0 = fit_overhead(small, net)
-    rep = app._with(small[0], pooled)
+    rep, c0 = app.fit(small, net)
     for w in sorted(big, key=lambda w: w.workers):
         pred = project(rep, [w.workers], net, c0)[0]["step"]
         err = (pred - w.measured) / w.measured
         worst = max(worst, abs(err))
-        ranks = w.workers + (w.algo in ("async-easgd", "k-sync"))
-        print(f"{label:<22} {ranks:>5} {w.workers:>7} {pred * 1e3:>12.2f} {w.measured * 1e3:>11.2f} "
-              f"{100 * err:>+6.1f}%", flush=True)
+        print(f"{label:<22} {ranks[w.path]:>5} {w.workers:>7} {pred * 1e3:>12.2f} "
+              f"{w.measured * 1e3:>11.2f} {100 * err:>+6.1f}%", flush=True)
 print(f"largest error: {100 * worst:.1f}%")
 sys.exit(0)

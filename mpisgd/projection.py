@@ -309,12 +309,12 @@ def fit_overhead(loads: list[Workload], net: Network) -> Overhead:
     return Overhead(message=float(np.mean(costs)))
 
 
-def project(w: Workload, workers: list[int], net: Network, overhead=None) -> list[dict]:
+def project(w: Workload, workers: list[int], net: Network,
+            overhead: Overhead | None = None) -> list[dict]:
     """Rows per worker count: step time, compute utilisation, bytes per step, time per epoch.
 
-    ``overhead``: an :class:`Overhead` (or seconds per step) added at every count."""
-    if not isinstance(overhead, Overhead):
-        overhead = Overhead(step=float(overhead or 0.0))
+    ``overhead``: the fitted :class:`Overhead` (none by default), added at every count."""
+    overhead = overhead or Overhead()
     rows = []
     for p in workers:
         m = model_step(w, p, net, message=overhead.message)

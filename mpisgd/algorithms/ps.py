@@ -76,8 +76,7 @@ class ParameterServerSGD(Served):
         return workers
 
     def validate(self):
-        super().validate()
-        self.worker_count(self.size, self.opts)
+        super().validate()             # worker_count: the ranks and K
         groups = [{key: v for key, v in g.items() if key != "params"}
                   for g in self.optimizer.param_groups]
         if any(g != groups[0] for g in groups):

@@ -73,12 +73,17 @@ class Task:
         return 3600 * h + 60 * m + s
 
 
+def _key(name) -> str:
+    """A grid file's key as the option it names (``batch-size`` is ``batch_size``)."""
+    return str(name).replace("-", "_")
+
+
 def load(path: str) -> tuple[dict, dict]:
     """``(base, grid)`` from a grid file; ``ConfigError`` naming the file and the problem."""
     from .config import read_mapping
     loaded = read_mapping(path, path, f"no such grid file: {path}",
                           "a mapping of key: value with a grid: mapping")
-    base = {str(k).replace("-", "_"): v for k, v in loaded.items() if k != "grid"}
+    base = {_key(k): v for k, v in loaded.items() if k != "grid"}
     grid = loaded.get("grid") or {}
     if not isinstance(grid, dict):
         raise ConfigError(f"{path}: grid: must map a key to a list of values")
@@ -89,7 +94,7 @@ def load(path: str) -> tuple[dict, dict]:
             raise ConfigError(f"{path}: grid: {key} has no values")
         if len(set(map(repr, values))) != len(values):
             raise ConfigError(f"{path}: grid: {key} repeats a value: {values}")
-        out[str(key).replace("-", "_")] = values
+        out[_key(key)] = values
     both = sorted(set(base) & set(out) - set(STUDY_KEYS))
     if both:
         raise ConfigError(f"{path}: {both[0]} is both a key and in grid:; keep one")
@@ -124,7 +129,7 @@ def expand(base: dict, grid: dict, out: str) -> list[Task]:
         values = dict(zip(keys, combo))
         merged = dict(base)
         for key, value in values.items():   # a mapping is a bundle of keys set together
-            merged.update({str(k).replace("-", "_"): v for k, v in value.items()}
+            merged.update({_key(k): v for k, v in value.items()}
                           if isinstance(value, dict) else {key: value})
         study = {k: merged.pop(k, default) for k, default in STUDY_KEYS.items()}
         name = name_of(values)

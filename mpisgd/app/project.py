@@ -49,10 +49,12 @@ def _label(w) -> str:
     return w.algo + extra
 
 
-def _pooled(loads):
-    base = loads[0]
+def fit(loads, net: Network):
+    """``(workload, overhead)`` fitted on ``loads``: the first one's workload with their
+    pooled compute samples as its distribution, and :func:`fit_overhead` over them all."""
+    from dataclasses import replace
     pooled = Empirical(np.concatenate([w.compute.x for w in loads]))
-    return pooled, base
+    return replace(loads[0], compute=pooled), fit_overhead(loads, net)
 
 
 def validate(loads, net: Network) -> tuple[int, float, float] | None:
@@ -64,16 +66,9 @@ def validate(loads, net: Network) -> tuple[int, float, float] | None:
     big = [w for w in loads if w.workers == counts[-1] and w.measured]
     if not big:
         return None
-    pooled, base = _pooled(small)
-    c0 = fit_overhead(small, net)
-    rep = _with(base, pooled)
+    rep, c0 = fit(small, net)
     predicted = project(rep, [counts[-1]], net, c0)[0]["step"]
     return counts[-1], predicted, float(np.mean([w.measured for w in big]))
-
-
-def _with(base, compute):
-    from dataclasses import replace
-    return replace(base, compute=compute)
 
 
 def main(paths: list[str], workers: list[int], network: str, out: str | None) -> int:
@@ -90,9 +85,7 @@ def main(paths: list[str], workers: list[int], network: str, out: str | None) ->
           f"beta {net.beta * 1e9:.4f} ns/B)")
     plotted = []
     for label, loads in fams:
-        pooled, base = _pooled(loads)
-        c0 = fit_overhead(loads, net)
-        rep = _with(base, pooled)
+        rep, c0 = fit(loads, net)
         try:
             rows = project(rep, workers, net, c0)
         except ValueError as err:
@@ -101,8 +94,8 @@ def main(paths: list[str], workers: list[int], network: str, out: str | None) ->
         fitted = (f"server cost per message o {c0.message * 1e3:.3f} ms" if c0.message
                   else f"overhead c0 {c0.step * 1e3:.2f} ms/step")
         print(f"\n{label}: fitted on {', '.join(f'{p}' for p in sorted({w.workers for w in loads}))} "
-              f"workers ({len(loads)} records); E[C] {pooled.mean * 1e3:.2f} ms, {fitted}, "
-              f"{base.nbytes / 1e6:.3g} MB per model")
+              f"workers ({len(loads)} records); E[C] {rep.compute.mean * 1e3:.2f} ms, {fitted}, "
+              f"{rep.nbytes / 1e6:.3g} MB per model")
         check = validate(loads, net)
         if check:
             p, pred, meas = check
