@@ -25,7 +25,7 @@ calls ``MPI_Init``, forbidden on many login nodes); ``mpisgd.build`` and
 (``OptionError`` names a bad one); ``spec.bind(model, opt, comm)`` makes the
 algorithm, and ``build`` does both.
 """
-__version__ = "0.1.0"      # the one place: pyproject.toml reads it from here
+__version__ = "0.2.0"      # the one place: pyproject.toml reads it from here
 __all__ = ["build", "spec", "ALGORITHMS", "__version__"]
 
 _LAZY = ("build", "spec", "ALGORITHMS")

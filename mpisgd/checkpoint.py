@@ -27,6 +27,7 @@ import shutil
 
 import torch
 
+from . import streams
 from .errors import ConfigError
 
 FORMAT = 1
@@ -79,7 +80,8 @@ def save(comm, directory: str, step: int, state: dict, meta: dict, keep: int = 2
         raise OSError(f"checkpoint of step {step} in {directory} not written: {errors[0]}")
     if comm.rank == 0:
         with open(os.path.join(tmp, "meta.json"), "w", encoding="utf-8") as f:
-            json.dump({"format": FORMAT, "step": step, "world_size": comm.size, **meta}, f)
+            json.dump({"format": FORMAT, "step": step, "world_size": comm.size,
+                       "streams": streams.VERSION, **meta}, f)
         if os.path.exists(final):
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -121,12 +123,18 @@ def check(meta: dict, config: dict, world_size: int, path: str) -> None:
     """``ConfigError`` naming what differs between the checkpointed run and its continuation:
     the rank count, or the first option that changes the math (:data:`SAFE_TO_CHANGE`
     may differ)."""
+    drawn = meta.get("streams", 1)
+    if drawn != streams.VERSION:
+        raise ConfigError(f"--resume {path}: the checkpointed run drew its random streams as "
+                          f"version {drawn} (mpisgd < 0.2), this mpisgd draws version "
+                          f"{streams.VERSION}: its data order and delays would change mid-run; "
+                          "start the run again (docs/user-guide.md, Random streams)")
     if meta["world_size"] != world_size:
         raise ConfigError(f"--resume {path}: the checkpoint is of {meta['world_size']} ranks, "
                           f"this job has {world_size}; resume with the same rank count")
     saved = _math(meta["config"])
     now = _math(json.loads(json.dumps(config, default=str)))
-    for key in sorted(set(saved) | set(now)):
+    for key in sorted(set(saved) | set(now), key=lambda k: (k != "algo", k)):   # --algo first
         if saved.get(key) != now.get(key):
             flag = "--" + key.replace("_", "-")
             raise ConfigError(f"--resume {path}: {flag} was {saved.get(key)!r} in the checkpointed "

@@ -65,6 +65,7 @@ import time
 import torch
 
 from .algorithms.options import parse_compress
+from . import streams
 from .comm import REDUCIBLE
 
 __all__ = ["BLOCK", "CompressedMean", "dequantize", "paid", "quantize", "series", "topk"]
@@ -410,7 +411,6 @@ class _TopK(_Codec):
 class _PowerSGD(_Codec):
     """powersgd:RANK: P = M Q, Allreduce-mean, orthogonalise, Q = M^T P, Allreduce-mean."""
 
-    SEED = 0x50535344   # Q's first draw: the same on every rank
 
     def __init__(self, cm, rank, shapes):
         super().__init__(cm, rank, shapes)
@@ -436,7 +436,7 @@ class _PowerSGD(_Codec):
         self.packed = None if whole or not self.rest else \
             torch.empty(sum(b - a for a, b in self.rest), **self.like)
         self.p = torch.zeros(p_total, **self.like)
-        g = torch.Generator().manual_seed(self.SEED)
+        g = torch.Generator().manual_seed(streams.torch_seed(streams.POWERSGD))  # every rank alike
         self.q = torch.randn(q_total, generator=g, dtype=cm.buf.dtype).to(cm.buf.device)
 
     def _views(self, t: torch.Tensor, i: int):

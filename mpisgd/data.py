@@ -57,7 +57,7 @@ class Dataset:
 
 
 def _split(x, y, fraction: float, seed: int):
-    order = generator(seed, streams.HOLD_OUT).permutation(len(y))
+    order = generator(streams.HOLD_OUT, seed).permutation(len(y))
     n_test = max(1, int(round(fraction * len(y))))
     test, train = order[:n_test], order[n_test:]
     return x[train], y[train], x[test], y[test]
@@ -246,12 +246,12 @@ def shard(labels: torch.Tensor, workers: int, seed: int, scheme: str = "iid",
         raise ConfigError(f"{workers} workers but only {n} training samples: "
                           "each worker needs at least one (use fewer ranks or more data)")
     if scheme == "iid":
-        return [np.sort(s) for s in np.array_split(generator(seed, streams.SHARD_IID).permutation(n), workers)]
+        return [np.sort(s) for s in np.array_split(generator(streams.SHARD_IID, seed).permutation(n), workers)]
     if scheme != "label-skew":
         raise ConfigError(f"--shard must be iid or label-skew, got {scheme!r}")
     y = labels.numpy()
     for attempt in range(100):
-        rng = generator(seed, streams.SHARD_SKEW, attempt)
+        rng = generator(streams.SHARD_SKEW, seed, attempt)
         parts = [[] for _ in range(workers)]
         for c in np.unique(y):
             idx = rng.permutation(np.flatnonzero(y == c))
@@ -286,7 +286,7 @@ class WorkerStream:
         if perm is None:
             if len(self._perms) > 2:
                 self._perms.pop(min(self._perms))
-            order = torch.from_numpy(generator(self.seed, streams.EPOCH, self.worker, epoch).permutation(len(self.indices)))
+            order = torch.from_numpy(generator(streams.EPOCH, self.seed, self.worker, epoch).permutation(len(self.indices)))
             perm = self.indices[upload(order, self.indices.device)]   # once per epoch, no stall
             self._perms[epoch] = perm
         return perm

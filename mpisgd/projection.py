@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import streams
 from .network import Network
 
 LOCKSTEP_ROUND = {"sync": False, "local": True, "easgd": True}
@@ -164,7 +165,7 @@ def workload(rec: dict) -> Workload:
 def model_step(w: Workload, p: int, net: Network, rng_seed: int = 0, message: float = 0.0) -> dict:
     """The modelled seconds per worker step at p workers, and its parts; ``message``: the
     server's own cost per message (LogGP's o), added to each one's alpha + n beta."""
-    rng = np.random.default_rng(rng_seed)
+    rng = streams.generator(streams.PROJECTION, rng_seed)
     n, algo = w.nbytes, w.algo
     if algo in LOCKSTEP_ROUND and not (algo == "easgd" and w.options.get("center") == "rank0"):
         tau = w.tau if LOCKSTEP_ROUND[algo] else 1
@@ -229,7 +230,7 @@ def simulate_server(dist, p: int, k: int, algo: str, service_in: float, service_
     if cancel and distinct:
         t = dist.order(k, p) + link_delay + k * service_in + p * service_out
         return {"update": t, "step": t, "updates": None}
-    rng = rng or np.random.default_rng(0)
+    rng = rng or streams.generator(streams.PROJECTION, 0)
 
     def work() -> float:
         return float(dist.draw(rng, tau).sum())

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import streams
+
 SIZE = 512      #: values kept per worker and duration
 
 
@@ -32,7 +34,7 @@ class StepTimes:
         self.count = 0
         self.sums = np.zeros(2)
         self.sample = np.full((size, 2), np.nan)
-        self._rng = np.random.default_rng([worker, 0x57E9])
+        self._rng = streams.generator(streams.STEP_SAMPLE, worker)
 
     def add(self, compute: float, step: float) -> None:
         """One step's durations (seconds); ``step`` is NaN for the first step."""

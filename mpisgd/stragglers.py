@@ -28,11 +28,11 @@ Examples: ``exp:0.02``, ``shifted-exp:0.01,0.02``, ``pareto:3,0.01``,
 Comm spec (CLI ``--comm-delay``, option ``comm_delay``): ``SECONDS`` (a
 constant >= 0; ``0`` means none) or ``exp:MEAN``, added to every round.
 
-Determinism: the compute delays come from a PCG64 stream seeded with
-``SeedSequence([seed, worker, 1])``, the communication delays from
-``SeedSequence([seed, worker, 2])``, or from ``SeedSequence([seed, 2])`` on
-every rank when ``shared_comm`` (collective algorithms, where all ranks must
-add the same delay to round r). Each call draws the same number of values,
+Determinism: the compute delays come from the stream ``COMPUTE_DELAY``
+(seed, worker), the communication delays from ``COMM_DELAY`` (seed, worker),
+or from ``COMM_SHARED`` (seed) on every rank when ``shared_comm`` (collective
+algorithms, where all ranks must add the same delay to round r); see
+:mod:`mpisgd.streams`. Each call draws the same number of values,
 so the k-th sample depends only on (seed, worker, k), never on timing or on
 the MPI rank a worker happens to run on. (A slow worker's *padding* scales
 with its measured step time; its random part does not.)
@@ -340,9 +340,9 @@ class Stragglers:
         self.comm_model = comm if isinstance(comm, CommDelay) else parse_comm(comm)
         self.seed, self.worker, self.shared_comm = int(seed), int(worker), bool(shared_comm)
         self._factor = self.compute_model.factor(self.worker) if self.compute_model else 1.0
-        self._compute_rng = generator(self.seed, self.worker, streams.COMPUTE_DELAY)
-        self._comm_rng = (generator(self.seed, streams.COMM_DELAY) if self.shared_comm else
-                          generator(self.seed, self.worker, streams.COMM_DELAY))
+        self._compute_rng = generator(streams.COMPUTE_DELAY, self.seed, self.worker)
+        self._comm_rng = (generator(streams.COMM_SHARED, self.seed) if self.shared_comm else
+                          generator(streams.COMM_DELAY, self.seed, self.worker))
         self._totals = {"compute": [0.0, 0, 0.0], "comm": [0.0, 0, 0.0]}   # total, count, max
         self._drawn, self._cut = 0.0, 0        # compute delays drawn (seconds), cut short (count)
 

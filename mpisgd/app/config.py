@@ -75,8 +75,9 @@ class TrainConfig:
         "threads": "torch threads per rank (default: cores per node / ranks per node)",
         "device": "auto (CUDA where torch sees a GPU), cpu, cuda (GPU local_rank %% GPUs) or cuda:N",
         "overwrite": "replace an existing --out (refused otherwise)",
-        "checkpoint_every": "steps between checkpoints (async algorithms: at the next log point "
-                            "after; default: none, but SIGTERM/SIGUSR1 still write one)",
+        "checkpoint_every": "steps between checkpoints, and one at the last step (async "
+                            "algorithms: at the next log point after; default: none, but "
+                            "SIGTERM/SIGUSR1 still write one)",
         "checkpoint_dir": "where checkpoints go (default: --out without .h5, plus .ckpt)",
         "resume": "continue the run from a checkpoint directory (or its parent: the newest)",
         "on_nonfinite": "stop (the run fails, exit 4) or warn when a loss or parameter is not "

@@ -3,7 +3,8 @@
 Layout:
 
 * root attributes: ``config`` (JSON), ``mpisgd_version``, ``mpi_library``,
-  ``world_size``, ``workers``, ``status`` (``completed``, ``failed: <reason>``
+  ``world_size``, ``workers``, ``streams`` (the random streams' version,
+  :mod:`mpisgd.streams`), ``status`` (``completed``, ``failed: <reason>``
   or ``interrupted: SIGTERM at step S, checkpoint DIR``), ``started``, ``finished``,
   and ``warnings`` when there are any (e.g. a loss that stayed at its start);
 * ``/metrics/<name>``: 1-D datasets of equal length, one row per log point:
@@ -17,11 +18,36 @@ Layout:
 * ``/final/params``: the consensus model, flat float32, in
   ``model.parameters()`` order.
 
-The file is opened and closed at every write, so a job killed between log
-points leaves a readable record. Until :meth:`RunRecord.complete` its status
-says the job ended early; :meth:`RunRecord.fail` stores the reason. It is
-created whole (written beside, then renamed over ``RECORD.h5``), so a reader
-never sees half of one.
+Every write publishes a new version of the file: the writer copies the
+record to ``RECORD.h5.new``, changes the copy and renames it over
+``RECORD.h5`` (:meth:`RunRecord.edit`). So
+
+* a reader never stops the run, whatever it holds: an ``h5py.File`` kept
+  open in a notebook, ``h5dump``, ``mpisgd report`` at any rate. It holds
+  the version it opened (the kernel keeps a renamed-over file alive for
+  its readers) and sees the rows logged since when it opens the file
+  again. The writer never opens a file a reader can see, so HDF5's file
+  lock never meets it;
+* every version is a whole HDF5 file, closed by the writer before anyone
+  can open it: a reader sees a prefix of the rows, every metric as long as
+  the others; a job killed at any moment leaves the last version, readable
+  by any HDF5 tool, with every row logged before it;
+* a failed write (a full disk, a read-only or failing filesystem) leaves
+  the last version as it was.
+
+Why not HDF5's single-writer/multiple-reader mode (SWMR), the mechanism the
+issue that led here named: it keeps the file open for the whole run, so a
+reader that does not ask for SWMR (``h5py.File(path)``, the default in
+every notebook) is refused while the run lives, and after a job is killed
+(a time limit, an out-of-memory kill), as the file's superblock still says
+it is open for writing, until someone runs ``h5clear`` (not shipped with
+h5py); SWMR needs POSIX write ordering, which NFS does not give; and a
+SWMR writer cannot add the groups and attributes the end of a run writes.
+The price of a new version per write is a copy of the record: a few kB
+during training (the rows), about 1 ms per log point (docs/benchmarks.md).
+
+Until :meth:`RunRecord.complete` the status says the job ended early;
+:meth:`RunRecord.fail` stores the reason.
 
 Beside ``RECORD.h5`` stand two small files:
 
@@ -56,13 +82,15 @@ import atexit
 import fcntl
 import json
 import os
+import shutil
 import socket
-import time
+from contextlib import contextmanager
 from datetime import datetime, timezone
 
 import h5py
 import numpy as np
 
+from .. import streams
 from ..errors import ConfigError
 
 METRICS = ("step", "wall_time", "train_loss", "test_loss", "test_error", "rounds", "bytes_sent",
@@ -85,31 +113,55 @@ class RunRecord:
     ``rows``: for a continuation (``--resume``), the ``METRICS`` name -> values
     logged up to its checkpoint; they are the fresh record's first rows, and
     rows the interrupted run logged after its checkpoint are gone with its file.
+    Every method publishes a new version of the file (:meth:`edit`), or, inside
+    ``with record.edit():``, adds to the version that block publishes.
     """
 
     def __init__(self, path: str, config: dict, world_size: int, workers: int,
                  mpi_library: str, version: str, rows: dict | None = None):
         self.path = path
+        self._open: h5py.File | None = None     # the version being written, inside edit()
         columns = _columns(rows or {name: [] for name in METRICS})
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         lock(path)
-        fresh = path + ".new"
-        with h5py.File(fresh, "w") as f:
+        with self.edit(fresh=True) as f:
             f.attrs.update(config=json.dumps(config, sort_keys=True, default=str),
                            mpisgd_version=version, mpi_library=mpi_library,
                            world_size=world_size, workers=workers, status=INTERRUPTED,
-                           started=_now(), finished="")
+                           started=_now(), finished="", streams=streams.VERSION)
             group = f.create_group("metrics")
             for name, values in columns.items():
                 group.create_dataset(name, data=values, maxshape=(None,), chunks=(256,))
-        os.replace(fresh, path)
+
+    @contextmanager
+    def edit(self, fresh: bool = False):
+        """The next version of the record, open for writing: a copy of the current one
+        (an empty file if ``fresh``), renamed over it when the block ends without an
+        error. Readers never see it half-written; on an error the current version stays.
+        Nested calls write into the outer block's version."""
+        if self._open is not None:
+            yield self._open
+            return
+        new = self.path + ".new"
+        try:
+            if not fresh:
+                shutil.copyfile(self.path, new)
+            with h5py.File(new, "w" if fresh else "a") as f:
+                self._open = f
+                yield f
+            os.replace(new, self.path)
+        except BaseException:
+            _remove(new)
+            raise
+        finally:
+            self._open = None
 
     def log(self, **row: float) -> None:
         """Append one log point; every name in ``METRICS`` must be given."""
         missing = set(METRICS) - set(row)
         if missing:
             raise ValueError(f"log point lacks {sorted(missing)}")
-        with h5py.File(self.path, "a") as f:
+        with self.edit() as f:
             for name in METRICS:
                 ds = f["metrics"][name]
                 ds.resize((ds.shape[0] + 1,))
@@ -117,7 +169,7 @@ class RunRecord:
 
     def series(self, group: str, name: str, values) -> None:
         """Store an algorithm-owned array at ``/group/name`` (replacing it)."""
-        with h5py.File(self.path, "a") as f:
+        with self.edit() as f:
             g = f.require_group(group)
             if name in g:
                 del g[name]
@@ -128,10 +180,11 @@ class RunRecord:
 
     def complete(self, ranks: dict, params) -> None:
         """Write per-rank figures and the final model, and mark the run completed."""
-        for name in RANK_FIELDS:
-            self.series("ranks", name, ranks[name])
-        self.series("final", "params", np.asarray(params, dtype=np.float32))
-        self._status("completed")
+        with self.edit():
+            for name in RANK_FIELDS:
+                self.series("ranks", name, ranks[name])
+            self.series("final", "params", np.asarray(params, dtype=np.float32))
+            self._status("completed")
 
     def fail(self, reason: str) -> None:
         """Mark the run failed: the first failure a rank noted (:func:`note_failure`), else
@@ -139,15 +192,15 @@ class RunRecord:
         self._status(f"failed: {failure(self.path) or reason}")
 
     def warn(self, text: str) -> None:
-        """Add ``text`` to the root attribute ``warnings`` (one per line): what a completed
-        run's figures do not say, e.g. that its loss never moved."""
-        with h5py.File(self.path, "a") as f:
+        """Add ``text`` to the root attribute ``warnings`` (one per line): what a run's
+        figures do not say, e.g. that its loss never moved."""
+        with self.edit() as f:
             old = f.attrs.get("warnings", "")
             f.attrs["warnings"] = (old + "\n" if old else "") + text
 
-    def attribute(self, name: str, text: str) -> None:
+    def attribute(self, name: str, text) -> None:
         """Set the root attribute ``name`` to ``text`` (e.g. ``compression``: whether it paid)."""
-        with h5py.File(self.path, "a") as f:
+        with self.edit() as f:
             f.attrs[name] = text
 
     def stopped(self, status: str) -> None:
@@ -156,7 +209,7 @@ class RunRecord:
         self._status(status)
 
     def _status(self, status: str) -> None:
-        with h5py.File(self.path, "a") as f:
+        with self.edit() as f:
             f.attrs["status"] = status
             f.attrs["finished"] = _now()
 
@@ -180,22 +233,11 @@ def read(path: str) -> dict:
     return out
 
 
-def _open_for_reading(path: str, patience: float = 10.0) -> h5py.File:
-    """``path`` opened read-only, waiting out a running job's write.
-
-    The writer holds HDF5's file lock for the few milliseconds of each log
-    point; a reader that meets it (``BlockingIOError``: a report or a sweep
-    looking at a live study) tries again every 50 ms for up to ``patience``
-    seconds, then lets the error through.
-    """
-    deadline = time.monotonic() + patience
-    while True:
-        try:
-            return h5py.File(path, "r")
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
+def _open_for_reading(path: str) -> h5py.File:
+    """``path`` opened read-only, without HDF5's file lock: a published version of a
+    record never changes (:meth:`RunRecord.edit`), so a reader needs no lock, and
+    holds none that anything could meet."""
+    return h5py.File(path, "r", locking=False)
 
 
 def claim(path: str, overwrite: bool = False, resume: bool = False) -> None:

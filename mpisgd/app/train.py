@@ -33,7 +33,8 @@ from datetime import datetime
 import torch
 import torch.nn.functional as F
 
-from .. import __version__, checkpoint, data as datasets, device as placement, models, ops
+from .. import __version__, checkpoint, data as datasets, device as placement, models, ops, \
+    streams
 from .._mpi import MPI
 from ..compress import paid
 from ..errors import ConfigError, agree, digest
@@ -98,7 +99,7 @@ def prepare(cfg: TrainConfig, comm):
         except ValueError as err:
             raise ConfigError(str(err)) if not isinstance(err, ConfigError) else err from None
         shards = datasets.shard(data.y_train, workers, cfg.seed, cfg.shard, cfg.skew_alpha)
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(streams.torch_seed(streams.INIT, cfg.seed))   # the initial model
         model = models.build(cfg.model, data.input_shape, data.classes)
         try:                         # the model must accept the data: one sample, here, not mid-run
             with torch.no_grad():
@@ -243,9 +244,11 @@ def _train(cfg, comm, algo, model, opt, data, shards, record, quiet, signals,
 
     next_checkpoint = _next_multiple(position(), cfg.checkpoint_every)
 
-    def log_point(point: int) -> str | None:
+    def log_point(point: int, draft: bool = False) -> str | None:
         """Every rank: evaluate the consensus, rank 0 records; the clock stops meanwhile.
-        Returns the signal any rank received (voted in the log point's Allreduce)."""
+        Returns the signal any rank received (voted in the log point's Allreduce).
+        ``draft``: the last step's row before ``finish()``, for its checkpoint only (the
+        row a longer run logs there); the record gets the row after ``finish()``."""
         nonlocal paused, row, first_loss
         if cuda:                 # training time ends when its kernels have, not when queued
             torch.cuda.synchronize(device)
@@ -254,9 +257,13 @@ def _train(cfg, comm, algo, model, opt, data, shards, record, quiet, signals,
                                        base["bytes_sent"], signals, step)
         first_loss = row.pop("first_loss", first_loss)
         if record is not None:
-            record.log(**row)
+            if rows and rows[-1]["step"] == point:     # the draft of this point
+                rows.pop()
             rows.append(row)
-        progress.log(row)
+            if not draft:
+                record.log(**row)
+        if not draft:
+            progress.log(row)
         telemetry.barrier()      # rank 0's record write is not anyone's training time
         paused += time.perf_counter() - t_log
         _check_finite(cfg, health, point)
@@ -277,6 +284,16 @@ def _train(cfg, comm, algo, model, opt, data, shards, record, quiet, signals,
     def stop(name: str, point: int) -> None:
         path = save(point)
         raise Interrupted(f"interrupted: {name} at step {point}, checkpoint {path}")
+
+    def last_checkpoint(point: int) -> None:
+        """With ``--checkpoint-every``, the last step is checkpointed too (Lightning's
+        ``save_last``), before ``finish()``: the state and the row a longer run has at
+        ``point``, so ``--resume`` with a larger ``--steps`` extends the run."""
+        if cfg.checkpoint_every is not None:
+            interval = watch.state_dict()
+            log_point(point, draft=True)
+            save(point)
+            watch.load_state_dict(interval)     # the final row reports the interval too
 
     def checkpoint_due(point: int) -> None:
         """The periodic checkpoint, if one is due at ``point`` (every rank alike)."""
@@ -304,6 +321,9 @@ def _train(cfg, comm, algo, model, opt, data, shards, record, quiet, signals,
                 if last:
                     if vote is not None:
                         vote.close()
+                    elif cfg.checkpoint_every is not None:
+                        algo.rendezvous()     # a centre checkpoints at a rendezvous only
+                    last_checkpoint(point)
                     algo.finish()        # draining in-flight messages is training time
                 if point is not None:
                     if not last:
@@ -331,6 +351,8 @@ def _train(cfg, comm, algo, model, opt, data, shards, record, quiet, signals,
             point = min(cfg.steps, (step // cfg.log_every + 1) * cfg.log_every)
             progress.update(point - step)
             step = point
+            if point == cfg.steps:            # the workers' last step: its checkpoint
+                return last_checkpoint(point)
             received = log_point(point)
             if received and point < cfg.steps:
                 stop(received, point)
@@ -351,22 +373,23 @@ def _train(cfg, comm, algo, model, opt, data, shards, record, quiet, signals,
     algo.close()
     if rank != 0:
         return {}
-    record.complete({name: [r[i] for r in ranks] for i, name in enumerate(RANK_FIELDS)},
-                    params.detach().cpu().float().numpy())
-    record.attribute("train_samples", len(data.y_train))     # time per epoch (mpisgd project)
-    record.series("ranks", "host", [h for h, _, _ in where])
-    record.series("ranks", "device", [d for _, d, _ in where])
-    for key, values in series.items():
-        group, name = key.split("/")
-        record.series(group, name, values)
     summary = {**row, "path": cfg.out, "workers": algo.workers, "algo": cfg.algo,
                "kernels": ops.backend(str(params.device.type)), "device": placement.describe(where),
-               "warning": _stall_warning(rows, first_loss, data.classes)}
-    if summary["warning"]:
-        record.warn(summary["warning"])
-    summary["compression"] = paid(series, cfg.options.get("compress", ""))
-    if summary["compression"]:
-        record.attribute("compression", summary["compression"])
+               "warning": _stall_warning(rows, first_loss, data.classes),
+               "compression": paid(series, cfg.options.get("compress", ""))}
+    with record.edit():          # one new version of the record, completed as a whole
+        record.attribute("train_samples", len(data.y_train))     # time per epoch (mpisgd project)
+        record.series("ranks", "host", [h for h, _, _ in where])
+        record.series("ranks", "device", [d for _, d, _ in where])
+        for key, values in series.items():
+            group, name = key.split("/")
+            record.series(group, name, values)
+        if summary["warning"]:
+            record.warn(summary["warning"])
+        if summary["compression"]:
+            record.attribute("compression", summary["compression"])
+        record.complete({name: [r[i] for r in ranks] for i, name in enumerate(RANK_FIELDS)},
+                        params.detach().cpu().float().numpy())
     if not quiet:
         print(summary_line(summary), flush=True)
     return summary

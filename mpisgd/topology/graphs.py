@@ -18,6 +18,7 @@ import math
 import numpy as np
 import torch
 
+from .. import streams
 from ..streams import generator
 from .spectral import TOL, is_symmetric
 
@@ -62,7 +63,7 @@ def _erdos_renyi(n: int, p: float | None, seed: int) -> torch.Tensor:
     check_seed(seed)
     if n == 1:
         return torch.zeros(1, 1, dtype=torch.bool)
-    rng = generator(seed)
+    rng = generator(streams.ERDOS_RENYI, seed)
     for _ in range(100):
         upper = np.triu(rng.random((n, n)) < p, k=1)
         A = torch.from_numpy(upper | upper.T)
@@ -84,7 +85,7 @@ def graph(name: str, n: int, p: float | None = None, seed: int = 0) -> torch.Ten
     complete: degree n - 1. star: node 0 is the hub (degree n - 1), the
     others have degree 1.
     erdos-renyi: every edge with probability p (default min(1, 2 ln(n)/n))
-    from ``numpy.random.default_rng(seed)``, redrawn from the same generator
+    from the stream ``ERDOS_RENYI`` (seed), redrawn from the same generator
     until connected (at most 100 draws): a function of (n, p, seed) only.
     """
     if not isinstance(n, int) or n < 1:

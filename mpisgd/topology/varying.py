@@ -12,6 +12,7 @@ import math
 import numpy as np
 import torch
 
+from .. import streams
 from ..streams import generator
 from .graphs import check_seed, checked_graph, unreached
 from .spectral import ternary_min
@@ -66,7 +67,7 @@ class Matcha(Topology):
 
     The base graph's edges split into matchings M_1..M_K (:func:`_matchings`).
     In round k each matching is active independently with probability p,
-    drawn from ``numpy.random.default_rng([seed, k])`` (every rank draws the
+    drawn from the stream ``MATCHA`` (seed, k) (every rank draws the
     same, any round without the previous ones), and
 
         W_k = I - alpha sum_{active j} L_j,   L_j the Laplacian of M_j,
@@ -118,7 +119,7 @@ class Matcha(Topology):
 
     def active(self, k: int) -> np.ndarray:
         """The matchings active in round k (bool, one per matching)."""
-        return generator(self.seed, k).random(len(self.laplacians)) < self.p
+        return generator(streams.MATCHA, self.seed, k).random(len(self.laplacians)) < self.p
 
     def matrix(self, k: int) -> torch.Tensor:
         on = torch.from_numpy(self.active(k))

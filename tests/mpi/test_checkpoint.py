@@ -55,7 +55,7 @@ def _resumed_equals_uninterrupted(shared_dir, name, flags):
     ckpt = os.path.join(shared_dir, f"{name}.ckpt")
     assert os.path.isfile(os.path.join(ckpt, f"step-{EVERY:08d}", "meta.json"))
     again = os.path.join(shared_dir, f"{name}-resumed.h5")
-    _run(again, resume=os.path.join(ckpt, f"step-{EVERY:08d}"),
+    _run(again, resume=os.path.join(ckpt, f"step-{EVERY:08d}"), checkpoint_every=EVERY,
          checkpoint_dir=os.path.join(shared_dir, f"{name}-resumed.ckpt"), **flags)
     return _final(full), _final(again)
 
@@ -88,6 +88,51 @@ def test_resumed_run_equals_the_uninterrupted_one_bitwise(shared_dir, name):
 
 
 @pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("name", ["sync", "local", "gossip-overlap", "easgd",
+                                  "local-momentum-average"])
+def test_a_completed_run_extends_from_its_last_checkpoint_bitwise(shared_dir, name):
+    """--checkpoint-every checkpoints the last step too, before the final synchronisation
+    (local SGD's last averaging at step 18, not a multiple of tau; gossip's deferred round
+    in flight): resuming with a larger --steps is the run that went there directly."""
+    short, extended, direct = (os.path.join(shared_dir, f"{name}-{k}.h5")
+                               for k in ("short", "extended", "direct"))
+    _run(short, steps=18, checkpoint_every=100, **BITWISE[name])
+    last = os.path.join(shared_dir, f"{name}-short.ckpt")
+    assert os.listdir(last) == [f"step-{18:08d}"]
+    assert _final(short)[0] == "completed"
+    _run(extended, resume=last, checkpoint_dir=os.path.join(shared_dir, f"{name}-x.ckpt"),
+         **BITWISE[name])
+    _run(direct, **BITWISE[name])
+    (status, params, metrics, _), (status2, params2, metrics2, _) = _final(direct), \
+        _final(extended)
+    assert status == status2 == "completed"
+    assert np.array_equal(params, params2)
+    for key in ("step", "train_loss", "test_loss", "test_error", "rounds", "bytes_sent",
+                "consensus_distance"):
+        assert np.array_equal(metrics[key], metrics2[key]), key
+
+
+@pytest.mark.mpi(min_size=3)
+@pytest.mark.parametrize("algo, flags", [("ps-sync", {}), ("async-easgd", dict(tau=2))])
+def test_a_served_run_extends_from_its_last_checkpoint(shared_dir, algo, flags):
+    """A centre checkpoints the last step at a rendezvous; the extension counts every
+    exchange of the whole run once."""
+    short, extended = (os.path.join(shared_dir, f"{algo}-{k}.h5") for k in ("short", "ext"))
+    _run(short, algo=algo, steps=18, checkpoint_every=100, **flags)
+    last = os.path.join(shared_dir, f"{algo}-short.ckpt")
+    assert os.listdir(last) == [f"step-{18:08d}"]
+    _run(extended, algo=algo, resume=last, **flags)
+    status, _, metrics, groups = _final(short)
+    status2, params2, metrics2, groups2 = _final(extended)
+    assert status == status2 == "completed" and np.isfinite(params2).all()
+    assert list(metrics["step"]) == [6, 12, 18] and list(metrics2["step"]) == [6, 12, 18, 24]
+    if algo == "ps-sync":
+        assert groups2["server"]["updates"] == STEPS
+    else:
+        assert list(groups2["center"]["push"]) == [STEPS // 2] * (MPI.COMM_WORLD.size - 1)
+
+
+@pytest.mark.mpi(min_size=2)
 def test_a_budget_run_checkpoints_and_resumes_at_the_same_round_on_every_rank(shared_dir):
     """Under a wall-clock budget ranks take different numbers of steps per round (worker 0
     is three times slower): checkpoints count rounds x tau, the same on every rank, before
@@ -96,15 +141,15 @@ def test_a_budget_run_checkpoints_and_resumes_at_the_same_round_on_every_rank(sh
                  straggler="slow:0=3", checkpoint_every=8)
     full = os.path.join(shared_dir, "budget.h5")
     _run(full, **flags)
-    again = os.path.join(shared_dir, "budget-resumed.h5")
-    _run(again, resume=os.path.join(shared_dir, "budget.ckpt", f"step-{8:08d}"),
+    again = os.path.join(shared_dir, "budget-resumed.h5")    # from 16 on to 32: one periodic
+    _run(again, resume=os.path.join(shared_dir, "budget.ckpt", f"step-{16:08d}"), steps=32,
          checkpoint_dir=os.path.join(shared_dir, "budget-resumed.ckpt"), **flags)
     (status, _, metrics, _), (status2, params2, metrics2, _) = _final(full), _final(again)
     assert status == status2 == "completed" and np.isfinite(params2).all()
-    assert list(metrics2["step"]) == list(metrics["step"])
-    assert metrics2["rounds"][-1] == metrics["rounds"][-1] == STEPS // 2
+    assert list(metrics2["step"]) == list(metrics["step"]) + [30, 32]
+    assert metrics["rounds"][-1] == STEPS // 2 and metrics2["rounds"][-1] == 16
     assert sorted(os.listdir(os.path.join(shared_dir, "budget-resumed.ckpt"))) == \
-        [f"step-{16:08d}"]
+        [f"step-{24:08d}", f"step-{32:08d}"]           # and the last step's
 
 
 @pytest.mark.mpi(min_size=3)
@@ -141,7 +186,8 @@ def test_async_restart_keeps_the_counters_consistent(shared_dir, algo, group, co
     workers = MPI.COMM_WORLD.size - 1
     assert list(groups2[group][counter]) == list(groups[group][counter]) == \
         [STEPS * per_step] * workers
-    assert list(groups2[group]["sync"]) == [STEPS // LOG - 1] * workers
+    # a rendezvous at each log point before the last, and one for the last step's checkpoint
+    assert list(groups2[group]["sync"]) == [STEPS // LOG - 1 + 1] * workers
     assert list(metrics2["step"]) == list(metrics["step"])
     assert np.isfinite(params2).all() and metrics2["train_loss"][-1] < metrics2["train_loss"][0]
 
@@ -155,7 +201,7 @@ def test_resume_refuses_an_option_that_changes_the_math(shared_dir):
         _run(os.path.join(shared_dir, "b.h5"), algo="local", tau=2, resume=ckpt)
     with pytest.raises(ConfigError, match=r"nothing is left to do; raise --steps"):
         _run(os.path.join(shared_dir, "c.h5"), algo="local", tau=4, resume=ckpt, steps=EVERY)
-    # --steps may change: the newest checkpoint (step 12 of 24) continues to 30
+    # --steps may change: the newest checkpoint (the last step, 24) continues to 30
     _run(os.path.join(shared_dir, "d.h5"), algo="local", tau=4, resume=ckpt, steps=30)
     status, _, metrics, _ = _final(os.path.join(shared_dir, "d.h5"))
     assert status == "completed" and list(metrics["step"]) == [6, 12, 18, 24, 30]

@@ -6,7 +6,7 @@ import pytest
 import torch
 from mpi4py import MPI
 
-from mpisgd import checkpoint
+from mpisgd import checkpoint, streams
 from mpisgd.app.config import TrainConfig
 from mpisgd.app.stops import LossWatch
 from mpisgd.comm import Comm
@@ -75,7 +75,8 @@ def test_meta_format_and_corruption_are_named(tmp_path):
 
 
 def test_check_names_the_rank_count_and_the_first_option_that_changes_the_math():
-    meta = {"world_size": 4, "config": json.loads(json.dumps(_config(), default=str))}
+    meta = {"world_size": 4, "config": json.loads(json.dumps(_config(), default=str)),
+            "streams": streams.VERSION}
     checkpoint.check(meta, _config(), 4, "D")
     checkpoint.check(meta, _config(steps=500, log_every=7, out="other.h5", threads=3), 4, "D")
     with pytest.raises(ConfigError, match="checkpoint is of 4 ranks, this job has 8"):
@@ -86,6 +87,14 @@ def test_check_names_the_rank_count_and_the_first_option_that_changes_the_math()
     changed.validate()
     with pytest.raises(ConfigError, match="--tau was 4 .* now 8"):
         checkpoint.check(meta, changed.resolved(), 4, "D")
+    other = TrainConfig(algo="gossip", options={"tau": 4}, steps=100)
+    other.validate()                 # --algo first, not the first option in the alphabet
+    with pytest.raises(ConfigError, match="^--resume D: --algo was 'local' in the checkpointed run, "
+                                          "now 'gossip'"):
+        checkpoint.check(meta, other.resolved(), 4, "D")
+    with pytest.raises(ConfigError, match=r"^--resume D: the checkpointed run drew its random "
+                                          r"streams as version 1 \(mpisgd < 0.2\)"):
+        checkpoint.check({k: v for k, v in meta.items() if k != "streams"}, _config(), 4, "D")
 
 
 def test_default_dir_sits_beside_the_record():

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from mpi4py import MPI
 
@@ -111,16 +112,45 @@ def test_a_completed_record_ignores_a_late_note(tmp_path):
     assert record.read(path)["attrs"]["status"] == "completed"
 
 
-def test_a_record_being_written_is_read_once_the_writer_lets_go(tmp_path):
-    """A live study: another process holds HDF5's write lock; ``read`` waits it out."""
+def test_a_reader_holding_the_record_neither_stops_the_writer_nor_sees_it_change(tmp_path):
+    """A notebook keeps ``h5py.File(path)`` open (HDF5's shared lock held): every write
+    still succeeds; the reader keeps the version it opened; reopening shows the rest."""
     path = str(tmp_path / "run.h5")
-    new(path).log(**ROW)
+    rec = new(path)
+    rec.log(**{**ROW, "step": 1})
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import h5py, sys, time\n"
-         f"f = h5py.File({path!r}, 'a'); print('held', flush=True); time.sleep(0.6); f.close()"],
-        stdout=subprocess.PIPE, text=True)
+        [sys.executable, "-c", "import h5py, sys\n"
+         f"f = h5py.File({path!r}, 'r'); print('held', flush=True); sys.stdin.readline()\n"
+         "print(len(f['metrics/step']), f.attrs['status'], flush=True)"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline() == "held\n"
-    with pytest.raises(BlockingIOError):
-        record._open_for_reading(path, patience=0)
-    assert record.read(path)["metrics"]["step"].tolist() == [1.0]
+    rec.log(**{**ROW, "step": 2})
+    rec.complete({name: [0.0] * 4 for name in record.RANK_FIELDS}, np.ones(3))
+    holder.stdin.write("\n")
+    holder.stdin.flush()
+    assert holder.stdout.readline() == f"1 {record.INTERRUPTED}\n"
     assert holder.wait(timeout=30) == 0
+    done = record.read(path)
+    assert done["metrics"]["step"].tolist() == [1.0, 2.0]
+    assert done["attrs"]["status"] == "completed" and done["final"]["params"].tolist() == [1, 1, 1]
+
+
+def test_a_failed_write_leaves_the_last_version(tmp_path):
+    path = str(tmp_path / "run.h5")
+    rec = new(path)
+    rec.log(**ROW)
+    with pytest.raises(ValueError, match="lacks"):
+        rec.log(step=2.0)
+    with pytest.raises(RuntimeError, match="disk gone"):
+        with rec.edit():
+            rec.log(**{**ROW, "step": 3})
+            rec.attribute("note", "half")
+            raise RuntimeError("disk gone")
+    done = record.read(path)
+    assert done["metrics"]["step"].tolist() == [1.0] and "note" not in done["attrs"]
+    assert sorted(os.listdir(tmp_path)) == ["run.h5", "run.h5.lock"]
+    with rec.edit():                  # one version for several writes
+        rec.log(**{**ROW, "step": 4})
+        rec.attribute("note", "whole")
+    done = record.read(path)
+    assert done["metrics"]["step"].tolist() == [1.0, 4.0] and done["attrs"]["note"] == "whole"

@@ -300,3 +300,29 @@ def test_a_delay_cut_short_records_what_was_slept():
     restored = Stragglers("shifted-exp:0.2,1e-300", None, seed=0, worker=0)
     restored.load_state_dict(s.state_dict())
     assert restored.summary() == s.summary()
+
+
+def test_stream_domains_are_distinct_and_keys_have_their_arity():
+    """The table of mpisgd/streams.py: one number per domain, a fixed number of parts
+    (SeedSequence pads short keys with zeros: [a, b] and [a, b, 0] are one stream)."""
+    from mpisgd import streams
+    numbers = [number for number, _ in streams.DOMAINS.values()]
+    assert len(set(numbers)) == len(numbers) and min(numbers) > 0
+    assert streams.key(streams.EPOCH, 3, 1, 2) == [5, 3, 1, 2]
+    with pytest.raises(ValueError, match=r"stream MATCHA takes 2 parts after its domain"):
+        streams.generator(streams.MATCHA, 3)
+    assert np.array_equal(np.random.SeedSequence([5, 3]).generate_state(2),
+                          np.random.SeedSequence([5, 3, 0]).generate_state(2))   # why arity
+    a = streams.generator(streams.SHARD_IID, 1).random(4)
+    b = streams.generator(streams.MATCHA, 1, 0).random(4)
+    assert not np.array_equal(a, b)        # version 1: [1, 1] for both
+
+
+def test_the_projector_draws_from_its_own_stream():
+    from mpisgd import streams
+    from mpisgd.network import Network
+    from mpisgd.projection import Exponential as Exp, Workload, model_step
+    with streams.recording() as seen:
+        model_step(Workload("local", 4, 4e3, Exp(0.01), {"tau": 4}), 4,
+                   Network(alpha=1e-5, beta=1e-9))
+    assert [(domain, key) for _, domain, key in seen] == [(streams.PROJECTION, (14, 0))]
