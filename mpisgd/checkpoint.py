@@ -32,7 +32,7 @@ from .errors import ConfigError
 
 FORMAT = 1
 #: Options a continuation may change: they do not change the math of the steps taken.
-SAFE_TO_CHANGE = ("steps", "epochs", "log_every", "out", "threads", "overwrite",
+SAFE_TO_CHANGE = ("steps", "epochs", "log_every", "eval_samples", "out", "threads", "overwrite",
                   "checkpoint_every", "checkpoint_dir", "resume", "on_nonfinite", "device")
 _PREFIX = "step-"
 

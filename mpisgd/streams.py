@@ -29,6 +29,8 @@ domain             no.  key after the domain               used by
 ``STEP_SAMPLE``    13   worker                             the record's step-time sample
                                                            (:mod:`.steptimes`)
 ``PROJECTION``     14   seed                               ``mpisgd project``'s simulations
+``EVAL_SUBSET``    15   seed                               the test samples a log point
+                                                           evaluates (``--eval-samples``)
 ================== ==== ================================== ==================================
 
 Version 2 of these keys (mpisgd 0.2; :data:`VERSION`, in every record's and
@@ -51,10 +53,10 @@ DOMAINS = {
     "HOLD_OUT": (1, 1), "SYNTHETIC": (2, 1), "SHARD_IID": (3, 1), "SHARD_SKEW": (4, 2),
     "EPOCH": (5, 3), "INIT": (6, 1), "COMPUTE_DELAY": (7, 2), "COMM_DELAY": (8, 2),
     "COMM_SHARED": (9, 1), "ERDOS_RENYI": (10, 1), "MATCHA": (11, 2), "POWERSGD": (12, 0),
-    "STEP_SAMPLE": (13, 1), "PROJECTION": (14, 1),
+    "STEP_SAMPLE": (13, 1), "PROJECTION": (14, 1), "EVAL_SUBSET": (15, 1),
 }
 HOLD_OUT, SYNTHETIC, SHARD_IID, SHARD_SKEW, EPOCH, INIT, COMPUTE_DELAY, COMM_DELAY, \
-    COMM_SHARED, ERDOS_RENYI, MATCHA, POWERSGD, STEP_SAMPLE, PROJECTION = DOMAINS
+    COMM_SHARED, ERDOS_RENYI, MATCHA, POWERSGD, STEP_SAMPLE, PROJECTION, EVAL_SUBSET = DOMAINS
 
 _recorded: list | None = None     # (caller, key) while recording()
 

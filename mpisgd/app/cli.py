@@ -42,7 +42,8 @@ def _train_parser(sub) -> None:
                        description="Train one replica per MPI rank: "
                                    "mpiexec -n 4 python -m mpisgd train --algo local --tau 8")
     p.add_argument("--config", help="YAML file with the same keys as the flags")
-    kinds = {"steps": int, "epochs": float, "momentum": float, "log_every": int, "threads": int,
+    kinds = {"steps": int, "epochs": float, "momentum": float, "log_every": int,
+             "eval_samples": int, "threads": int,
              "out": str, "checkpoint_every": int, "checkpoint_dir": str, "resume": str}
     for f in dataclasses.fields(TrainConfig):
         if f.name == "options":

@@ -46,6 +46,7 @@ class TrainConfig:
     shard: str = "iid"
     skew_alpha: float = 0.5
     log_every: int | None = None
+    eval_samples: int | None = None
     out: str | None = None
     threads: int | None = None
     device: str = "auto"
@@ -71,6 +72,9 @@ class TrainConfig:
         "shard": "iid or label-skew (Dirichlet, see --skew-alpha)",
         "skew_alpha": "Dirichlet concentration of label-skew sharding",
         "log_every": "steps between evaluations (default: 20 log points)",
+        "eval_samples": "test samples evaluated at each log point: a seeded subset, the same at "
+                        "every point (default: a quarter of the samples the workers train on "
+                        "between two log points, at most the test set)",
         "out": "HDF5 run record (default runs/ALGO-DATE-TIME.h5)",
         "threads": "torch threads per rank (default: cores per node / ranks per node)",
         "device": "auto (CUDA where torch sees a GPU), cpu, cuda (GPU local_rank %% GPUs) or cuda:N",
@@ -117,6 +121,8 @@ class TrainConfig:
         need(self.seed >= 0, "seed", "a non-negative integer", self.seed)
         if self.log_every is not None:
             need(self.log_every >= 1, "log-every", "a positive integer", self.log_every)
+        if self.eval_samples is not None:
+            need(self.eval_samples >= 1, "eval-samples", "a positive integer", self.eval_samples)
         if self.threads is not None:
             need(self.threads >= 1, "threads", "a positive integer", self.threads)
         if self.checkpoint_every is not None:

@@ -2,6 +2,7 @@
 import h5py
 import numpy as np
 import pytest
+import torch
 from mpi4py import MPI
 
 from mpisgd.app import cli, record, report, train
@@ -46,6 +47,7 @@ def test_missing_config_file():
     ({"algo": "local", "tau": -1}, "--tau must be a positive integer, got -1"),
     ({"steps": 5, "epochs": 1.0}, "--epochs must be used without --steps"),
     ({"seed": -1}, "--seed must be a non-negative integer, got -1"),
+    ({"eval_samples": 0}, "--eval-samples must be a positive integer, got 0"),
     ({"epochs": float("inf")}, "--epochs must be a finite number, got inf"),
     ({"algo": "local", "period_exp": "inf"}, "--period-exp must be a finite number, got 'inf'"),
 ])
@@ -68,6 +70,36 @@ def test_single_process_run_and_epochs(tmp_path):
     assert summary["test_error"] < 0.5
     cfg = from_sources(None, dict(epochs=2.0, batch_size=64, out=out, threads=1, overwrite=True))
     assert train.run(cfg, MPI.COMM_SELF, quiet=True)["step"] == np.ceil(2 * 1438 / 64)
+
+
+def _errors_on(params, x, y, model="mlp"):
+    """The test error of ``params`` on (x, y), computed here (not by the driver)."""
+    from mpisgd import models
+    net = models.build(model, x.shape[1:], 10)
+    torch.nn.utils.vector_to_parameters(torch.as_tensor(params), net.parameters())
+    with torch.no_grad():
+        return (net(x).argmax(1) != y).double().mean().item()
+
+
+@pytest.mark.parametrize("flags, samples", [({}, 4), (dict(eval_samples=10), 10),
+                                            (dict(eval_samples=10**6), 64)])
+def test_a_log_point_evaluates_a_fixed_seeded_subset(tmp_path, flags, samples):
+    """--eval-samples N: the first N of the stream EVAL_SUBSET's permutation of the test set
+    (sorted), the same at every log point; by default a quarter of the samples trained
+    between log points (1 worker x 2 steps x 8 / 4 = 4); at most the test set (64)."""
+    from mpisgd import data, streams
+    out = str(tmp_path / "e.h5")
+    cfg = from_sources(None, dict(data="synthetic:256", steps=8, log_every=2, batch_size=8,
+                                  seed=5, out=out, threads=1, **flags))
+    summary = train.run(cfg, MPI.COMM_SELF, quiet=True)
+    rec = record.read(out)
+    assert rec["config"]["eval_samples"] == summary["eval_samples"] == samples
+    assert rec["attrs"]["eval_time"] == summary["eval_time"] > 0
+    assert f"evaluating {samples} test samples a log point" in train.summary_line(summary)
+    d = data.load("synthetic:256")
+    chosen = np.sort(streams.generator(streams.EVAL_SUBSET, 5).permutation(64)[:samples])
+    expected = _errors_on(rec["final"]["params"], d.x_test[chosen], d.y_test[chosen])
+    assert rec["metrics"]["test_error"][-1] == pytest.approx(expected, abs=1e-12)
 
 
 def test_failed_run_leaves_a_record_saying_why(tmp_path, monkeypatch):
