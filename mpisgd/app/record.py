@@ -43,8 +43,9 @@ every notebook) is refused while the run lives, and after a job is killed
 it is open for writing, until someone runs ``h5clear`` (not shipped with
 h5py); SWMR needs POSIX write ordering, which NFS does not give; and a
 SWMR writer cannot add the groups and attributes the end of a run writes.
-The price of a new version per write is a copy of the record: a few kB
-during training (the rows), about 1 ms per log point (docs/benchmarks.md).
+The price of a new version per write is a copy of the record (a few kB
+during training: the rows): 1.2-1.6x the time of an append in place, about
+1 ms more per log point (benchmarks/bench_record.py, docs/benchmarks.md).
 
 Until :meth:`RunRecord.complete` the status says the job ended early;
 :meth:`RunRecord.fail` stores the reason.
