@@ -27,8 +27,8 @@ import shutil
 
 import torch
 
-from . import streams
-from .errors import ConfigError
+from . import storage, streams
+from .errors import ConfigError, StorageError
 
 FORMAT = 1
 #: Options a continuation may change: they do not change the math of the steps taken.
@@ -62,8 +62,10 @@ def save(comm, directory: str, step: int, state: dict, meta: dict, keep: int = 2
     """Write this rank's ``state`` as part of the checkpoint of ``step``; collective.
 
     ``comm``: a :class:`~mpisgd.comm.Comm` (its ``allgather``); ``meta``: rank 0's
-    description of the run (JSON-able). Returns the checkpoint's path. Raises
-    ``OSError`` on every rank if any rank could not write its part.
+    description of the run (JSON-able). Returns the checkpoint's path. If any rank
+    could not write its part (a full disk, a failing filesystem), the partial
+    checkpoint is removed, the earlier ones stay, and every rank raises the same
+    :class:`~mpisgd.errors.StorageError` naming the checkpoint, the rank and the cause.
     """
     final = os.path.join(directory, _name(step))
     tmp = os.path.join(directory, "." + _name(step) + ".tmp")
@@ -71,20 +73,25 @@ def save(comm, directory: str, step: int, state: dict, meta: dict, keep: int = 2
     try:
         os.makedirs(tmp, exist_ok=True)
         path = os.path.join(tmp, f"rank-{comm.rank:05d}.pt")
-        torch.save(state, path + ".part")
+        storage.torch_save(state, path + ".part")
         os.replace(path + ".part", path)
     except OSError as err:
-        error = f"rank {comm.rank}: {err}"
+        error = f"{storage.cause(err)} (rank {comm.rank})"
     errors = [e for e in comm.allgather(error) if e]
     if errors:
-        raise OSError(f"checkpoint of step {step} in {directory} not written: {errors[0]}")
+        if comm.rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        kept = _complete(directory)
+        raise StorageError(f"cannot write the checkpoint {final}: {errors[0]}; "
+                           + (f"the last one is kept: {kept[-1]}" if kept else "none was kept"))
     if comm.rank == 0:
-        with open(os.path.join(tmp, "meta.json"), "w", encoding="utf-8") as f:
-            json.dump({"format": FORMAT, "step": step, "world_size": comm.size,
-                       "streams": streams.VERSION, **meta}, f)
-        if os.path.exists(final):
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        with storage.writing("the checkpoint", final):
+            with open(os.path.join(tmp, "meta.json"), "w", encoding="utf-8") as f:
+                json.dump({"format": FORMAT, "step": step, "world_size": comm.size,
+                           "streams": streams.VERSION, **meta}, f)
+            if os.path.exists(final):
+                shutil.rmtree(final)
+            os.replace(tmp, final)
         done = _complete(directory)
         later = [p for p in done if p > final]       # an abandoned continuation's (a resume
         earlier = [p for p in done if p <= final]    # from an older step): never the newest
@@ -151,6 +158,30 @@ def _math(config: dict) -> dict:
 
 
 def load(path: str, rank: int) -> dict:
-    """Rank ``rank``'s state in checkpoint ``path`` (on the CPU; nothing but data unpickled)."""
-    return torch.load(os.path.join(path, f"rank-{rank:05d}.pt"), map_location="cpu",
-                      weights_only=True)
+    """Rank ``rank``'s state in checkpoint ``path`` (on the CPU; nothing but data unpickled).
+
+    ``ConfigError`` naming the file when it is missing, empty, truncated, corrupt or holds
+    more than data, and the other checkpoints to resume from."""
+    name = os.path.join(path, f"rank-{rank:05d}.pt")
+    try:
+        return torch.load(name, map_location="cpu", weights_only=True)
+    except Exception as err:      # EOFError, KeyError, OSError(EINVAL): torch has no one type
+        others = [p for p in _complete(os.path.dirname(os.path.abspath(path)))
+                  if os.path.basename(p) != os.path.basename(os.path.abspath(path))]
+        hint = (f"resume from another checkpoint (--resume {others[-1]})" if others else
+                "no other checkpoint is there: start the run again")
+        raise ConfigError(f"--resume {path}: {name} cannot be read ({_damage(name, err)}); "
+                          f"{hint}") from None
+
+
+def _damage(name: str, err: Exception) -> str:
+    """What is wrong with rank file ``name``, which ``torch.load`` refused with ``err``."""
+    if not os.path.exists(name):
+        return "it is missing"
+    if os.path.getsize(name) == 0:
+        return "it is empty"
+    if "weights only" in str(err).lower():
+        return "it holds objects other than tensors, numbers and strings, never unpickled here"
+    said = str(err).splitlines()[0] if str(err) else ""
+    return (f"truncated or not a checkpoint, {os.path.getsize(name)} bytes; torch.load: "
+            f"{type(err).__name__}{': ' + said if said else ''}")

@@ -11,7 +11,8 @@ batch system kills the job). mpisgd therefore
 * installs :func:`abort_on_exception` in the command-line driver and in
   every ``bind`` (:func:`install_abort_hook`; ``MPISGD_ABORT=0`` opts out),
   so an exception raised later on any one rank prints that rank's
-  traceback and calls ``MPI_Abort``, which ends every rank of the job.
+  traceback (one line for a :class:`StorageError`) and calls ``MPI_Abort``,
+  which ends every rank of the job.
 """
 from __future__ import annotations
 
@@ -39,6 +40,14 @@ class ConfigError(ValueError):
     mistake at 256 ranks prints one line, not 256.
     """
     echo = False
+
+
+class StorageError(OSError):
+    """A file or directory the run writes could not be written (a full disk, a read-only
+    or failing filesystem), mid-run: one line naming the path and the cause, never a
+    traceback (:attr:`one_line`); the job ends with status 1. Raised by
+    :mod:`mpisgd.storage`."""
+    one_line = True
 
 
 class OptionError(ConfigError):
@@ -203,7 +212,10 @@ class _AbortHook:
             except Exception as inner:  # the record must not mask the real error
                 sys.stderr.write(f"[rank {rank}] while recording the failure: {inner}\n")
         if first:
-            text = "".join(traceback.format_exception(kind, exc, tb))
+            if getattr(exc, "one_line", False):       # the message says all (StorageError)
+                text = f"mpisgd: error: {exc}"
+            else:
+                text = "".join(traceback.format_exception(kind, exc, tb))
             sys.stderr.write("".join(f"[rank {rank}] {line}\n" for line in text.splitlines()))
             sys.stderr.flush()
         if self.previous is not sys.__excepthook__:

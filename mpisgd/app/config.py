@@ -81,7 +81,7 @@ class TrainConfig:
         "overwrite": "replace an existing --out (refused otherwise)",
         "checkpoint_every": "steps between checkpoints, and one at the last step (async "
                             "algorithms: at the next log point after; default: none, but "
-                            "SIGTERM/SIGUSR1 still write one)",
+                            "SIGTERM/SIGUSR1/SIGINT still write one)",
         "checkpoint_dir": "where checkpoints go (default: --out without .h5, plus .ckpt)",
         "resume": "continue the run from a checkpoint directory (or its parent: the newest)",
         "on_nonfinite": "stop (the run fails, exit 4) or warn when a loss or parameter is not "

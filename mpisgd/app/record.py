@@ -19,8 +19,8 @@ Layout:
   ``model.parameters()`` order.
 
 Every write publishes a new version of the file: the writer copies the
-record to ``RECORD.h5.new``, changes the copy and renames it over
-``RECORD.h5`` (:meth:`RunRecord.edit`). So
+record, changes the copy (in memory), writes it to ``RECORD.h5.new`` and
+renames that over ``RECORD.h5`` (:meth:`RunRecord.edit`). So
 
 * a reader never stops the run, whatever it holds: an ``h5py.File`` kept
   open in a notebook, ``h5dump``, ``mpisgd report`` at any rate. It holds
@@ -81,17 +81,19 @@ from __future__ import annotations
 
 import atexit
 import fcntl
+import io
 import json
 import os
 import shutil
 import socket
-from contextlib import contextmanager
+import warnings
+from contextlib import contextmanager, suppress
 from datetime import datetime, timezone
 
 import h5py
 import numpy as np
 
-from .. import streams
+from .. import storage, streams
 from ..errors import ConfigError
 
 METRICS = ("step", "wall_time", "train_loss", "test_loss", "test_error", "rounds", "bytes_sent",
@@ -139,23 +141,35 @@ class RunRecord:
         """The next version of the record, open for writing: a copy of the current one
         (an empty file if ``fresh``), renamed over it when the block ends without an
         error. Readers never see it half-written; on an error the current version stays.
-        Nested calls write into the outer block's version."""
+        Nested calls write into the outer block's version.
+
+        HDF5 writes the version in memory; only Python's own I/O touches the disk, so a
+        failing disk raises a clean ``OSError`` here (a :class:`StorageError`), never
+        inside HDF5 (which then fails again, at random, when h5py frees the file)."""
         if self._open is not None:
             yield self._open
             return
-        new = self.path + ".new"
-        try:
+        image = io.BytesIO()
+        with storage.writing("the run record", self.path):
             if not fresh:
-                shutil.copyfile(self.path, new)
-            with h5py.File(new, "w" if fresh else "a") as f:
+                with open(self.path, "rb") as current:
+                    shutil.copyfileobj(current, image)
+        try:
+            with h5py.File(image, "w" if fresh else "a") as f:
                 self._open = f
                 yield f
-            os.replace(new, self.path)
-        except BaseException:
-            _remove(new)
-            raise
         finally:
             self._open = None
+        new = self.path + ".new"
+        try:
+            with storage.writing("the run record", self.path):
+                with open(new, "wb") as out:
+                    out.write(image.getbuffer())
+                os.replace(new, self.path)
+        except BaseException:
+            with suppress(OSError):      # gone already, or the filesystem refuses even that
+                os.remove(new)
+            raise
 
     def log(self, **row: float) -> None:
         """Append one log point; every name in ``METRICS`` must be given."""
@@ -189,8 +203,14 @@ class RunRecord:
 
     def fail(self, reason: str) -> None:
         """Mark the run failed: the first failure a rank noted (:func:`note_failure`), else
-        ``reason``."""
-        self._status(f"failed: {failure(self.path) or reason}")
+        ``reason``. Where the disk that failed the run refuses a new version too, the last
+        version stays as it was (a change in place could corrupt it: seen on a full
+        tmpfs), and the failure note the abort hook writes beside it, if it can, is what
+        :func:`read` reports."""
+        try:
+            self._status(f"failed: {failure(self.path) or reason}")
+        except OSError:
+            pass
 
     def warn(self, text: str) -> None:
         """Add ``text`` to the root attribute ``warnings`` (one per line): what a run's
@@ -213,6 +233,34 @@ class RunRecord:
         with self.edit() as f:
             f.attrs["status"] = status
             f.attrs["finished"] = _now()
+
+
+class KeptWarnings:
+    """While active, every warning shown is also kept (:attr:`pending`), for the record's
+    ``warnings`` (:meth:`into`): what the run said on stderr stays with its figures."""
+
+    def __init__(self):
+        self.pending: list[str] = []
+
+    def __enter__(self) -> "KeptWarnings":
+        self._shown = shown = warnings.showwarning
+
+        def show(message, *args, **kwargs):
+            self.pending.append(str(message))
+            shown(message, *args, **kwargs)
+        warnings.showwarning = show
+        return self
+
+    def __exit__(self, *exc) -> None:
+        warnings.showwarning = self._shown
+
+    def into(self, record: RunRecord | None) -> None:
+        """Add the warnings kept so far to ``record`` (rank 0's; ``None`` elsewhere)."""
+        if record is not None and self.pending:
+            with record.edit():
+                for text in self.pending:
+                    record.warn(text)
+            self.pending.clear()
 
 
 def read(path: str) -> dict:
@@ -273,8 +321,8 @@ def lock(path: str) -> None:
     if key in _held:
         return
     name = path + LOCK
-    while True:
-        fd = os.open(name, os.O_RDWR | os.O_CREAT, 0o644)
+    while True:          # read-only: a lock open for the whole run keeps no write open
+        fd = os.open(name, os.O_RDONLY | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -288,8 +336,8 @@ def lock(path: str) -> None:
         except FileNotFoundError:
             pass
         os.close(fd)             # its holder removed it meanwhile (unlock): lock the new one
-    os.ftruncate(fd, 0)
-    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {_now()}\n".encode())
+    with open(name, "w", encoding="utf-8") as f:
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}, since {_now()}\n")
     _held[key] = fd
 
 
@@ -297,7 +345,8 @@ def unlock(path: str) -> None:
     """Release :func:`lock` (removing the lock file while still holding it)."""
     fd = _held.pop(os.path.abspath(path), None)
     if fd is not None:
-        _remove(path + LOCK)
+        with suppress(OSError):      # a filesystem gone read-only keeps it: the next job reuses it
+            os.remove(path + LOCK)
         os.close(fd)
 
 
@@ -317,8 +366,11 @@ def note_failure(path: str, rank: int, exc: BaseException) -> bool:
     """
     note, target = f"rank {rank}: {type(exc).__name__}: {exc}", path + FAILED
     tmp = f"{target}.{socket.gethostname()}.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(note)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(note)
+    except OSError:              # the filesystem that failed the run: stderr says it all
+        return True
     try:
         os.link(tmp, target)
         return True

@@ -1,7 +1,8 @@
 """Why a run ends early, and how every rank learns it at the same step.
 
-* **Preemption.** SIGTERM (a time limit, ``scancel``, preemption) and
-  SIGUSR1 (Slurm's ``--signal=B:USR1@120`` warning) set a flag; they never
+* **Preemption.** SIGTERM (a time limit, ``scancel``, preemption),
+  SIGUSR1 (Slurm's ``--signal=B:USR1@120`` warning) and SIGINT (Ctrl-C,
+  which ``mpiexec`` forwards to every rank) set a flag; they never
   interrupt a step. Ranks that step in lock-step vote at round boundaries
   (:class:`StopVote`: a one-number ``Iallreduce`` posted at round r, read at
   round r + 1, so no rank ever blocks on it); algorithms with a centre rank
@@ -26,7 +27,7 @@ from .._mpi import MPI
 
 EXIT_INTERRUPTED = 3
 EXIT_DIVERGED = 4
-SIGNALS = ("SIGTERM", "SIGUSR1")
+SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
 
 
 class RunStopped(Exception):
@@ -50,7 +51,7 @@ class Diverged(RunStopped):
 
 
 class Signals:
-    """While active, SIGTERM and SIGUSR1 set :attr:`received` (the first one's name).
+    """While active, SIGTERM, SIGUSR1 and SIGINT set :attr:`received` (the first one's name).
 
     A context manager: the previous handlers come back on exit, so a
     library user's own handlers are untouched outside a run. A second

@@ -35,14 +35,14 @@ import torch
 import torch.nn.functional as F
 
 from .. import __version__, checkpoint, data as datasets, device as placement, models, ops, \
-    streams
+    storage, streams
 from .._mpi import MPI
 from ..compress import paid
 from ..errors import ConfigError, agree, digest
 from ..mpienv import check_environment, check_launch, mpi_library
 from .config import TrainConfig
 from .health import stalled
-from .record import METRICS, RANK_FIELDS, RunRecord, claim
+from .record import METRICS, RANK_FIELDS, KeptWarnings, RunRecord, claim
 from .stops import Diverged, Interrupted, LossWatch, RunStopped, Signals, StopVote, signal_name, \
     vote_code
 
@@ -116,7 +116,9 @@ def prepare(cfg: TrainConfig, comm):
                                math.ceil(workers * cfg.log_every * cfg.batch_size / 4))
         if comm.Get_rank() == 0:
             cfg.out = _writable(cfg.out or _default_out(cfg.algo), cfg.overwrite, bool(cfg.resume))
-        resume = _resumable(cfg, comm.Get_size()) if cfg.resume else None
+        storage.check_dir(cfg.checkpoint_dir or checkpoint.default_dir(  # every rank writes there
+            cfg.out or _default_out(cfg.algo)), "--checkpoint-dir")
+        resume = _resumable(cfg, comm.Get_rank(), comm.Get_size()) if cfg.resume else None
         pieces = data, shards, model, resume
         key = digest({"config": {k: v for k, v in cfg.resolved().items() if k not in ("out", "threads")},
                       "data": [len(data.y_train), len(data.y_test), list(data.input_shape),
@@ -129,15 +131,16 @@ def prepare(cfg: TrainConfig, comm):
     return pieces
 
 
-def _resumable(cfg: TrainConfig, size: int) -> tuple[str, dict]:
-    """The checkpoint ``--resume`` names and its meta, checked against this run."""
+def _resumable(cfg: TrainConfig, rank: int, size: int) -> tuple[dict, dict]:
+    """The meta of the checkpoint ``--resume`` names, checked against this run, and this
+    rank's state in it (read here, before any communication: a corrupt file is named)."""
     path = checkpoint.find(cfg.resume)
     meta = checkpoint.read_meta(path)
     checkpoint.check(meta, cfg.resolved(), size, path)
     if meta["step"] >= cfg.steps:
         raise ConfigError(f"--resume {path}: the run is at step {meta['step']} of --steps "
                           f"{cfg.steps}, nothing is left to do; raise --steps to continue it")
-    return path, meta
+    return meta, checkpoint.load(path, rank)
 
 
 class Evaluator:
@@ -193,11 +196,11 @@ def run(cfg: TrainConfig, comm, quiet: bool = False) -> dict:
     Raises :class:`~mpisgd.app.stops.Interrupted` (a signal; a checkpoint was
     written) or :class:`~mpisgd.app.stops.Diverged` on every rank alike.
     """
-    with Signals() as signals:      # from the start: a signal during set-up stops at step 1
-        return _run(cfg, comm, quiet, signals)
+    with Signals() as signals, KeptWarnings() as kept:   # a signal in set-up stops at step 1
+        return _run(cfg, comm, quiet, signals, kept)
 
 
-def _run(cfg: TrainConfig, comm, quiet: bool, signals: Signals) -> dict:
+def _run(cfg: TrainConfig, comm, quiet: bool, signals: Signals, kept: KeptWarnings) -> dict:
     rank, size = comm.Get_rank(), comm.Get_size()
     data, shards, model, resume = prepare(cfg, comm)
     cfg.out = comm.bcast(cfg.out, root=0)          # the default name is rank 0's
@@ -208,21 +211,21 @@ def _run(cfg: TrainConfig, comm, quiet: bool, signals: Signals) -> dict:
         algo = cfg.spec.bind(model, opt, comm, device=cfg.device)
     except ValueError as err:    # raised on every rank alike, before any message
         raise err if isinstance(err, ConfigError) else ConfigError(str(err)) from None
-    state = None
-    if resume is not None:
-        state = checkpoint.load(resume[0], rank)
+    meta, state = resume or (None, None)
+    if state is not None:
         algo.load_state_dict(state["algorithm"])
     record = None
     if rank == 0:
-        rows = {k: [r[k] for r in resume[1]["rows"]] for k in METRICS} if resume else None
+        rows = {k: [r[k] for r in meta["rows"]] for k in METRICS} if meta else None
         record = RunRecord(cfg.out, cfg.resolved(), size, algo.workers, mpi_library(), __version__,
                            rows=rows)
     try:
-        return _train(cfg, comm, algo, model, opt, data, shards, record, quiet, signals,
-                      {**state["driver"], "rows": resume[1]["rows"]} if state else None)
+        return _train(cfg, comm, algo, model, opt, data, shards, record, quiet, signals, kept,
+                      {**state["driver"], "rows": meta["rows"]} if state else None)
     except RunStopped as err:    # on every rank alike, at the same point: close collectively
         algo.close()
         if record is not None:
+            kept.into(record)
             record.stopped(err.status)
         raise
     except BaseException as err:
@@ -231,7 +234,7 @@ def _run(cfg: TrainConfig, comm, quiet: bool, signals: Signals) -> dict:
         raise
 
 
-def _train(cfg, comm, algo, model, opt, data, shards, record, quiet, signals,
+def _train(cfg, comm, algo, model, opt, data, shards, record, quiet, signals, kept,
            resumed: dict | None) -> dict:
     rank = comm.Get_rank()
     device = algo.device
@@ -287,6 +290,7 @@ def _train(cfg, comm, algo, model, opt, data, shards, record, quiet, signals,
         telemetry.barrier()      # rank 0's record write is not anyone's training time
         paused += time.perf_counter() - t_log
         _check_finite(cfg, health, point)
+        kept.into(record)        # this point's warnings (--on-nonfinite warn's among them)
         return signal_name(vote)
 
     def save(point: int) -> str:
@@ -399,6 +403,7 @@ def _train(cfg, comm, algo, model, opt, data, shards, record, quiet, signals,
                "warning": _stall_warning(rows, first_loss, data.classes),
                "compression": paid(series, cfg.options.get("compress", ""))}
     with record.edit():          # one new version of the record, completed as a whole
+        kept.into(record)
         record.attribute("train_samples", len(data.y_train))     # time per epoch (mpisgd project)
         record.attribute("eval_time", evaluate.seconds)
         record.series("ranks", "host", [h for h, _, _ in where])

@@ -225,3 +225,36 @@ def test_srun_without_a_pmi_stops_every_task_with_the_fix(tmp_path):
         assert len(lines) == 1 and lines[0].startswith("mpisgd: error: srun started 2 tasks")
         assert "--mpi=pmi2" in lines[0] and "Traceback" not in stderr
     assert not os.path.exists(out)
+
+
+def test_ctrl_c_stops_every_rank_with_one_line_and_a_checkpoint(tmp_path):
+    """mpiexec forwards SIGINT to every rank: the run stops as for SIGTERM (the same step
+    on every rank, a checkpoint, exit 3), one line, no traceback."""
+    import signal
+
+    import h5py
+    out = tmp_path / "run.h5"
+    job = subprocess.Popen(mpiexec() + ["-n", "2", sys.executable, "-m", "mpisgd", "train",
+                                        "--quiet", "--steps", "1000000", "--log-every", "5",
+                                        "--threads", "1", "--out", str(out)],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and job.poll() is None:
+        try:
+            with h5py.File(out, "r") as f:
+                if len(f["metrics/step"]) >= 2:
+                    break
+        except (OSError, KeyError):
+            pass
+        time.sleep(0.05)
+    job.send_signal(signal.SIGINT)
+    stdout, stderr = job.communicate(timeout=120)
+    output = stdout + stderr
+    assert job.returncode == 3, output
+    lines = [ln for ln in output.splitlines() if ln.startswith("mpisgd:")]
+    assert len(lines) == 1 and lines[0].startswith("mpisgd: interrupted: SIGINT at step "), output
+    assert "Traceback" not in output
+    with h5py.File(out, "r") as f:
+        assert f.attrs["status"] == lines[0][len("mpisgd: "):]
+    checkpoint = lines[0].split("checkpoint ")[1]
+    assert os.path.isfile(os.path.join(checkpoint, "meta.json"))

@@ -276,6 +276,11 @@ def test_on_nonfinite_warn_goes_on(shared_dir):
         _run(out, algo="sync", lr=1e4, steps=20, log_every=10, on_nonfinite="warn")
     status, _, metrics, _ = _final(out)
     assert status == "completed" and len(metrics["step"]) == 2
+    if MPI.COMM_WORLD.rank == 0:                 # what stderr said stays with the figures
+        with h5py.File(out, "r") as f:
+            kept = f.attrs["warnings"].splitlines()
+        assert kept[0].startswith("non-finite loss at step ") and \
+            kept[0].endswith("(--on-nonfinite warn: training goes on)")
 
 
 def test_checkpoint_files_load_without_unpickling_code(shared_dir):

@@ -58,7 +58,7 @@ def test_a_checkpoint_never_runs_code(tmp_path):
     path = tmp_path / "step-00000001"
     os.makedirs(path)
     torch.save({"x": Evil()}, path / "rank-00000.pt")
-    with pytest.raises(Exception, match="(?i)weights.only|unsupported|global"):
+    with pytest.raises(ConfigError, match="it holds objects other than tensors, numbers and strings"):
         checkpoint.load(str(path), 0)
 
 
@@ -136,3 +136,40 @@ def test_loss_watch_finds_the_first_non_finite_step_and_survives_a_checkpoint():
     w2.load_state_dict(w.state_dict())
     w2.add(torch.tensor(float("nan")))
     assert w2.take(8)[1:] == (2, 8, 0.0)
+
+
+def _prepare(tmp_path, **flags):
+    from mpisgd.app import train
+    from mpisgd.app.config import from_sources
+    cfg = from_sources(None, {"steps": 8, "threads": 1, "out": str(tmp_path / "run.h5"),
+                              "overwrite": True, **flags})
+    return train.prepare(cfg, MPI.COMM_SELF), cfg
+
+
+def test_a_checkpoint_dir_that_cannot_be_made_is_refused_before_training(tmp_path):
+    (tmp_path / "f").write_text("a file")
+    for where, why in ((tmp_path / "f", "is a file, not a directory"),
+                       (tmp_path / "f" / "ck", f"{tmp_path / 'f'} is a file, so the directory "
+                                               "cannot be created below it")):
+        with pytest.raises(ConfigError, match=f"^--checkpoint-dir {where}:? {why}"):
+            _prepare(tmp_path, checkpoint_dir=str(where))
+    _prepare(tmp_path, checkpoint_dir=str(tmp_path / "new" / "deeper"))
+    assert not (tmp_path / "new").exists()          # checked, not created
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "garbage"])
+def test_a_corrupt_rank_file_is_named_with_the_checkpoint_to_use(tmp_path, damage):
+    from mpisgd.app import train
+    from mpisgd.app.config import from_sources
+    cfg = from_sources(None, dict(steps=8, log_every=4, checkpoint_every=4, threads=1,
+                                  out=str(tmp_path / "run.h5")))
+    train.run(cfg, MPI.COMM_SELF, quiet=True)       # checkpoints at 4 and 8 (the last step)
+    ckpt = tmp_path / "run.ckpt"
+    bad = ckpt / f"step-{8:08d}" / "rank-00000.pt"
+    whole = bad.read_bytes()
+    bad.write_bytes({"empty": b"", "truncated": whole[:len(whole) // 2],
+                     "garbage": b"not a checkpoint at all" * 10}[damage])
+    with pytest.raises(ConfigError, match=rf"^--resume {ckpt / f'step-{8:08d}'}: {bad} cannot "
+                                          rf"be read \(.+\); resume from another checkpoint "
+                                          rf"\(--resume {ckpt / f'step-{4:08d}'}\)$"):
+        _prepare(tmp_path, resume=str(ckpt), steps=12, log_every=4)
