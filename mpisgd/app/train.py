@@ -196,8 +196,12 @@ def run(cfg: TrainConfig, comm, quiet: bool = False) -> dict:
     Raises :class:`~mpisgd.app.stops.Interrupted` (a signal; a checkpoint was
     written) or :class:`~mpisgd.app.stops.Diverged` on every rank alike.
     """
-    with Signals() as signals, KeptWarnings() as kept:   # a signal in set-up stops at step 1
-        return _run(cfg, comm, quiet, signals, kept)
+    threads = torch.get_num_threads()     # the run sets its own; the caller gets theirs back
+    try:
+        with Signals() as signals, KeptWarnings() as kept:   # a signal in set-up stops at step 1
+            return _run(cfg, comm, quiet, signals, kept)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _run(cfg: TrainConfig, comm, quiet: bool, signals: Signals, kept: KeptWarnings) -> dict:

@@ -158,6 +158,10 @@ class ParameterServer(Server):
     """
 
     kinds = (GRAD, SYNC, DONE)
+    #: ``[]`` to trace (tests): ``("grad", worker, computed at, version, rate or None if
+    #: dropped, gradient)`` per gradient, ``("update", version, w, active workers, final)``
+    #: per update, in the order the server did them.
+    trace: list | None = None
     checkpointed = Server.checkpointed + ("acc", "batch", "version", "applied", "dropped",
                                           "staleness", "rates", "update_times", "first_done",
                                           "sent")
@@ -208,9 +212,11 @@ class ParameterServer(Server):
         i = self.index[source]
         if stale and self.protocol.drop_stale:
             self.dropped[i] += 1
+            self._traced("grad", i, self.version - stale, self.version, None)
             return
         self.applied[i] += 1
         rate = self._rate(source)
+        self._traced("grad", i, self.version - stale, self.version, rate)
         if self.batch:
             self.acc.add_(self.buffer, alpha=rate)
         elif rate != 1.0:                       # the first of a batch: no zeroing pass
@@ -259,7 +265,7 @@ class ParameterServer(Server):
             for r in batch:
                 self._send(r, PARAMS)
 
-    def _update(self) -> list[int]:
+    def _update(self, final: bool = False) -> list[int]:
         """w_{j+1} = w_j - eta/|batch| sum g (one step of the server's optimizer);
         returns the batch's workers."""
         if len(self.batch) > 1:
@@ -268,7 +274,13 @@ class ParameterServer(Server):
         batch, self.batch = self.batch, []
         self.version += 1
         self.update_times.append(time.perf_counter() - self.started)
+        if self.trace is not None:
+            self.trace.append(("update", self.version, self.w.clone(), self.active(), final))
         return batch
+
+    def _traced(self, *event) -> None:
+        if self.trace is not None:
+            self.trace.append((*event, self.buffer.clone()))
 
     def _send(self, dest: int, kind: int) -> None:
         snapshot = self.outbox.send(dest, kind, self.version)
@@ -294,7 +306,7 @@ class ParameterServer(Server):
     def close(self) -> None:
         """Apply what is left (fewer than K gradients) and complete every send."""
         if self.batch:
-            self._update()
+            self._update(final=True)
         self.outbox.close()
 
     def series(self, train_time: float) -> dict:

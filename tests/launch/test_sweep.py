@@ -13,6 +13,7 @@ import time
 
 import h5py
 import numpy as np
+import pytest
 
 from helpers import mpiexec
 
@@ -90,6 +91,21 @@ def _logged(record):
         return False
 
 
+def relative_fit(sizes, seconds):
+    """argmin over alpha, beta >= 0 of sum((alpha + n beta - t) / t)^2: the 2 x 2 normal
+    equations with weights 1/t^2, else the better of the two one-parameter boundaries."""
+    n, t = np.asarray(sizes, float), np.asarray(seconds, float)
+    w = 1 / t ** 2
+    s0, s1, s2 = w.sum(), (w * n).sum(), (w * n * n).sum()
+    t0, t1 = (w * t).sum(), (w * n * t).sum()
+    det = s0 * s2 - s1 * s1
+    alpha, beta = (t0 * s2 - t1 * s1) / det, (s0 * t1 - s1 * t0) / det
+    if alpha >= 0 and beta >= 0:
+        return alpha, beta
+    cost = lambda a, b: (((a + n * b) - t) ** 2 * w).sum()       # noqa: E731
+    return min([(0.0, t1 / s2), (t0 / s0, 0.0)], key=lambda ab: cost(*ab))
+
+
 def test_calibrate_fits_this_machine_and_project_reads_the_file(tmp_path):
     done = run(tmp_path, "calibrate", "--out", "net.json", "--sizes", "8,4096,262144", np_=2,
                timeout=120)
@@ -97,7 +113,14 @@ def test_calibrate_fits_this_machine_and_project_reads_the_file(tmp_path):
     assert "point-to-point: alpha" in done.stdout and "network: net.json" in done.stdout
     import json
     body = json.load(open(tmp_path / "net.json"))
-    assert body["alpha"] >= 0 and body["beta"] > 0 and body["allreduce"]["ranks"] == 2
+    assert body["allreduce"]["ranks"] == 2
     assert [n for n, _ in body["p2p_points"]] == [8, 4096, 262144]
+    # the file's alpha and beta are the fit of its own points: the minimiser of
+    # sum((alpha + n beta - t) / t)^2 over alpha, beta >= 0, solved here in closed form
+    alpha, beta = relative_fit(*zip(*body["p2p_points"]))
+    assert (body["alpha"], body["beta"]) == pytest.approx((alpha, beta), rel=1e-9, abs=1e-15)
+    a, b = relative_fit(*zip(*body["allreduce"]["points"]))      # ring model at p = 2:
+    assert (body["allreduce"]["alpha"], body["allreduce"]["beta"]) == \
+        pytest.approx((a / 2, b), rel=1e-9, abs=1e-15)          # a / (2(p-1)), b p / (2(p-1))
     alone = run(tmp_path, "calibrate", np_=1, timeout=60)
     assert alone.returncode == 2 and "calibrate needs at least 2 ranks" in alone.stderr

@@ -132,9 +132,10 @@ def test_dedicated_centre_run_records_the_centre(shared_dir, algo):
 
 
 @pytest.mark.mpi(min_size=3)
-def test_dedicated_centre_shards_the_data_over_the_workers():
+def test_dedicated_centre_shards_the_data_over_the_workers(shared_dir):
     comm = MPI.COMM_WORLD
-    cfg = from_sources(None, dict(algo="async-easgd", steps=5, threads=1, out="/tmp/unused.h5"))
+    cfg = from_sources(None, dict(algo="async-easgd", steps=5, threads=1,
+                                  out=os.path.join(shared_dir, "unused.h5")))
     data, shards, _, _ = train.prepare(cfg, comm)
     assert len(shards) == comm.size - 1                   # every sample has a worker
     assert sum(len(s) for s in shards) == len(data.y_train)

@@ -11,13 +11,17 @@
   the residual (the continuation is identical);
 * the run's figures (compress/*) feed paid()'s sentence.
 """
+import math
+
+import numpy as np
 import pytest
 import torch
 
 import mpisgd
 from mpisgd.comm import Comm
 from mpisgd.compress import BLOCK, CompressedMean, paid, series
-from helpers import D, regression_loss, regression_run
+from helpers import D, classifier, classifier_batch, regression_grad, regression_loss, \
+    regression_run
 
 HALF = {"fp16": 2.0 ** -11, "bf16": 2.0 ** -8}
 
@@ -195,6 +199,163 @@ def test_sync_checkpoint_carries_the_residual(comm):
         regression_loss(second.model, comm.Get_rank(), step).backward()
         second.step()
         assert torch.equal(second.flat.data, want[step]), step
+
+
+def int8_mean(A: np.ndarray, residual: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The int8 compressed mean of the rows of A (P x n) with error feedback, written out
+    from docs/compression.md: each rank's a_r = A_r + e_r, padded to P chunks of nb
+    blocks of b <= BLOCK; per block the step s = fl32(fl32(max |a|) / 127) and
+    q = round(a / s) (half to even), e_r <- a_r - q s; the owner of a chunk sums the
+    ranks' q s and takes 1/P of it, quantizes that the same way, and every rank decodes.
+    Returns (the mean, the new residuals)."""
+    P, n = A.shape
+    chunk = -(-n // P)
+    nb = -(-chunk // BLOCK)
+    b = -(-chunk // nb)
+    N = P * nb * b
+    a = np.zeros((P, N))
+    a[:, :n] = A + residual
+
+    def quantized(x):                   # rows of blocks: (q, s per block)
+        blocks = x.reshape(-1, b)
+        s = np.maximum(np.abs(blocks).max(1).astype(np.float32) / np.float32(127),
+                       np.finfo(np.float32).tiny)
+        return np.round(blocks / s.astype(np.float64)[:, None]), s
+
+    decoded = np.zeros((P, N))
+    for r in range(P):
+        q, s = quantized(a[r])
+        decoded[r] = (q * s.astype(np.float64)[:, None]).reshape(-1)
+    new_residual = (a - decoded)[:, :n]
+    total = decoded[0].copy()
+    for r in range(1, P):
+        total += decoded[r]
+    q, s = quantized(total * (1.0 / P))
+    return (q * s.astype(np.float64)[:, None]).reshape(-1)[:n], new_residual
+
+
+def regression_grads(X: np.ndarray, k: int) -> np.ndarray:
+    """Rows: worker r's gradient at X[r] in step k (the helpers' regression problem)."""
+    return regression_grad(k, torch.from_numpy(X.T.copy())).numpy().T
+
+
+@pytest.mark.mpi(min_size=2)
+def test_sync_int8_equals_the_codec_written_out(comm):
+    """sync with int8 buckets against int8_mean above, every step: equal to rounding, so a
+    step of max/127 x 1.1 (or any other change of the codec) fails."""
+    steps, eta = 8, 0.05
+    algo, got = sync_run(comm, steps, compress="int8")
+    P = comm.size
+    x = np.linspace(-1.0, 1.0, D)
+    residual = np.zeros((P, D))
+    for k in range(steps):
+        mean, residual = int8_mean(regression_grads(np.tile(x, (P, 1)), k), residual)
+        x = x - eta * mean
+        np.testing.assert_allclose(got[k].numpy(), x, rtol=1e-13, atol=1e-15, err_msg=str(k))
+
+
+@pytest.mark.mpi(min_size=2)
+def test_local_int8_pseudo_gradients_equal_the_codec_written_out(comm):
+    """local SGD, tau 4: at a round each worker's pseudo-gradient anchor - x_r goes through
+    int8_mean (with its residual); the anchor steps by the mean and every x becomes it."""
+    steps, tau, eta = 12, 4, 0.05
+    x0 = torch.linspace(-1.0, 1.0, D, dtype=torch.float64)
+    algo, got = regression_run("local", x0, steps, comm, eta, tau=tau, compress="int8")
+    P = comm.size
+    X, anchor = np.tile(x0.numpy(), (P, 1)), x0.numpy().copy()
+    residual = np.zeros((P, D))
+    for k in range(steps):
+        X = X - eta * regression_grads(X, k)
+        if (k + 1) % tau == 0:
+            mean, residual = int8_mean(anchor[None, :] - X, residual)
+            anchor = anchor - mean
+            X = np.tile(anchor, (P, 1))
+        np.testing.assert_allclose(got[k].numpy(), X[comm.rank], rtol=1e-13, atol=1e-15,
+                                   err_msg=str(k))
+
+
+def topk_mean(A: np.ndarray, residual: np.ndarray, ratio: float):
+    """top-k's mean with error feedback, written out: a_r = A_r + e_r; rank r sends its
+    k = ceil(ratio n) entries of largest |a_r|; the mean is 1/P of their sum, placed;
+    e_r <- a_r with the sent entries zeroed."""
+    P, n = A.shape
+    k = max(1, math.ceil(ratio * n))
+    a = A + residual
+    mean = np.zeros(n)
+    for r in range(P):
+        sent = np.argsort(-np.abs(a[r]), kind="stable")[:k]
+        mean[sent] += a[r, sent]
+        a[r, sent] = 0.0
+    return mean * (1.0 / P), a
+
+
+@pytest.mark.mpi(min_size=2)
+def test_local_topk_pseudo_gradients_equal_the_codec_written_out(comm):
+    steps, tau, eta = 12, 4, 0.05
+    x0 = torch.linspace(-1.0, 1.0, D, dtype=torch.float64)
+    _, got = regression_run("local", x0, steps, comm, eta, tau=tau, compress="topk:0.5")
+    P = comm.size
+    X, anchor = np.tile(x0.numpy(), (P, 1)), x0.numpy().copy()
+    residual = np.zeros((P, D))
+    for k in range(steps):
+        X = X - eta * regression_grads(X, k)
+        if (k + 1) % tau == 0:
+            mean, residual = topk_mean(anchor[None, :] - X, residual, 0.5)
+            anchor = anchor - mean
+            X = np.tile(anchor, (P, 1))
+        np.testing.assert_allclose(got[k].numpy(), X[comm.rank], rtol=1e-12, atol=1e-14,
+                                   err_msg=str(k))
+
+
+@pytest.mark.mpi(min_size=2)
+def test_sync_powersgd_equals_the_method_written_out(comm):
+    """PowerSGD rank 1 on the classifier's two weight matrices (7 x 4, 3 x 7), the biases
+    averaged exactly: per matrix P = mean_r M_r Q, P <- orth(P), Q <- mean_r M_r^T P, the
+    mean P Q^T, M_r = G_r + e_r, e_r <- M_r - P Q^T; Q first drawn from the stream
+    POWERSGD, then warm-started (Vogels et al. 2019)."""
+    from mpisgd import streams
+    steps, eta, P = 6, 0.1, comm.size
+    model = classifier()
+    opt = torch.optim.SGD(model.parameters(), lr=eta)
+    algo = mpisgd.build("sync", model, opt, comm=comm, compress="powersgd:1")
+    got = []
+    for step in range(steps):
+        x, y = classifier_batch(comm.rank, step)
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        algo.step()
+        got.append(algo.flat.data.clone())
+    twin = classifier()
+    params = list(twin.parameters())
+    flat = torch.nn.utils.parameters_to_vector(params).detach()
+    mats = [(0, 7, 4), (35, 3, 7)]                       # (offset, n, m) of the two weights
+    rest = [(28, 35), (56, 59)]                          # the biases
+    g = torch.Generator().manual_seed(streams.torch_seed(streams.POWERSGD))
+    qs = torch.randn(4 + 7, generator=g, dtype=torch.float64)
+    Q = [qs[:4].view(4, 1), qs[4:].view(7, 1)]
+    residual = torch.zeros(P, len(flat), dtype=torch.float64)
+    for step in range(steps):
+        grads = []
+        for r in range(P):
+            torch.nn.utils.vector_to_parameters(flat, params)
+            twin.zero_grad()
+            x, y = classifier_batch(r, step)
+            torch.nn.functional.cross_entropy(twin(x), y).backward()
+            grads.append(torch.cat([p.grad.reshape(-1) for p in params]))
+        acc = torch.stack(grads) + residual
+        mean = torch.zeros_like(flat)
+        for i, (o, n, m) in enumerate(mats):
+            M = acc[:, o:o + n * m].reshape(P, n, m)
+            Pm = torch.linalg.qr((M @ Q[i]).mean(0)).Q
+            Q[i] = (M.transpose(1, 2) @ Pm).mean(0)
+            approx = Pm @ Q[i].T
+            mean[o:o + n * m] = approx.reshape(-1)
+            residual[:, o:o + n * m] = (M - approx).reshape(P, -1)
+        for a, b in rest:
+            mean[a:b] = acc[:, a:b].mean(0)
+            residual[:, a:b] = 0
+        flat = flat - eta * mean
+        assert torch.allclose(got[step], flat, rtol=1e-9, atol=1e-12), step
 
 
 @pytest.mark.mpi(min_size=2)

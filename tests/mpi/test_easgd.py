@@ -9,6 +9,7 @@ from mpi4py import MPI
 
 import mpisgd
 from mpisgd import reference
+import expected_w
 from helpers import ATOL, D, RTOL, regression_grad, regression_loss, regression_model
 
 ETA = 0.05
@@ -42,7 +43,7 @@ def test_easgd_equals_the_simultaneous_oracle(comm, center, tau):
     alpha = 0.9 / size                     # the paper's default: beta = 0.9
     assert algo.alpha == pytest.approx(alpha)
     _, oracle = reference.cooperative(x0(), regression_grad, ETA,
-                                      reference.elastic_matrix(size, alpha), steps, tau=tau, v=1,
+                                      expected_w.w_alpha(size, alpha), steps, tau=tau, v=1,
                                       trace=True, simultaneous=True)
     for k in range(steps):
         assert torch.allclose(trace[k], oracle[k][:, rank], rtol=RTOL, atol=ATOL), k
@@ -58,7 +59,7 @@ def test_simultaneous_oracle_is_the_papers_rule():
         G = regression_grad(k, X[:, :m])
         e = alpha * (X[:, :m] - X[:, m:])
         X = torch.cat([X[:, :m] - ETA * G - e, X[:, m:] + e.sum(1, keepdim=True)], 1)
-    oracle = reference.cooperative(x0(), regression_grad, ETA, reference.elastic_matrix(m, alpha),
+    oracle = reference.cooperative(x0(), regression_grad, ETA, expected_w.w_alpha(m, alpha),
                                    steps, v=1, simultaneous=True)
     assert torch.allclose(oracle, X, rtol=1e-13, atol=1e-15)
 

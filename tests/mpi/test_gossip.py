@@ -1,8 +1,11 @@
 """gossip (D-PSGD) and cooperative A(tau, W, v): against W^k, the dense oracle, and special cases.
 
 Row convention (mpisgd.topology): a round is x_i <- sum_j W[i, j] x_j, so
-the oracle (X <- X M, columns = workers) gets M = W^T. float64 throughout;
-the tolerance covers summation order only.
+the oracle (X <- X M, columns = workers) gets M = W^T. The expected W are
+written out from their definitions in expected_w.py (Metropolis and uniform
+weights, W_alpha, the one-peer exponential graph, MATCHA's rounds), never
+taken from ``topology.build``, the code under test. float64 throughout; the
+tolerance covers summation order only.
 """
 import os
 import tempfile
@@ -17,6 +20,7 @@ from mpisgd import reference, topology
 from mpisgd.comm import Comm
 from mpisgd.errors import ConfigError
 from mpisgd.mixing import Mixer
+import expected_w
 from helpers import D, classifier, classifier_batch, regression_grad, regression_model, regression_run
 
 ETA = 0.05
@@ -33,6 +37,7 @@ GRAPHS = [
     ("erdos-renyi", {"p": 0.6, "seed": 3}, ("neighbor",)),
     ("one-peer-exponential", {}, ("persistent",)),
     ("ring", {"matcha": 0.5, "seed": 5}, ("persistent",)),
+    ("torus", {"weights": "uniform"}, ("neighbor",)),
 ]
 
 
@@ -40,10 +45,10 @@ def x0():
     return torch.linspace(-1.0, 1.0, D, dtype=torch.float64)
 
 
-def stacked_product(T, rounds, X):
-    """W_{k-1} ... W_0 X: the rows of X after ``rounds`` gossip rounds."""
+def stacked_product(W, rounds, X):
+    """W_{k-1} ... W_0 X: the rows of X after ``rounds`` gossip rounds (W: k -> W_k)."""
     for k in range(rounds):
-        X = T.matrix(k) @ X
+        X = W(k) @ X
     return X
 
 
@@ -61,7 +66,8 @@ def test_k_rounds_equal_W_power_and_keep_the_average(comm, spec, build, exchange
     assert mixer.exchange.name == exchange
     for k in range(6):
         mixer.mix(k)
-    assert torch.allclose(x, stacked_product(T, 6, X)[rank], **TOL)
+    W = expected_w.rounds(spec, size, alpha=getattr(T, "alpha", None), **build)
+    assert torch.allclose(x, stacked_product(W, 6, X)[rank], **TOL)
     mean = x.clone()
     comm.Allreduce(MPI.IN_PLACE, mean.numpy())
     assert torch.allclose(mean / size, X.mean(0), **TOL)
@@ -72,20 +78,20 @@ def run(name, steps, comm=WORLD, **options):
     return regression_run(name, x0(), steps, comm, ETA, **options)
 
 
-def oracle(T, steps, tau=1, overlap=False, v=0):
-    """reference.cooperative on the same gradient stream, W_k from the topology's rounds."""
+def oracle(rounds, steps, tau=1, overlap=False, v=0):
+    """reference.cooperative on the same gradient stream, W_k = ``rounds(k)`` (expected_w)."""
     if overlap:      # the round called at step s = k1 - 1 is applied in step k1
         def communicate(k1):
             return k1 > 1 and (k1 - 1) % tau == 0
 
         def W(k):          # (called at k = 0 too, for the size)
-            return T.matrix(max(k // tau - 1, 0)).T
+            return rounds(max(k // tau - 1, 0)).T
     else:
         def communicate(k1):
             return k1 % tau == 0
 
         def W(k):
-            return T.matrix(max((k + 1) // tau - 1, 0)).T
+            return rounds(max((k + 1) // tau - 1, 0)).T
     return reference.cooperative(x0(), regression_grad, ETA, W, steps, communicate=communicate,
                                  v=v, trace=True, simultaneous=overlap)[1]
 
@@ -97,6 +103,7 @@ CASES = [
     ("erdos-renyi", {"graph_p": 0.5, "topology_seed": 7}, 1),
     ("one-peer-exponential", {}, 1),
     ("ring", {"matcha": 0.6, "topology_seed": 2}, 3),
+    ("ring", {"weights": "uniform"}, 2),
 ]
 
 
@@ -106,10 +113,10 @@ CASES = [
 def test_gossip_equals_the_oracle(comm, spec, options, tau, overlap):
     steps = 4 * tau + 1
     algo, trace = run("gossip", steps, comm, topology=spec, tau=tau, overlap=overlap, **options)
-    build = {"p": options.get("graph_p"), "matcha": options.get("matcha"),
-             "seed": options.get("topology_seed", 0)}
-    T = topology.build(spec, comm.size, **build)
-    expected = oracle(T, steps, tau, overlap)
+    rounds = expected_w.rounds(spec, comm.size, options.get("graph_p"), options.get("matcha"),
+                             options.get("topology_seed", 0), getattr(algo.topology, "alpha", None),
+                             options.get("weights", "metropolis"))
+    expected = oracle(rounds, steps, tau, overlap)
     for k in range(steps):
         assert torch.allclose(trace[k], expected[k][:, comm.rank], **TOL), k
     assert algo.rounds == steps // tau
@@ -124,8 +131,8 @@ def test_cooperative_easgd_matrix_with_one_auxiliary_variable(comm, tau, overlap
     steps = 3 * tau + 2
     algo, trace = run("cooperative", steps, comm, topology="easgd", alpha=0.2, tau=tau,
                       overlap=overlap)
-    T = topology.build("easgd", comm.size, alpha=0.2)
-    expected = oracle(T, steps, tau, overlap, v=1)
+    W = expected_w.w_alpha(comm.size, 0.2)
+    expected = oracle(lambda k: W, steps, tau, overlap, v=1)
     for k in range(steps):
         assert torch.allclose(trace[k], expected[k][:, comm.rank], **TOL), k
     assert torch.allclose(algo.aux[0], expected[-1][:, -1], **TOL)
@@ -153,8 +160,7 @@ def test_cooperative_with_a_user_matrix_of_two_auxiliary_variables(comm):
         path = comm.bcast(path)          # written before anyone loads it
         algo, trace = run("cooperative", 7, comm, topology=path, aux=2, tau=2)
         comm.Barrier()                   # loaded everywhere before rank 0 removes it
-    T = topology.Static(torch.from_numpy(W))
-    expected = oracle(T, 7, 2, v=2)
+    expected = oracle(lambda k: torch.from_numpy(W), 7, 2, v=2)
     for k in range(7):
         assert torch.allclose(trace[k], expected[k][:, comm.rank], **TOL), k
     assert torch.allclose(algo.aux, expected[-1][:, m:].T, **TOL)

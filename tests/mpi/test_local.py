@@ -11,6 +11,7 @@ from mpi4py import MPI
 
 import mpisgd
 from mpisgd import reference
+import expected_w
 from helpers import (ATOL, D, RTOL, classifier, classifier_batch, regression_grad, regression_loss,
                      regression_model, regression_run)
 
@@ -32,7 +33,7 @@ def test_local_equals_reference_periodic_averaging(comm, tau):
     steps = 3 * tau + 1                    # ends between two rounds
     algo, trace = run_local(steps, comm, tau=tau)
     _, oracle = reference.cooperative(x0(), regression_grad, ETA,
-                                      reference.averaging_matrix(size), steps, tau=tau, trace=True)
+                                      expected_w.average(size), steps, tau=tau, trace=True)
     for k in range(steps):                 # every iterate of this worker's column
         assert torch.allclose(trace[k], oracle[k][:, rank], rtol=RTOL, atol=ATOL), k
     assert algo.rounds == steps // tau
@@ -55,7 +56,7 @@ def test_time_varying_equals_reference(comm):
     algo, trace = run_local(20, comm, tau=2, schedule="time-varying")
     _, oracle = reference.cooperative(
         x0(), regression_grad, lambda k: ETA * epoch[k] ** (-2 / 3),
-        reference.averaging_matrix(size), 20, communicate=lambda k1: k1 in ends, trace=True)
+        expected_w.average(size), 20, communicate=lambda k1: k1 in ends, trace=True)
     for k in range(20):
         assert torch.allclose(trace[k], oracle[k][:, rank], rtol=RTOL, atol=ATOL), k
     assert algo.rounds == len(ends)

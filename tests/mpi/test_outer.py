@@ -13,7 +13,8 @@ import pytest
 import torch
 from mpi4py import MPI
 
-from mpisgd import reference, topology
+from mpisgd import reference
+import expected_w
 from helpers import ATOL, D, RTOL, centered_trace, regression_batch, regression_grad, \
     regression_loss, regression_run
 from test_async_center import build as build_centered, pair_or_self
@@ -64,13 +65,13 @@ def test_local_with_an_outer_step_equals_the_oracle(comm, outer, tau):
     algo, trace = run("local", steps, comm, tau=tau, **outer)
     spec = (outer["outer"], outer["outer_lr"], outer["outer_momentum"])
     _, oracle = reference.cooperative(x0(), regression_grad, ETA,
-                                      reference.averaging_matrix(comm.size), steps, tau=tau,
+                                      expected_w.average(comm.size), steps, tau=tau,
                                       trace=True, outer=spec)
     for k in range(steps):
         assert torch.allclose(trace[k], oracle[k][:, comm.rank], rtol=RTOL, atol=ATOL), k
     algo.finish()                     # the last, partial round steps the anchor too
     final = reference.cooperative(x0(), regression_grad, ETA,
-                                  reference.averaging_matrix(comm.size), steps,
+                                  expected_w.average(comm.size), steps,
                                   communicate=lambda k1: k1 % tau == 0 or k1 == steps,
                                   outer=spec)
     assert torch.allclose(algo.flat.data, final[:, comm.rank], rtol=RTOL, atol=ATOL)
@@ -81,7 +82,8 @@ def test_gossip_with_a_nesterov_outer_equals_the_oracle(comm):
     """Each worker's own anchor and momentum: D_i = x_i,anchor - sum_j W_ij x_j."""
     steps, tau = 7, 2
     algo, trace = run("gossip", steps, comm, tau=tau, topology="ring", **DILOCO)
-    W = topology.build("ring", comm.size).matrix(0).T
+    n = comm.size
+    W = expected_w.metropolis(n, expected_w.edges("ring", n)).T
     _, oracle = reference.cooperative(x0(), regression_grad, ETA, W, steps, tau=tau, trace=True,
                                       outer=("nesterov", 0.7, 0.9))
     for k in range(steps):
@@ -96,7 +98,7 @@ def test_easgd_outer_steps_the_centre(comm, center):
     algo, trace = run("easgd", steps, comm, tau=tau, alpha=alpha, center=center, **DILOCO)
     m = comm.size
     X, oracle = reference.cooperative(x0(), regression_grad, ETA,
-                                      reference.elastic_matrix(m, alpha), steps, tau=tau, v=1,
+                                      expected_w.w_alpha(m, alpha), steps, tau=tau, v=1,
                                       trace=True, simultaneous=True, outer=("nesterov", 0.7, 0.9),
                                       outer_columns=slice(m, m + 1))
     for k in range(steps):

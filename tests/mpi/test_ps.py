@@ -30,12 +30,15 @@ def x0():
 
 
 def train(name, comm, steps, momentum=0.0, loss=regression_loss, between=None, meet=None,
-          lr=ETA, **options):
+          lr=ETA, traced=False, **options):
     """Build ``name`` on ``comm``, serve (``meet``: at rendezvous) or train ``steps`` steps
-    (an int, or a function of the worker index); returns the algorithm."""
+    (an int, or a function of the worker index); returns the algorithm. ``traced``: the
+    server keeps :attr:`~mpisgd.server.params.ParameterServer.trace`."""
     model = regression_model(x0())
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     algo = mpisgd.build(name, model, opt, comm=comm, **options)
+    if traced and algo.server is not None:
+        algo.server.trace = []
     if not algo.is_worker:
         algo.serve(on_rendezvous=meet and (lambda: meet(algo)))
         return algo
@@ -150,6 +153,65 @@ def test_every_gradient_applied_or_dropped_once(audited, name, servers):
             mine = algo.shards.slice(final - x0(), comm.rank)
             assert torch.allclose(mine, algo.shards.slice(-ETA * total, comm.rank),
                                   rtol=1e-10, atol=1e-12)
+
+
+#: What an update of each protocol holds (REFERENCES.md, Dutta et al. 2018), written here:
+#: (K, K distinct workers, fresh gradients only: stale ones dropped).
+PROTOCOL = {"ps-sync": (3, True, True), "k-sync": (2, True, True),
+            "k-batch-sync": (2, False, True), "k-async": (2, True, False),
+            "k-batch-async": (2, False, False), "async": (1, False, False)}
+C = 2e-4                # staleness_lr: eta_i = min(C / ||w_j - w_tau(i)||^2, ETA)
+
+
+@pytest.mark.mpi(min_size=4, max_size=4)
+@pytest.mark.parametrize("name, staleness", [(n, False) for n in PROTOCOL]
+                         + [(n, True) for n in ("async", "k-async", "k-batch-async")])
+def test_every_update_holds_what_its_protocol_says(name, staleness):
+    """The server's trace, replayed: per update, how many gradients (K, or as many workers
+    as still train for the distinct-worker protocols), from which workers, computed at
+    which versions; which were dropped (stale ones, in the sync protocols, and only
+    those); each applied gradient's rate (staleness_lr, from the versions' parameters);
+    and w_{j+1} = w_j - (eta_max / |batch|) sum_i (eta_i / eta_max) g_i. Three workers of
+    uneven speeds and run lengths, one rendezvous: whatever order the gradients arrive in."""
+    comm = MPI.COMM_WORLD
+    k, distinct, fresh = PROTOCOL[name]
+    options = ({"k": k} if name.startswith("k-") else {}) | \
+        ({"staleness_lr": f"{C},{ETA}"} if staleness else {})
+
+    def between(algo, step):
+        time.sleep(0.001 * algo.worker_index)
+        if step == 4:
+            algo.rendezvous()
+
+    algo = train(name, comm, lambda w: 10 + 3 * w, between=between, traced=True, **options)
+    if algo.server is None:
+        return
+    versions, batch, updates, dropped = {0: x0()}, [], 0, 0
+    for event in algo.server.trace:
+        if event[0] == "grad":
+            _, worker, at, now, rate, g = event
+            assert at <= now
+            assert (rate is None) == (fresh and at < now), event[:5]     # dropped iff stale
+            if rate is None:
+                dropped += 1
+                continue
+            d2 = float((versions[now] - versions[at]).square().sum())
+            eta = min(C / d2, ETA) if staleness and d2 > 0 else ETA
+            assert rate * ETA == pytest.approx(eta, rel=1e-12), (now, at)
+            batch.append((worker, at, rate, g))
+            continue
+        _, version, w, active, final = event
+        if fresh:
+            assert all(at == version - 1 for _, at, _, _ in batch)
+        if not final:
+            assert len(batch) == (min(k, active) if distinct else k), (version, batch, active)
+        if distinct:
+            assert len({worker for worker, *_ in batch}) == len(batch)
+        step = sum(rate * g for _, _, rate, g in batch) / len(batch)
+        assert torch.allclose(w, versions[version - 1] - ETA * step, rtol=1e-12, atol=1e-14)
+        versions[version], batch, updates = w, [], updates + 1
+    assert batch == [] and updates == algo.server.updates > 0
+    assert dropped == sum(algo.server.dropped)
 
 
 def harmonic(n):

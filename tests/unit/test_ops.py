@@ -102,6 +102,46 @@ def test_triad(impl, n, dtype, device):
     assert_close(a, b0 + 3.0 * c0, (b0, 3 * c0), impl)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_openmp_branch_runs_and_agrees(threads):
+    """Above 32768 elements the CPU kernels split the loop over torch's threads (OpenMP):
+    on 2 threads that branch runs (the backend says so) and every kernel agrees with the
+    float64 math. (A driver run used to leave torch at one thread for the tests after it.)"""
+    if ops.backend("cpu") == "cpu: C++ (1 thread, built without OpenMP)" or \
+            not ops.backend("cpu").startswith("cpu"):
+        pytest.skip(f"no OpenMP kernels here: {ops.backend('cpu')}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        assert ops.backend("cpu") == f"cpu: C++/OpenMP ({threads} thread{'s' * (threads > 1)})"
+        n = 1_000_003
+        x, c, out = randn(3, n, torch.float32, "cpu")
+        x0, c0 = f64(x, c)
+        ops.elastic(x, c, out, ALPHA)
+        assert_close(x, x0 - ALPHA * (x0 - c0), (x0, c0), "fused")
+        a, b, c = randn(3, n, torch.float32, "cpu", seed=3)
+        b0, c0 = f64(b, c)
+        ops.triad(a, b, c, 3.0)
+        assert_close(a, b0 + 3.0 * c0, (b0, 3 * c0), "fused")
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_driver_run_gives_back_the_callers_threads(tmp_path):
+    from mpi4py import MPI
+
+    from mpisgd.app import train
+    from mpisgd.app.config import from_sources
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        train.run(from_sources(None, dict(steps=2, threads=1, out=str(tmp_path / "r.h5"))),
+                  MPI.COMM_SELF, quiet=True)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 # ---- which path runs -------------------------------------------------------------------------
 
 def test_compiled_module_is_built_where_it_can_be():

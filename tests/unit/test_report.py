@@ -80,12 +80,27 @@ def test_the_figure_has_log_axes_percent_errors_megabytes_and_the_target(runs, t
     assert open(tmp_path / "f.png", "rb").read(4) == b"\x89PNG"
 
 
-def test_panels_and_axes_from_the_command_line(runs, tmp_path, capsys):
+@pytest.mark.parametrize("band, filled", [("none", 0), ("minmax", 1)])
+def test_panels_axes_and_band_from_the_command_line(runs, tmp_path, capsys, monkeypatch,
+                                                    band, filled):
+    """The flags shape the figure: one panel (test loss) against steps; the two-seed group's
+    band drawn or not (the one-run group never has one)."""
+    import matplotlib.pyplot as plt
     d, _ = runs
+    made, draw, close = [], report.plot, plt.close
+    monkeypatch.setattr(report, "plot", lambda *a, **k: made.append(draw(*a, **k)) or made[-1])
+    monkeypatch.setattr(plt, "close", lambda fig=None: None)     # the test looks at it first
     png = str(tmp_path / "g.png")
     assert cli.main(["report", str(d), "--out", png, "--panels", "test_loss", "--x", "steps",
-                     "--band", "none"]) == 0
-    assert "figure:" in capsys.readouterr().out
+                     "--band", band]) == 0
+    assert f"figure: {png}" in capsys.readouterr().out
+    (fig,) = made
+    (ax,) = fig.axes
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("steps", "test loss")
+    assert [list(line.get_xdata()) for line in ax.get_lines()] == [[10, 20, 30, 40]] * 2
+    assert len(ax.collections) == filled
+    close(fig)
+
 
 
 @pytest.mark.parametrize("args, needle", [
