@@ -14,7 +14,11 @@ that keeps its buffers alive until completion; starting another operation on
 memory that a pending handle still owns raises ``RuntimeError``.
 
 Waiting and staging modes, the MPI library and its CUDA support are probed by
-:mod:`mpisgd.mpienv`.
+:mod:`mpisgd.mpienv`. A CUDA-aware MPI need not take device buffers in every
+operation (Open MPI's CUDA support covers the blocking collectives, not
+``MPI_Iallreduce``, ``MPI_Ialltoall``, ``MPI_Iallgather`` or ``MPI_Ibcast``):
+:meth:`Comm.probe_device_buffers` tries, at start, each operation training
+hands device buffers to (:data:`DEVICE_OPS`) and stages those that fail.
 
 Byte counters use the volume a bandwidth-optimal algorithm moves per rank:
 ``2 (P-1)/P * n`` for an Allreduce of ``n`` bytes (ring reduce-scatter plus
@@ -32,7 +36,14 @@ import warnings
 
 import torch
 from ._mpi import MPI
-from .mpienv import cuda_aware, staging_mode, yield_when_waiting
+from .errors import ConfigError
+from .mpienv import cuda_aware, cuda_support, mpi_library, setting, staging_mode, \
+    yield_when_waiting
+
+#: The MPI operations training hands tensors to (``p2p``: Isend, Irecv and the persistent
+#: requests of gossip); a CUDA-aware MPI's support is probed per operation.
+DEVICE_OPS = ("Allreduce", "Iallreduce", "Ibcast", "Ireduce", "Iallgather", "Ialltoall",
+              "Ineighbor_allgather", "p2p")
 from .staging import DeviceBoundary
 
 _MPI_TYPES: dict = {}     # torch dtype -> MPI datatype, filled on first use (MPI loads lazily)
@@ -207,6 +218,8 @@ class Comm:
         self.size = self.mpi.Get_size()
         self.staging = staging_mode(staging)
         self.cuda_aware = cuda_aware()
+        #: Operations that get device buffers straight (the others are staged).
+        self.device_ops = frozenset(DEVICE_OPS if self.cuda_aware else ())
         # Blocking and nonblocking collectives never match each other, and the
         # choice between them follows yield_wait: every rank must agree on it.
         self.yield_wait = yield_when_waiting()
@@ -288,38 +301,122 @@ class Comm:
         if self._queue:
             self.progress(upto=self._queue[-1])
 
-    def verify_cuda_aware(self, device) -> bool:
-        """Start-up self-test of an MPI that claims CUDA support; collective.
+    def probe_device_buffers(self, device) -> frozenset:
+        """Start-up test of the operations training hands device buffers to; collective.
 
-        Every rank Allreduces a small tensor on ``device`` straight from
-        device memory and checks the sum. If any rank fails (an exception or
-        a wrong result: an MPI built with CUDA support but run without it),
-        every rank falls back to pinned-host staging, with a warning.
-        Returns whether device buffers go to MPI directly.
+        Runs only for a CUDA ``device`` with ``staging`` not ``"always"``. When the MPI
+        cannot read device memory (``MPIX_Query_cuda_support()`` says 0, or the MPI says
+        nothing and ``MPISGD_CUDA_AWARE`` is not 1) nothing is tried: ``auto`` stages
+        every operation, and ``MPISGD_STAGING=never`` or ``MPISGD_CUDA_AWARE=1`` against
+        the query is refused (``ConfigError``, one line, every rank) instead of crashing
+        inside MPI at the first step. Otherwise every rank runs each of
+        :data:`DEVICE_OPS` once on a small device tensor and checks the result; an
+        operation that fails on any rank is staged through host memory (``auto``, with a
+        warning naming it) or refused (``never``). Returns :attr:`device_ops`.
         """
-        if self.staging != "auto" or not self.cuda_aware or torch.device(device).type != "cuda":
-            return self.cuda_aware
-        ok = 1
+        if torch.device(device).type != "cuda" or self.staging == "always":
+            return self.device_ops
+        said, library = cuda_support()
+        name = f"{mpi_library()} ({library or 'no MPIX_Query_cuda_support'})"
+        if setting("MPISGD_CUDA_AWARE") == "1" and said is False:
+            self._refuse(f"MPISGD_CUDA_AWARE=1, but this MPI says it cannot read device "
+                         f"memory in this run (MPIX_Query_cuda_support() = 0 in {name}): "
+                         "unset it, or enable the MPI's GPU support (MPICH: "
+                         "MPIR_CVAR_ENABLE_GPU=1; Open MPI: a build with CUDA)")
+        if not self.cuda_aware:
+            if self.staging == "never":
+                why = ("MPIX_Query_cuda_support() = 0" if said is False else
+                       "no MPIX_Query_cuda_support; set MPISGD_CUDA_AWARE=1 if it can")
+                self._refuse(f"MPISGD_STAGING=never, but this MPI cannot read device memory "
+                             f"({name}: {why}): unset MPISGD_STAGING to stage through host "
+                             "memory, or use a CUDA-aware MPI")
+            return self.device_ops
+        passed = []
+        for op in DEVICE_OPS:
+            try:
+                passed.append(int(self._probe(op, device)))
+            except Exception:           # noqa: BLE001 - any failure means: do not trust it
+                passed.append(0)
+        if self.size > 1:               # an operation counts if it passed on every rank
+            votes = torch.tensor(passed, dtype=torch.int32)
+            self.mpi.Allreduce(MPI.IN_PLACE, self.spec(votes), op=MPI.MIN)
+            passed = votes.tolist()
+        failed = [op for op, ok in zip(DEVICE_OPS, passed) if not ok]
+        if failed and self.staging == "never":
+            self._refuse(f"MPISGD_STAGING=never, but this MPI ({name}) failed "
+                         f"{', '.join(failed)} on device buffers at start: unset "
+                         "MPISGD_STAGING to stage those through host memory")
+        if failed:
+            warnings.warn(f"the MPI library claims CUDA support but failed {', '.join(failed)} "
+                          "on device buffers at start; those go through host memory "
+                          "(MPISGD_CUDA_AWARE=0 stages everything and skips the test)",
+                          RuntimeWarning)
+        self.device_ops = frozenset(op for op, ok in zip(DEVICE_OPS, passed) if ok)
+        return self.device_ops
+
+    def _refuse(self, message: str) -> None:
+        """The same ``ConfigError`` on every rank; rank 0's is the one printed."""
+        err = ConfigError(message)
+        err.echo = self.rank != 0
+        raise err
+
+    def _probe(self, op: str, device) -> bool:
+        """Run ``op`` once on device buffers (every rank alike); whether the result is right."""
+        P, r, spec = self.size, self.rank, self.spec
+        x = torch.full((4,), float(r + 1), device=device)
+        send = torch.full((P, 4), float(r + 1), device=device)
+        rows, got = torch.zeros(P, 4, device=device), torch.zeros_like(x)
+        torch.cuda.current_stream(x.device).synchronize()
+        total = P * (P + 1) / 2
+        ranks = torch.arange(1, P + 1, dtype=torch.float32)[:, None].expand(P, 4)
+        left, right = (r - 1) % P, (r + 1) % P
+        if op == "Allreduce":
+            self.mpi.Allreduce(MPI.IN_PLACE, spec(x))
+            return bool((x.cpu() == total).all())
+        if op == "Iallreduce":
+            self.mpi.Iallreduce(MPI.IN_PLACE, spec(x)).Wait()
+            return bool((x.cpu() == total).all())
+        if op == "Ibcast":
+            self.mpi.Ibcast(spec(x), root=0).Wait()
+            return bool((x.cpu() == 1.0).all())
+        if op == "Ireduce":
+            self.mpi.Ireduce(spec(x), spec(got) if r == 0 else None, root=0).Wait()
+            return r != 0 or bool((got.cpu() == total).all())
+        if op == "Iallgather":
+            self.mpi.Iallgather(spec(x), spec(rows)).Wait()
+            return bool((rows.cpu() == ranks).all())
+        if op == "Ialltoall":
+            self.mpi.Ialltoall(spec(send), spec(rows)).Wait()
+            return bool((rows.cpu() == ranks).all())
+        if op == "p2p":
+            MPI.Request.Waitall([self.mpi.Irecv(spec(got), left, 77),
+                                 self.mpi.Isend(spec(x), right, 77)])
+            return bool((got.cpu() == float(left + 1)).all())
+        ring = self.mpi.Create_dist_graph_adjacent([left], [right])   # Ineighbor_allgather
         try:
-            t = torch.full((4,), float(self.rank + 1), device=device)
-            torch.cuda.current_stream(t.device).synchronize()
-            self.mpi.Allreduce(MPI.IN_PLACE, self.spec(t))
-            ok = int(bool((t.cpu() == self.size * (self.size + 1) / 2).all()))
-        except Exception:           # noqa: BLE001 - any failure means: do not trust it
-            ok = 0
-        if not self.mpi.allreduce(ok, op=MPI.MIN):
-            warnings.warn("the MPI library claims CUDA support but failed a device-buffer "
-                          "Allreduce; staging through host memory instead "
-                          "(set MPISGD_CUDA_AWARE=0 to skip the test)", RuntimeWarning)
-            self.cuda_aware = False
-        return self.cuda_aware
+            ring.Ineighbor_allgather(spec(x), spec(got)).Wait()
+        finally:
+            ring.Free()
+        return bool((got.cpu() == float(left + 1)).all())
+
+    def device_path(self, device) -> str:
+        """How device tensors reach MPI, for the summary line: ``"device buffers"``,
+        ``"host staging"``, or device buffers with the operations staged named; ``""`` on
+        the CPU."""
+        if torch.device(device).type != "cuda":
+            return ""
+        if self.staging == "always" or not self.device_ops:
+            return "host staging"
+        staged = [op for op in DEVICE_OPS if op not in self.device_ops]
+        return "device buffers" + (f" (host staging for {', '.join(staged)})" if staged else "")
 
     # ---- buffers -------------------------------------------------------
 
-    def _needs_staging(self, t: torch.Tensor) -> bool:
+    def _needs_staging(self, t: torch.Tensor, op: str) -> bool:
+        """Whether ``t`` goes to MPI operation ``op`` (:data:`DEVICE_OPS`) through host memory."""
         if self.staging == "always":
             return True
-        return t.is_cuda and self.staging == "auto" and not self.cuda_aware
+        return t.is_cuda and self.staging == "auto" and op not in self.device_ops
 
     @staticmethod
     def spec(t: torch.Tensor):
@@ -359,9 +456,10 @@ class Comm:
         self._writes.pop(id(handle), None)
         self._reads.pop(id(handle), None)
 
-    def _start(self, tensors, post, counted_bytes, blocking=False, status=False,
+    def _start(self, op: str, tensors, post, counted_bytes, blocking=False, status=False,
                read_only=False) -> Handle:
-        """Run ``post(*specs) -> requests`` on MPI views of ``tensors`` (staging if needed).
+        """Run ``post(*specs) -> requests``, MPI operation ``op`` (:data:`DEVICE_OPS`), on
+        MPI views of ``tensors`` (staging if needed).
 
         ``blocking``: return only once the operation is complete — ``post``
         either is a blocking MPI call (it returns no requests, and its time
@@ -377,7 +475,7 @@ class Comm:
         views, copy_back, gate = [], [], []
         for t, a in zip(tensors, access):
             ready = self.boundary.ready(t)
-            if self._needs_staging(t):
+            if self._needs_staging(t, op):
                 host = self.boundary.host_buffer(t)
                 if a != "w":
                     gate.append(self.boundary.to_host(t, host, after=ready))
@@ -431,10 +529,10 @@ class Comm:
             self._claim(t)                 # refuse pending memory before touching it
             t.mul_(1.0 / self.size)
         if blocking and not self.yield_wait:
-            post = lambda s: self.mpi.Allreduce(MPI.IN_PLACE, s, op=op) or []  # noqa: E731
+            name, post = "Allreduce", lambda s: self.mpi.Allreduce(MPI.IN_PLACE, s, op=op) or []
         else:
-            post = lambda s: [self.mpi.Iallreduce(MPI.IN_PLACE, s, op=op)]  # noqa: E731
-        return self._start([t], post, self._allreduce_bytes(t), blocking)
+            name, post = "Iallreduce", lambda s: [self.mpi.Iallreduce(MPI.IN_PLACE, s, op=op)]
+        return self._start(name, [t], post, self._allreduce_bytes(t), blocking)
 
     def _allreduce_bytes(self, t: torch.Tensor) -> float:
         """What an Allreduce of ``t`` counts: 2 (P-1)/P of its bytes (module docstring)."""
@@ -450,7 +548,7 @@ class Comm:
         waited politely. Operations queued before it are posted first, and
         memory a pending operation owns is refused, as everywhere.
         """
-        if t.is_cuda or self._needs_staging(t):
+        if t.is_cuda or self._needs_staging(t, "Allreduce"):
             self.iallreduce(t, average, blocking=True, op=op)
             return t
         op = _reduction(op, average)
@@ -478,14 +576,15 @@ class Comm:
         """Blocking in-place broadcast of ``t`` from ``root``; returns ``t``."""
         if self.size > 1:
             nbytes = t.numel() * t.element_size()
-            self._start([t], lambda s: [self.mpi.Ibcast(s, root=root)],
+            self._start("Ibcast", [t], lambda s: [self.mpi.Ibcast(s, root=root)],
                         (self.size - 1) / self.size * nbytes, blocking=True)
         return t
 
     def isend(self, t: torch.Tensor, dest: int, tag: int = 0) -> Handle:
         """Nonblocking send of ``t``; the tensor must not change until the handle completes."""
         nbytes = t.numel() * t.element_size()
-        return self._start([t], lambda s: [self.mpi.Isend(s, dest, tag)], nbytes, read_only=True)
+        return self._start("p2p", [t], lambda s: [self.mpi.Isend(s, dest, tag)], nbytes,
+                           read_only=True)
 
     def irecv(self, t: torch.Tensor, source: int | None = None, tag: int | None = None) -> Handle:
         """Nonblocking receive into ``t`` (a message may be shorter than ``t``), from
@@ -496,7 +595,8 @@ class Comm:
         """
         source = MPI.ANY_SOURCE if source is None else source
         tag = MPI.ANY_TAG if tag is None else tag
-        return self._start([t], lambda s: [self.mpi.Irecv(s, source, tag)], 0.0, status=True,
+        return self._start("p2p", [t], lambda s: [self.mpi.Irecv(s, source, tag)], 0.0,
+                           status=True,
                            read_only="w")
 
     def ireduce(self, t: torch.Tensor, root: int = 0) -> Handle:
@@ -511,12 +611,13 @@ class Comm:
         me = self.rank == root
         post = lambda s: [self.mpi.Ireduce(MPI.IN_PLACE if me else s, s if me else None,  # noqa: E731
                                             op=MPI.SUM, root=root)]
-        return self._start([t], post, (self.size - 1) / self.size * nbytes)
+        return self._start("Ireduce", [t], post, (self.size - 1) / self.size * nbytes)
 
     def iallgather(self, send: torch.Tensor, recv: torch.Tensor) -> Handle:
         """Nonblocking Allgather: row r of ``recv`` (size x len(send)) gets rank r's ``send``."""
         nbytes = send.numel() * send.element_size()
-        return self._start([send, recv], lambda s, r: [self.mpi.Iallgather(s, _block(r, s))],
+        return self._start("Iallgather", [send, recv],
+                           lambda s, r: [self.mpi.Iallgather(s, _block(r, s))],
                            (self.size - 1) * nbytes, read_only=(True, "w"))
 
     def ialltoall(self, send: torch.Tensor, recv: torch.Tensor) -> Handle:
@@ -525,7 +626,7 @@ class Comm:
         (the row a rank keeps does not travel)."""
         nbytes = send.numel() * send.element_size()
         per_rank = lambda s: [s[0], s[1] // self.size, s[2]]  # noqa: E731 - mpi4py: count per block
-        return self._start([send, recv],
+        return self._start("Ialltoall", [send, recv],
                            lambda s, r: [self.mpi.Ialltoall(per_rank(s), per_rank(r))],
                            (self.size - 1) / self.size * nbytes, read_only=(True, "w"))
 
@@ -539,7 +640,8 @@ class Comm:
         """
         outdegree = graph.Get_dist_neighbors_count()[1]
         nbytes = send.numel() * send.element_size()
-        return self._start([send, recv], lambda s, r: [graph.Ineighbor_allgather(s, _block(r, s))],
+        return self._start("Ineighbor_allgather", [send, recv],
+                           lambda s, r: [graph.Ineighbor_allgather(s, _block(r, s))],
                            outdegree * nbytes, read_only=(True, "w"))
 
     def persistent(self, graph, send: torch.Tensor, recv: torch.Tensor, dests, sources,
@@ -606,7 +708,7 @@ class PersistentRequests:
         if recv.shape[0] != len(sources):
             raise ValueError(f"recv has {recv.shape[0]} rows for {len(sources)} sources")
         self.owner, self.send, self.recv = owner, send, recv
-        self.staged = owner._needs_staging(send)
+        self.staged = owner._needs_staging(send, "p2p")
         pin = send.is_cuda
         self._send_host = torch.empty_like(send, device="cpu", pin_memory=pin) if self.staged else send
         self._recv_host = torch.zeros_like(recv, device="cpu", pin_memory=pin) if self.staged else recv

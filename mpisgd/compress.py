@@ -67,6 +67,7 @@ import torch
 from .algorithms.options import parse_compress
 from . import streams
 from .comm import REDUCIBLE
+from .staging import Spans
 
 __all__ = ["BLOCK", "CompressedMean", "dequantize", "paid", "quantize", "series", "topk"]
 
@@ -177,27 +178,56 @@ class CompressedMean:
         self.residual = torch.zeros_like(buf) if error_feedback else None
         self.bytes = self.dense_bytes = 0.0
         self.rounds = 0
-        self.codec_seconds = self.exchange_seconds = 0.0
+        self.exchange_seconds = 0.0
+        self._codec_host = 0.0                   # host-timed codec seconds (the CPU)
+        self._spans = Spans() if buf.is_cuda else None   # device-timed ones (CUDA events)
+        self._opened = None                      # the open codec span's start
         self.dense_seconds = self.quiet_seconds = None
         self.shapes = shapes
         self._codec = _CODECS[fmt](self, arg, shapes)
 
     # ---- one round --------------------------------------------------
 
+    @property
+    def codec_seconds(self) -> float:
+        """Seconds of compress, decompress and reduce work: between the exchanges, on the
+        host's clock on the CPU, on the device's (CUDA events, summed here, waiting for
+        what is still queued) on a GPU, where the host only launches the kernels."""
+        return self._codec_host + (self._spans.collect(block=True) if self._spans else 0.0)
+
+    @codec_seconds.setter
+    def codec_seconds(self, value: float) -> None:       # a checkpoint's counter
+        self._codec_host = value
+        if self._spans is not None:
+            self._spans.collect(block=True)
+            self._spans.seconds = 0.0
+
+    def _open_codec(self) -> None:
+        self._opened = Spans.mark(self._stream()) if self._spans else time.perf_counter()
+
+    def _close_codec(self) -> None:
+        if self._spans is not None:
+            self._spans.close(self._opened, self._stream())
+        else:
+            self._codec_host += time.perf_counter() - self._opened
+
+    def _stream(self):
+        return torch.cuda.current_stream(self.buf.device)
+
     def start(self):
         """Compress buf + residual (the residual updated) and post the first exchange;
         returns what :meth:`finish` completes."""
-        t0, spent = time.perf_counter(), self.exchange_seconds
+        self._open_codec()
         acc = self.buf if self.residual is None else self.residual.add_(self.buf)
         pending = self._codec.start(acc)
-        self.codec_seconds += time.perf_counter() - t0 - (self.exchange_seconds - spent)
+        self._close_codec()
         return pending
 
     def finish(self, pending) -> None:
         """Complete the exchange that :meth:`start` posted: buf <- the mean."""
-        t0, spent = time.perf_counter(), self.exchange_seconds
+        self._open_codec()
         self._codec.finish(pending)
-        self.codec_seconds += time.perf_counter() - t0 - (self.exchange_seconds - spent)
+        self._close_codec()
         self.rounds += 1
         self.dense_bytes += 2.0 * (self.comm.size - 1) / self.comm.size * \
             self.buf.numel() * self.buf.element_size()
@@ -207,11 +237,14 @@ class CompressedMean:
         self.finish(self.start())
 
     def _exchange(self, post):
-        """Run ``post()`` (MPI posts or waits), counting its seconds and bytes here."""
+        """Run ``post()`` (MPI posts or waits), counting its seconds and bytes here; the
+        codec's time stops meanwhile."""
+        self._close_codec()
         t0, b0 = time.perf_counter(), self.comm.bytes_sent
         out = post()
         self.exchange_seconds += time.perf_counter() - t0
         self.bytes += self.comm.bytes_sent - b0
+        self._open_codec()
         return out
 
     def _wait(self, pending) -> None:

@@ -146,38 +146,44 @@ def mpi_library() -> str:
     return MPI.Get_library_version().strip().splitlines()[0].strip()
 
 
-def _loaded_libmpi():
-    """The MPI library this process has loaded (mpi4py opens it privately), or ``None``."""
+def _loaded_mpi_libraries() -> list[str]:
+    """Paths of the MPI libraries this process has loaded (mpi4py opens them privately):
+    ``libmpi*`` and ``libmpich*``, e.g. Cray's ``libmpi_cray.so`` beside its GTL
+    ``libmpi_gtl_cuda.so``."""
     try:
         with open("/proc/self/maps") as maps:
-            paths = {line.split()[-1] for line in maps if "libmpi" in line and "/" in line}
+            paths = {line.split()[-1] for line in maps if "/" in line and "libmpi" in line}
     except OSError:
-        paths = set()
-    for path in sorted(paths, key=len):
-        if os.path.basename(path).startswith(("libmpi.so", "libmpi_")):
-            try:
-                return ctypes.CDLL(path, mode=getattr(os, "RTLD_NOLOAD", 0) | ctypes.RTLD_GLOBAL)
-            except OSError:
-                continue
-    return None
+        return []
+    return sorted(p for p in paths if os.path.basename(p).startswith(("libmpi", "libmpich")))
+
+
+def cuda_support() -> tuple[bool | None, str]:
+    """What the loaded MPI says of device memory: ``MPIX_Query_cuda_support()`` (MPICH >= 4,
+    Open MPI >= 4, Cray MPICH) from whichever loaded MPI library exports it, and that
+    library's path; ``(None, "")`` when none does (the MPI says nothing)."""
+    for path in _loaded_mpi_libraries():
+        try:
+            lib = ctypes.CDLL(path, mode=getattr(os, "RTLD_NOLOAD", 0) | ctypes.RTLD_GLOBAL)
+        except OSError:
+            continue
+        query = getattr(lib, "MPIX_Query_cuda_support", None)
+        if query is not None:
+            query.restype = ctypes.c_int
+            return bool(query()), path
+    return None, ""
 
 
 def cuda_aware() -> bool:
     """Whether the MPI library accepts CUDA device pointers.
 
-    ``MPISGD_CUDA_AWARE=1`` or ``0`` overrides; otherwise asks the loaded
-    library's ``MPIX_Query_cuda_support()`` (MPICH >= 4, Open MPI >= 4), and
-    answers ``False`` when it has none.
+    ``MPISGD_CUDA_AWARE=1`` or ``0`` overrides; otherwise what :func:`cuda_support` says,
+    ``False`` when the MPI says nothing.
     """
     env = setting("MPISGD_CUDA_AWARE")
     if env is not None:
         return env == "1"
-    lib = _loaded_libmpi()
-    query = getattr(lib, "MPIX_Query_cuda_support", None) if lib is not None else None
-    if query is None:
-        return False
-    query.restype = ctypes.c_int
-    return bool(query())
+    return cuda_support()[0] is True
 
 
 def local_ranks() -> int:

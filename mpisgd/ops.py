@@ -52,6 +52,7 @@ Example (one worker that also holds the centre, elastic round every tau steps)::
 from __future__ import annotations
 
 import functools
+import warnings
 
 import torch
 
@@ -69,6 +70,7 @@ _CODES = {torch.float32: "float32", torch.float64: "float64", torch.float16: "fl
           torch.bfloat16: "bfloat16"}
 
 _KERNELS = None     # device type -> dtypes with a compiled kernel; chosen on first use
+_WHY_CUDA = None    # why the compiled CUDA kernels were given up at a launch
 
 
 @functools.cache
@@ -101,6 +103,8 @@ def backend(device="cpu") -> str:
         return "torch (MPISGD_OPS=torch)"
     if _ops is None:
         return f"torch ({_WHY})"
+    if kind == "cuda" and _WHY_CUDA:
+        return f"torch (the compiled CUDA kernels failed: {_WHY_CUDA})"
     if not _kernels().get(kind):
         return f"torch (no compiled {kind} kernels)"
     if kind == "cuda":
@@ -152,10 +156,25 @@ def _run(name: str, t: torch.Tensor, *args) -> bool:
     code = _ops.DTYPES[_CODES[t.dtype]]
     if t.device.type == "cpu":
         getattr(_ops, name + "_cpu")(*args, code, torch.get_num_threads())
-    else:                       # the caller's current stream on t's device: ordered, no sync
+        return True
+    try:                        # the caller's current stream on t's device: ordered, no sync
         getattr(_ops, name + "_cuda")(*args, code, t.device.index,
                                       torch.cuda.current_stream(t.device).cuda_stream)
+    except RuntimeError as err:   # a launch that fails (the module's CUDA runtime newer than
+        _cuda_failed(str(err))    # the driver, no kernel image for this GPU): the torch twin
+        return False
     return True
+
+
+def _cuda_failed(reason: str) -> None:
+    """The compiled CUDA kernels failed at a launch: warn once, use the torch twins from now
+    on (:func:`backend` says why). A launch error leaves its outputs untouched."""
+    global _KERNELS, _WHY_CUDA
+    _KERNELS = {**_kernels(), "cuda": frozenset()}
+    _WHY_CUDA = reason.splitlines()[0] if reason else "a launch failed"
+    warnings.warn(f"the compiled CUDA kernels failed ({_WHY_CUDA}); using the torch twins "
+                  "(rebuild mpisgd against this machine's CUDA, or set MPISGD_OPS=torch)",
+                  RuntimeWarning, stacklevel=3)
 
 
 # ---- elastic --------------------------------------------------------------------------------

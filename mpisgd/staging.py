@@ -37,6 +37,53 @@ def upload(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return t.contiguous().pin_memory().to(device, non_blocking=True)
 
 
+class Spans:
+    """Seconds of device work between pairs of CUDA timing events, summed without a sync.
+
+    :meth:`mark` records a timing event on a stream; :meth:`close` records the pair's end
+    and keeps the pair; :meth:`collect` sums the pairs whose end has run (all of them,
+    waiting, with ``block``), calling each pair's ``then(seconds)``. The interval between
+    two events on one stream is the time that stream took for the work queued between
+    them (a gap where it waited for the host included): the device's own clock, where
+    a host timer would measure only the launches.
+    """
+
+    def __init__(self):
+        self.pairs: list[tuple] = []         # (start, end, then) not yet summed
+        self.seconds = 0.0
+
+    @staticmethod
+    def mark(stream):
+        event = torch.cuda.Event(enable_timing=True)
+        event.record(stream)
+        return event
+
+    def close(self, start, stream, then=None):
+        """End the span that ``start`` opened, on ``stream``; returns its end event."""
+        end = self.mark(stream)
+        self.pairs.append((start, end, then))
+        if len(self.pairs) > 256:              # sum what has completed; keep the list short
+            self.collect()
+        return end
+
+    def collect(self, block: bool = False) -> float:
+        """Sum the spans that have run (every one, waiting for it, with ``block``); returns
+        the total so far."""
+        pending = []
+        for start, end, then in self.pairs:
+            if block:
+                end.synchronize()
+            elif not end.query():
+                pending.append((start, end, then))
+                continue
+            seconds = start.elapsed_time(end) / 1000.0
+            self.seconds += seconds
+            if then is not None:
+                then(seconds)
+        self.pairs = pending
+        return self.seconds
+
+
 class DeviceBoundary:
     """Pinned host buffers, one side stream per device, and the events that order them.
 
@@ -49,8 +96,7 @@ class DeviceBoundary:
         self.cache = cache
         self._buffers: dict[tuple, torch.Tensor] = {}
         self._streams: dict[torch.device, object] = {}   # CUDA objects made on first use only
-        self._timed: list[tuple] = []                      # (start, end) events not yet summed
-        self._seconds = 0.0
+        self.spans = Spans()                               # the copies' timing events
 
     def twin(self) -> "DeviceBoundary":
         """A boundary sharing these host buffers and side streams, timing its own copies."""
@@ -107,10 +153,10 @@ class DeviceBoundary:
         with torch.cuda.stream(stream):
             if after is not None:
                 stream.wait_event(after)
-            start = self._mark(stream)
+            start = Spans.mark(stream)
             host.copy_(t.reshape(-1), non_blocking=True)
             t.record_stream(stream)          # the allocator must not reuse t before the copy ran
-            return self._timed_end(stream, start)
+            return self.spans.close(start, stream)
 
     def to_device(self, host: torch.Tensor, t: torch.Tensor, after=None) -> None:
         """Copy ``host`` back into ``t``. For a CUDA tensor: on the side stream, after event
@@ -123,24 +169,11 @@ class DeviceBoundary:
         with torch.cuda.stream(stream):
             if after is not None:
                 stream.wait_event(after)
-            start = self._mark(stream)
+            start = Spans.mark(stream)
             t.reshape(-1).copy_(host, non_blocking=True)
             t.record_stream(stream)
-            done = self._timed_end(stream, start)
+            done = self.spans.close(start, stream)
         torch.cuda.current_stream(t.device).wait_event(done)
-
-    def _mark(self, stream):
-        start = torch.cuda.Event(enable_timing=True)
-        start.record(stream)
-        return start
-
-    def _timed_end(self, stream, start):
-        end = torch.cuda.Event(enable_timing=True)
-        end.record(stream)
-        self._timed.append((start, end))
-        if len(self._timed) > 256:           # sum what has completed; keep the list short
-            self.copy_seconds(block=False)
-        return end
 
     def copy_seconds(self, block: bool = True) -> float:
         """Seconds the side streams spent copying so far (CUDA timing events).
@@ -148,13 +181,4 @@ class DeviceBoundary:
         ``block``: wait for copies still in flight (at a log point); otherwise
         only completed ones are summed.
         """
-        pending = []
-        for start, end in self._timed:
-            if block:
-                end.synchronize()
-            elif not end.query():
-                pending.append((start, end))
-                continue
-            self._seconds += start.elapsed_time(end) / 1000.0
-        self._timed = pending
-        return self._seconds
+        return self.spans.collect(block)

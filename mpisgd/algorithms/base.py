@@ -38,6 +38,7 @@ from ..comm import Comm, check_reducible
 from ..errors import agree, digest, install_abort_hook
 from ..flat import ParamBuffer
 from ..mpienv import check_environment, check_launch
+from ..staging import Spans
 from ..steptimes import StepTimes
 from ..stragglers import Stragglers
 from .options import STRAGGLERS, Option, resolve
@@ -177,8 +178,7 @@ class Algorithm(abc.ABC):
                                          for line in traceback.format_exc().splitlines()))
         agree(comm, failed)
         self.comm = Comm(comm.Dup() if self.private_comm else comm)
-        if self.flat.device.type == "cuda":   # a device buffer goes to MPI directly only if it works
-            self.comm.verify_cuda_aware(self.flat.device)
+        self.comm.probe_device_buffers(self.flat.device)   # which operations take device buffers
         self._telemetry = self.comm.sibling()      # uncounted traffic, in the same posting order
         self.comm.bcast(self.flat.data, 0)
         if self.flat.buffers.numel():
@@ -189,6 +189,10 @@ class Algorithm(abc.ABC):
         self._stepped = None  # when the last step() returned (the next step's compute starts)
         self._entered = None  # when the last step() was called
         self.step_times = StepTimes(self.rank)     # per step: compute and wall (mpisgd.steptimes)
+        # on a GPU a step's compute is the device's time (CUDA events): the host only
+        # launches the kernels, and reaches step() long before they have run
+        self._device_clock = Spans() if self.flat.device.type == "cuda" else None
+        self._stepped_mark = None   # the event recorded as the last step() returned
         #: The clock schedules read: seconds of training, from the end of construction;
         #: the training driver sets its own, which starts at its start barrier and
         #: stops during log points.
@@ -283,6 +287,7 @@ class Algorithm(abc.ABC):
             self._loss_count += 1
         now = time.perf_counter()
         compute = now - self._stepped if self._stepped is not None else 0.0
+        interval = now - self._entered if self._entered is not None else np.nan
         if self.stragglers is not None:
             if self.flat.device.type == "cuda":   # the delay follows this step's kernels, as on
                 torch.cuda.current_stream(self.flat.device).synchronize()   # a slower GPU
@@ -290,10 +295,27 @@ class Algorithm(abc.ABC):
             drawn = self.stragglers.compute(compute, record=False)
             self.stragglers.spend(drawn, self._cancellation())
             compute += drawn        # what the step stands for, a cancelled one whole
-        self.step_times.add(compute, now - self._entered if self._entered is not None else np.nan)
+            self.step_times.add(compute, interval)
+        elif self._device_clock is not None and self._stepped_mark is not None:
+            self._device_clock.close(self._stepped_mark, self._stream(),
+                                     then=lambda seconds: self.step_times.add(seconds, interval))
+            self._device_clock.collect()      # the steps whose kernels have run, no sync
+        else:
+            self.step_times.add(compute, interval)
         self._entered = now
         self._step()
         self._stepped = time.perf_counter()
+        if self._device_clock is not None:
+            self._stepped_mark = Spans.mark(self._stream())
+
+    def _stream(self):
+        return torch.cuda.current_stream(self.flat.device)
+
+    def _step_times(self) -> StepTimes:
+        """:attr:`step_times` with every step's device time in (waits for the device)."""
+        if self._device_clock is not None:
+            self._device_clock.collect(block=True)
+        return self.step_times
 
     def take_loss(self) -> tuple[float, int, float]:
         """The sum, count and first of the losses given to :meth:`step` since the last call."""
@@ -405,7 +427,7 @@ class Algorithm(abc.ABC):
                  "optimizer": self.optimizer.state_dict(),
                  "steps": self.steps, "rounds": self.rounds,
                  "loss": [self._loss_sum, self._loss_count, self._loss_first],
-                 "comm": self.comm.counters(), "step_times": self.step_times.state_dict()}
+                 "comm": self.comm.counters(), "step_times": self._step_times().state_dict()}
         if self.stragglers is not None:
             state["stragglers"] = self.stragglers.state_dict()
         return state
@@ -433,7 +455,7 @@ class Algorithm(abc.ABC):
 
     def worker_series(self) -> dict:
         """This worker's figures for the run record, ``{"group/name": number}``."""
-        out = self.step_times.series()
+        out = self._step_times().series()
         if self.stragglers is not None:
             out.update({f"stragglers/{k}": v for k, v in self.stragglers.summary().items()})
         return out

@@ -50,6 +50,7 @@ class TrainConfig:
     out: str | None = None
     threads: int | None = None
     device: str = "auto"
+    deterministic: bool = False
     overwrite: bool = False
     checkpoint_every: int | None = None
     checkpoint_dir: str | None = None
@@ -78,6 +79,8 @@ class TrainConfig:
         "out": "HDF5 run record (default runs/ALGO-DATE-TIME.h5)",
         "threads": "torch threads per rank (default: cores per node / ranks per node)",
         "device": "auto (CUDA where torch sees a GPU), cpu, cuda (GPU local_rank %% GPUs) or cuda:N",
+        "deterministic": "deterministic kernels only (torch.use_deterministic_algorithms, cuDNN "
+                         "without autotuning): a rerun on the same GPU gives the same bits",
         "overwrite": "replace an existing --out (refused otherwise)",
         "checkpoint_every": "steps between checkpoints, and one at the last step (async "
                             "algorithms: at the next log point after; default: none, but "

@@ -35,7 +35,7 @@ from .record import read
 
 #: Configuration keys that do not make a different experiment (the seed's followers, paths).
 NOT_A_CONFIGURATION = {"seed", "out", "checkpoint_dir", "checkpoint_every", "resume", "overwrite",
-                       "threads", "log_every", "eval_samples", "quiet"}
+                       "threads", "log_every", "eval_samples", "deterministic", "quiet"}
 SEEDED_OPTIONS = {"straggler_seed", "topology_seed"}
 HEADLINE = ("tau", "k")          #: options always in a label where they apply
 PANELS = {"train_loss": "train loss", "test_loss": "test loss", "test_error": "test error",

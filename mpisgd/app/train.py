@@ -198,10 +198,34 @@ def run(cfg: TrainConfig, comm, quiet: bool = False) -> dict:
     """
     threads = torch.get_num_threads()     # the run sets its own; the caller gets theirs back
     try:
-        with Signals() as signals, KeptWarnings() as kept:   # a signal in set-up stops at step 1
-            return _run(cfg, comm, quiet, signals, kept)
+        with Signals() as signals, KeptWarnings() as kept, Deterministic(cfg.deterministic):
+            return _run(cfg, comm, quiet, signals, kept)    # a signal in set-up stops at step 1
     finally:
         torch.set_num_threads(threads)
+
+
+class Deterministic:
+    """``--deterministic``: torch's deterministic algorithms (an operation without one raises,
+    naming it), cuDNN's deterministic convolutions without autotuning, and cuBLAS's fixed
+    workspace (``CUBLAS_WORKSPACE_CONFIG=:4096:8``, unless set); the caller's settings come
+    back afterwards. Recorded in the configuration."""
+
+    def __init__(self, on: bool):
+        self.on = on
+
+    def __enter__(self):
+        if self.on:
+            self.saved = (torch.are_deterministic_algorithms_enabled(),
+                          torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+        return self
+
+    def __exit__(self, *exc):
+        if self.on:
+            torch.use_deterministic_algorithms(self.saved[0])
+            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = self.saved[1:]
 
 
 def _run(cfg: TrainConfig, comm, quiet: bool, signals: Signals, kept: KeptWarnings) -> dict:
@@ -403,6 +427,7 @@ def _train(cfg, comm, algo, model, opt, data, shards, record, quiet, signals, ke
         return {}
     summary = {**row, "path": cfg.out, "workers": algo.workers, "algo": cfg.algo,
                "eval_time": evaluate.seconds, "eval_samples": cfg.eval_samples,
+               "mpi_path": algo.comm.device_path(device),
                "kernels": ops.backend(str(params.device.type)), "device": placement.describe(where),
                "warning": _stall_warning(rows, first_loss, data.classes),
                "compression": paid(series, cfg.options.get("compress", ""))}
@@ -410,6 +435,8 @@ def _train(cfg, comm, algo, model, opt, data, shards, record, quiet, signals, ke
         kept.into(record)
         record.attribute("train_samples", len(data.y_train))     # time per epoch (mpisgd project)
         record.attribute("eval_time", evaluate.seconds)
+        if summary["mpi_path"]:          # how device tensors reached MPI
+            record.attribute("mpi_path", summary["mpi_path"])
         record.series("ranks", "host", [h for h, _, _ in where])
         record.series("ranks", "device", [d for _, d, _ in where])
         for key, values in series.items():
@@ -560,7 +587,9 @@ def summary_line(s: dict) -> str:
             f"train loss {s['train_loss']:.4f}, {s['wall_time']:.2f} s "
             f"(+ {s['eval_time']:.2f} s evaluating {s['eval_samples']} test samples a log point), "
             f"{int(s['rounds'])} rounds, {_human_bytes(s['bytes_sent'])} sent, "
-            f"device: {s['device']}, kernels: {s['kernels']}; record: {s['path']}"
+            f"device: {s['device']}"
+            + (f" (MPI: {s['mpi_path']})" if s.get("mpi_path") else "")
+            + f", kernels: {s['kernels']}; record: {s['path']}"
             + (f"; {s['compression']}" if s.get("compression") else "")
             + (f"; warning: {s['warning']}" if s.get("warning") else ""))
 

@@ -98,13 +98,40 @@ def test_non_contiguous_tensor_refused_before_staging(comm):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_aware_self_test_agrees_on_every_rank(comm):
+def test_device_buffer_probe_agrees_on_every_rank(comm):
     c = Comm(comm)
-    direct = c.verify_cuda_aware(torch.device("cuda", 0))
+    direct = c.probe_device_buffers(torch.device("cuda", 0))
     assert comm.allgather(direct) == [direct] * comm.size
+    assert c.device_path("cuda:0") in ("host staging", "device buffers") or \
+        c.device_path("cuda:0").startswith("device buffers (host staging for ")
     x = torch.full((1000,), float(comm.rank), device="cuda")
     c.allreduce(x, average=True)
     assert torch.allclose(x.cpu(), torch.full((1000,), (comm.size - 1) / 2))
+
+
+def test_an_mpi_that_cannot_read_device_memory_is_refused_or_staged(comm, monkeypatch):
+    """No GPU needed: nothing touches device memory before the verdict. This MPI (the wheel's
+    MPICH) says MPIX_Query_cuda_support() = 0: auto stages every operation; never, or
+    MPISGD_CUDA_AWARE=1, is one ConfigError on every rank (rank 0's printed), not a crash
+    inside MPI at the first step."""
+    from mpisgd.errors import ConfigError
+    from mpisgd.mpienv import cuda_support
+    said, library = cuda_support()
+    if said is not False:
+        pytest.skip(f"this MPI does not say it lacks CUDA support ({said}, {library})")
+    cuda = torch.device("cuda", 0)
+    c = Comm(comm)
+    assert c.probe_device_buffers(cuda) == frozenset() and c.device_path(cuda) == "host staging"
+    assert c.device_path("cpu") == ""
+    with pytest.raises(ConfigError, match=r"^MPISGD_STAGING=never, but this MPI cannot read "
+                                          r"device memory \(.*MPIX_Query_cuda_support\(\) = 0\)"
+                                          r": unset MPISGD_STAGING") as never:
+        Comm(comm, staging="never").probe_device_buffers(cuda)
+    assert never.value.echo == (comm.rank != 0)
+    monkeypatch.setenv("MPISGD_CUDA_AWARE", "1")
+    with pytest.raises(ConfigError, match=r"^MPISGD_CUDA_AWARE=1, but this MPI says it cannot "
+                                          r"read device memory in this run"):
+        Comm(comm).probe_device_buffers(cuda)
 
 
 class _Gate:

@@ -137,15 +137,17 @@ def test_sync_staged_bucket_copies_overlap_the_rest_of_backward(monkeypatch):
     lower layers' backward still runs on the compute stream (CUDA timing events)."""
     monkeypatch.setenv("MPISGD_STAGING", "always")
     torch.manual_seed(0)
-    top, bottom = torch.nn.Linear(256, 256), torch.nn.Linear(256, 256)
+    # three layers of 256 kB weights: at bucket_mb 0.2 a bucket each (a bucket never splits
+    # a parameter; two layers made two buckets), checked on the CPU too (test_sync.py)
+    top, middle, bottom = (torch.nn.Linear(256, 256) for _ in range(3))
 
     class Net(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.bottom, self.top = bottom, top
+            self.bottom, self.middle, self.top = bottom, middle, top
 
         def forward(self, x):
-            return self.top(_BusyBackward.apply(self.bottom(x)))
+            return self.top(self.middle(_BusyBackward.apply(self.bottom(x))))
 
     model = Net()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
@@ -162,7 +164,7 @@ def test_sync_staged_bucket_copies_overlap_the_rest_of_backward(monkeypatch):
         backward_done.record()
         algo.step()
         torch.cuda.synchronize()
-    first_copy_start, first_copy_end = algo.comm.boundary._timed[0]
+    first_copy_start, first_copy_end, _ = algo.comm.boundary.spans.pairs[0]
     assert start.elapsed_time(first_copy_end) < start.elapsed_time(backward_done) - 5.0, \
         "bucket 0's device-to-host copy did not finish while backward was still computing"
     assert algo.comm.counters()["staging_time"] > 0

@@ -177,3 +177,14 @@ def test_parameter_unused_on_one_rank_keeps_collectives_in_order():
     for flat in (algo.flat.data, algo.flat.buffers):
         gathered = comm.allgather(flat.numpy().tobytes())
         assert all(g == gathered[0] for g in gathered)
+
+
+def test_a_bucket_never_splits_a_parameter(comm):
+    """Three 256 x 256 layers at bucket_mb 0.2 (a weight is 256 kB): a bucket each, as the
+    GPU overlap test (test_devices.py) needs; two such layers make two."""
+    for layers, buckets in ((2, 2), (3, 3)):
+        model = torch.nn.Sequential(*(torch.nn.Linear(256, 256) for _ in range(layers)))
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        algo = mpisgd.build("sync", model, opt, comm=comm, bucket_mb=0.2)
+        assert len(algo.flat.buckets) == buckets
+        algo.close()

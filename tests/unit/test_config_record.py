@@ -189,3 +189,15 @@ def test_model_that_does_not_fit_the_data(tmp_path):
         f["x"] = np.zeros(20, np.float32)
     with pytest.raises(ConfigError, match="one row per sample"):
         train.prepare(from_sources(None, dict(data=f"hdf5:{path}", steps=5)), MPI.COMM_SELF)
+
+
+def test_deterministic_holds_during_the_run_and_is_recorded(tmp_path, monkeypatch):
+    seen, run = [], train._run
+    monkeypatch.setattr(train, "_run", lambda *a: seen.append(
+        (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark)) or run(*a))
+    out = str(tmp_path / "d.h5")
+    cfg = from_sources(None, dict(steps=4, threads=1, out=out, deterministic=True))
+    train.run(cfg, MPI.COMM_SELF, quiet=True)
+    assert seen == [(True, False)]
+    assert not torch.are_deterministic_algorithms_enabled()         # the caller's, back
+    assert record.read(out)["config"]["deterministic"] is True

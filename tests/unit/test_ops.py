@@ -127,6 +127,27 @@ def test_the_openmp_branch_runs_and_agrees(threads):
         torch.set_num_threads(before)
 
 
+@CUDA
+def test_a_cuda_kernel_that_fails_at_launch_falls_back_to_the_twin_once(monkeypatch):
+    """A module built with a CUDA runtime newer than the driver fails at its first launch:
+    one warning, the torch twin from then on, and the backend says why."""
+    if not ops.backend("cuda").startswith("cuda"):
+        pytest.skip(f"no compiled CUDA kernels: {ops.backend('cuda')}")
+
+    def broken(*args):
+        raise RuntimeError("mpisgd._ops: elastic: CUDA driver version is insufficient for "
+                           "CUDA runtime version")
+    monkeypatch.setattr(ops._ops, "elastic_cuda", broken)
+    monkeypatch.setattr(ops, "_KERNELS", None)
+    monkeypatch.setattr(ops, "_WHY_CUDA", None)
+    x, c, out = randn(3, 1000, torch.float32, "cuda")
+    x0, c0 = f64(x, c)
+    with pytest.warns(RuntimeWarning, match="compiled CUDA kernels failed .*driver version"):
+        ops.elastic(x, c, out, ALPHA)
+    assert_close(x, x0 - ALPHA * (x0 - c0), (x0, c0), "reference")
+    assert ops.backend("cuda").startswith("torch (the compiled CUDA kernels failed: ")
+
+
 def test_a_driver_run_gives_back_the_callers_threads(tmp_path):
     from mpi4py import MPI
 
