@@ -86,13 +86,19 @@ def save(comm, directory: str, step: int, state: dict, meta: dict, keep: int = 2
         raise StorageError(f"cannot write the checkpoint {final}: {errors[0]}; "
                            + (f"the last one is kept: {kept[-1]}" if kept else "none was kept"))
     if comm.rank == 0:
-        with storage.writing("the checkpoint", final):
-            with open(os.path.join(tmp, "meta.json"), "w", encoding="utf-8") as f:
-                json.dump({"format": FORMAT, "step": step, "world_size": comm.size,
-                           "streams": streams.VERSION, **meta}, f)
-            if os.path.exists(final):
-                shutil.rmtree(final)
-            os.replace(tmp, final)
+        try:
+            with storage.writing("the checkpoint", final):
+                with open(os.path.join(tmp, "meta.json"), "w", encoding="utf-8") as f:
+                    json.dump({"format": FORMAT, "step": step, "world_size": comm.size,
+                               "streams": streams.VERSION, **meta}, f)
+                old = final + ".old"
+                if os.path.exists(final):        # one of this step already: aside, not gone,
+                    os.replace(final, old)       # until the new one has its name
+                os.replace(tmp, final)
+                shutil.rmtree(old, ignore_errors=True)
+        except StorageError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         done = _complete(directory)
         later = [p for p in done if p > final]       # an abandoned continuation's (a resume
         earlier = [p for p in done if p <= final]    # from an older step): never the newest

@@ -39,12 +39,12 @@ from ._mpi import MPI
 from .errors import ConfigError
 from .mpienv import cuda_aware, cuda_support, mpi_library, setting, staging_mode, \
     yield_when_waiting
+from .staging import DeviceBoundary
 
 #: The MPI operations training hands tensors to (``p2p``: Isend, Irecv and the persistent
 #: requests of gossip); a CUDA-aware MPI's support is probed per operation.
 DEVICE_OPS = ("Allreduce", "Iallreduce", "Ibcast", "Ireduce", "Iallgather", "Ialltoall",
               "Ineighbor_allgather", "p2p")
-from .staging import DeviceBoundary
 
 _MPI_TYPES: dict = {}     # torch dtype -> MPI datatype, filled on first use (MPI loads lazily)
 
@@ -313,6 +313,11 @@ class Comm:
         :data:`DEVICE_OPS` once on a small device tensor and checks the result; an
         operation that fails on any rank is staged through host memory (``auto``, with a
         warning naming it) or refused (``never``). Returns :attr:`device_ops`.
+
+        An algorithm probes its ``Comm`` when it is built on a CUDA model; a ``Comm`` made
+        directly trusts the library's word for every operation until this is called.
+        A probe that fails on some ranks only may leave the others waiting in it (the
+        abort hook ends the job if the failing rank raises).
         """
         if torch.device(device).type != "cuda" or self.staging == "always":
             return self.device_ops
@@ -325,18 +330,22 @@ class Comm:
                          "MPIR_CVAR_ENABLE_GPU=1; Open MPI: a build with CUDA)")
         if not self.cuda_aware:
             if self.staging == "never":
-                why = ("MPIX_Query_cuda_support() = 0" if said is False else
+                why = ("MPISGD_CUDA_AWARE=0 says so" if setting("MPISGD_CUDA_AWARE") == "0" else
+                       "MPIX_Query_cuda_support() = 0" if said is False else
                        "no MPIX_Query_cuda_support; set MPISGD_CUDA_AWARE=1 if it can")
                 self._refuse(f"MPISGD_STAGING=never, but this MPI cannot read device memory "
                              f"({name}: {why}): unset MPISGD_STAGING to stage through host "
                              "memory, or use a CUDA-aware MPI")
             return self.device_ops
-        passed = []
+        passed, first = [], None
+        probe = self.sibling()              # uncounted; every operation on device buffers
+        probe.device_ops = frozenset(DEVICE_OPS)
         for op in DEVICE_OPS:
             try:
-                passed.append(int(self._probe(op, device)))
-            except Exception:           # noqa: BLE001 - any failure means: do not trust it
+                passed.append(int(probe._probe(op, device)))
+            except Exception as err:        # noqa: BLE001 - any failure means: do not trust it
                 passed.append(0)
+                first = first or f"{op}: {type(err).__name__}: {err}"
         if self.size > 1:               # an operation counts if it passed on every rank
             votes = torch.tensor(passed, dtype=torch.int32)
             self.mpi.Allreduce(MPI.IN_PLACE, self.spec(votes), op=MPI.MIN)
@@ -348,9 +357,9 @@ class Comm:
                          "MPISGD_STAGING to stage those through host memory")
         if failed:
             warnings.warn(f"the MPI library claims CUDA support but failed {', '.join(failed)} "
-                          "on device buffers at start; those go through host memory "
-                          "(MPISGD_CUDA_AWARE=0 stages everything and skips the test)",
-                          RuntimeWarning)
+                          "on device buffers at start" + (f" ({first})" if first else "")
+                          + "; those go through host memory (MPISGD_CUDA_AWARE=0 stages "
+                          "everything and skips the test)", RuntimeWarning)
         self.device_ops = frozenset(op for op, ok in zip(DEVICE_OPS, passed) if ok)
         return self.device_ops
 
@@ -361,42 +370,46 @@ class Comm:
         raise err
 
     def _probe(self, op: str, device) -> bool:
-        """Run ``op`` once on device buffers (every rank alike); whether the result is right."""
-        P, r, spec = self.size, self.rank, self.spec
+        """Run ``op`` once, through this ``Comm``'s own operation, on device buffers (every
+        rank alike); whether the result is right. A wrong result is what a library built
+        with CUDA support but run without it gives."""
+        P, r = self.size, self.rank
         x = torch.full((4,), float(r + 1), device=device)
-        send = torch.full((P, 4), float(r + 1), device=device)
-        rows, got = torch.zeros(P, 4, device=device), torch.zeros_like(x)
-        torch.cuda.current_stream(x.device).synchronize()
+        rows = torch.zeros(P, 4, device=device)
         total = P * (P + 1) / 2
         ranks = torch.arange(1, P + 1, dtype=torch.float32)[:, None].expand(P, 4)
         left, right = (r - 1) % P, (r + 1) % P
-        if op == "Allreduce":
-            self.mpi.Allreduce(MPI.IN_PLACE, spec(x))
+        if op == "Allreduce":                       # what allreduce() and blocking rounds use
+            if x.is_cuda:
+                torch.cuda.current_stream(x.device).synchronize()
+            self.mpi.Allreduce(MPI.IN_PLACE, self.spec(x))
             return bool((x.cpu() == total).all())
         if op == "Iallreduce":
-            self.mpi.Iallreduce(MPI.IN_PLACE, spec(x)).Wait()
+            self.iallreduce(x).wait()
             return bool((x.cpu() == total).all())
         if op == "Ibcast":
-            self.mpi.Ibcast(spec(x), root=0).Wait()
+            self.bcast(x, root=0)
             return bool((x.cpu() == 1.0).all())
         if op == "Ireduce":
-            self.mpi.Ireduce(spec(x), spec(got) if r == 0 else None, root=0).Wait()
-            return r != 0 or bool((got.cpu() == total).all())
+            self.ireduce(x, root=0).wait()
+            return r != 0 or bool((x.cpu() == total).all())
         if op == "Iallgather":
-            self.mpi.Iallgather(spec(x), spec(rows)).Wait()
+            self.iallgather(x, rows).wait()
             return bool((rows.cpu() == ranks).all())
         if op == "Ialltoall":
-            self.mpi.Ialltoall(spec(send), spec(rows)).Wait()
+            self.ialltoall(torch.full((P, 4), float(r + 1), device=device), rows).wait()
             return bool((rows.cpu() == ranks).all())
+        got = torch.zeros(1, 4, device=device)
         if op == "p2p":
-            MPI.Request.Waitall([self.mpi.Irecv(spec(got), left, 77),
-                                 self.mpi.Isend(spec(x), right, 77)])
-            return bool((got.cpu() == float(left + 1)).all())
-        ring = self.mpi.Create_dist_graph_adjacent([left], [right])   # Ineighbor_allgather
-        try:
-            ring.Ineighbor_allgather(spec(x), spec(got)).Wait()
-        finally:
-            ring.Free()
+            received = self.irecv(got[0], left, 77)
+            self.isend(x, right, 77).wait()
+            received.wait()
+        else:                                       # Ineighbor_allgather, on a ring
+            ring = self.mpi.Create_dist_graph_adjacent([left], [right])
+            try:
+                self.ineighbor_allgather(ring, x, got).wait()
+            finally:
+                ring.Free()
         return bool((got.cpu() == float(left + 1)).all())
 
     def device_path(self, device) -> str:

@@ -155,7 +155,7 @@ def _loaded_mpi_libraries() -> list[str]:
             paths = {line.split()[-1] for line in maps if "/" in line and "libmpi" in line}
     except OSError:
         return []
-    return sorted(p for p in paths if os.path.basename(p).startswith(("libmpi", "libmpich")))
+    return sorted(p for p in paths if os.path.basename(p).startswith("libmpi"))
 
 
 def cuda_support() -> tuple[bool | None, str]:

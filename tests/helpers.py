@@ -88,6 +88,24 @@ def classifier(seed: int = 0) -> torch.nn.Module:
                                torch.nn.Linear(7, 3)).double()
 
 
+def classifier_trace(name, comm, steps=8, momentum=0.0, lr=0.1, **options):
+    """Algorithm ``name`` on the classifier, ``steps`` steps of SGD at ``lr`` on ``comm``;
+    returns this rank's parameters after each step and the algorithm (finished)."""
+    import mpisgd
+    model = classifier()
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    algo = mpisgd.build(name, model, opt, comm=comm, **options)
+    out = []
+    for step in range(steps):
+        x, y = classifier_batch(comm.rank, step)
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        algo.step()
+        out.append(algo.flat.data.clone())
+    algo.finish()
+    return out, algo
+
+
 def mpiexec() -> list[str]:
     """The launcher beside this Python (the MPICH wheel's), else the one on PATH."""
     here = os.path.join(os.path.dirname(sys.executable), "mpiexec")

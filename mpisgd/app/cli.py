@@ -294,9 +294,9 @@ def main(argv=None) -> int:
     try:
         args = parser().parse_args(argv)
         return args.func(args)
-    except KeyboardInterrupt:     # Ctrl-C before training (a run stops itself: SIGINT, exit 3)
-        if _launched_rank() in (None, 0):
-            os.write(2, b"mpisgd: interrupted (SIGINT) before training began\n")
+    except KeyboardInterrupt:     # Ctrl-C outside a run, or twice (once: SIGINT stops a run
+        if _launched_rank() in (None, 0):    # at a step with a checkpoint, exit 3)
+            os.write(2, b"mpisgd: interrupted (SIGINT)\n")
         return 130
     except ConfigError as err:
         if not err.echo:                 # every rank raised it: one of them prints it

@@ -25,8 +25,9 @@ renames that over ``RECORD.h5`` (:meth:`RunRecord.edit`). So
 * a reader never stops the run, whatever it holds: an ``h5py.File`` kept
   open in a notebook, ``h5dump``, ``mpisgd report`` at any rate. It holds
   the version it opened (the kernel keeps a renamed-over file alive for
-  its readers) and sees the rows logged since when it opens the file
-  again. The writer never opens a file a reader can see, so HDF5's file
+  its readers; on NFS, a reader on another host may instead get "stale
+  file handle" from a version replaced under it, and opens it again) and
+  sees the rows logged since when it opens the file again. The writer never opens a file a reader can see, so HDF5's file
   lock never meets it;
 * every version is a whole HDF5 file, closed by the writer before anyone
   can open it: a reader sees a prefix of the rows, every metric as long as
@@ -80,11 +81,11 @@ died, or every rank hit the same error).
 from __future__ import annotations
 
 import atexit
+import errno
 import fcntl
 import io
 import json
 import os
-import shutil
 import socket
 import warnings
 from contextlib import contextmanager, suppress
@@ -124,6 +125,7 @@ class RunRecord:
                  mpi_library: str, version: str, rows: dict | None = None):
         self.path = path
         self._open: h5py.File | None = None     # the version being written, inside edit()
+        self._image = b""                        # the last version published, in memory
         columns = _columns(rows or {name: [] for name in METRICS})
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         lock(path)
@@ -143,17 +145,16 @@ class RunRecord:
         error. Readers never see it half-written; on an error the current version stays.
         Nested calls write into the outer block's version.
 
-        HDF5 writes the version in memory; only Python's own I/O touches the disk, so a
-        failing disk raises a clean ``OSError`` here (a :class:`StorageError`), never
-        inside HDF5 (which then fails again, at random, when h5py frees the file)."""
+        HDF5 writes the version in memory, from the last one this process published (the
+        record is this process's alone: it holds the lock); only Python's own I/O touches
+        the disk, so a failing disk raises a clean ``OSError`` here (a
+        :class:`StorageError`), never inside HDF5 (which then fails again, at random,
+        when h5py frees the file). Each version is on disk (``fsync``) before it replaces
+        the last, so a node that crashes leaves one or the other whole."""
         if self._open is not None:
             yield self._open
             return
-        image = io.BytesIO()
-        with storage.writing("the run record", self.path):
-            if not fresh:
-                with open(self.path, "rb") as current:
-                    shutil.copyfileobj(current, image)
+        image = io.BytesIO(b"" if fresh else self._image)
         try:
             with h5py.File(image, "w" if fresh else "a") as f:
                 self._open = f
@@ -165,11 +166,14 @@ class RunRecord:
             with storage.writing("the run record", self.path):
                 with open(new, "wb") as out:
                     out.write(image.getbuffer())
+                    out.flush()
+                    os.fsync(out.fileno())       # whole on disk before it replaces the last
                 os.replace(new, self.path)
         except BaseException:
             with suppress(OSError):      # gone already, or the filesystem refuses even that
                 os.remove(new)
             raise
+        self._image = image.getvalue()   # the next version starts from this one
 
     def log(self, **row: float) -> None:
         """Append one log point; every name in ``METRICS`` must be given."""
@@ -255,12 +259,13 @@ class KeptWarnings:
         warnings.showwarning = self._shown
 
     def into(self, record: RunRecord | None) -> None:
-        """Add the warnings kept so far to ``record`` (rank 0's; ``None`` elsewhere)."""
+        """Add the warnings kept so far to ``record`` (rank 0's; ``None`` elsewhere, where
+        they are dropped: the other ranks' warnings are not shown either)."""
         if record is not None and self.pending:
             with record.edit():
                 for text in self.pending:
                     record.warn(text)
-            self.pending.clear()
+        self.pending.clear()
 
 
 def read(path: str) -> dict:
@@ -282,11 +287,17 @@ def read(path: str) -> dict:
     return out
 
 
-def _open_for_reading(path: str) -> h5py.File:
+def _open_for_reading(path: str, tries: int = 3) -> h5py.File:
     """``path`` opened read-only, without HDF5's file lock: a published version of a
     record never changes (:meth:`RunRecord.edit`), so a reader needs no lock, and
-    holds none that anything could meet."""
-    return h5py.File(path, "r", locking=False)
+    holds none that anything could meet. On NFS a version replaced between the lookup
+    and the open gives ``ESTALE``: the open is tried again."""
+    for attempt in range(tries):
+        try:
+            return h5py.File(path, "r", locking=False)
+        except OSError as err:
+            if getattr(err, "errno", None) != errno.ESTALE or attempt == tries - 1:
+                raise
 
 
 def claim(path: str, overwrite: bool = False, resume: bool = False) -> None:
@@ -336,8 +347,12 @@ def lock(path: str) -> None:
         except FileNotFoundError:
             pass
         os.close(fd)             # its holder removed it meanwhile (unlock): lock the new one
-    with open(name, "w", encoding="utf-8") as f:
-        f.write(f"pid {os.getpid()} on {socket.gethostname()}, since {_now()}\n")
+    try:
+        with open(name, "w", encoding="utf-8") as f:
+            f.write(f"pid {os.getpid()} on {socket.gethostname()}, since {_now()}\n")
+    except OSError:
+        os.close(fd)                 # the lock goes with the descriptor
+        raise
     _held[key] = fd
 
 

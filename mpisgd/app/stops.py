@@ -56,7 +56,8 @@ class Signals:
     A context manager: the previous handlers come back on exit, so a
     library user's own handlers are untouched outside a run. A second
     signal while one is pending restores the default action and re-raises
-    it: a rank that cannot reach a step boundary still dies.
+    it: a rank that cannot reach a step boundary still dies (a second SIGINT
+    raises ``KeyboardInterrupt``, as Python does).
     """
 
     def __init__(self):
@@ -66,6 +67,8 @@ class Signals:
     def _handler(self, signum, frame):
         name = signal.Signals(signum).name
         if self.received is not None:
+            if signum == signal.SIGINT:      # a second Ctrl-C: Python's own, KeyboardInterrupt
+                raise KeyboardInterrupt      # (a notebook keeps its kernel)
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             return

@@ -207,8 +207,9 @@ def run(cfg: TrainConfig, comm, quiet: bool = False) -> dict:
 class Deterministic:
     """``--deterministic``: torch's deterministic algorithms (an operation without one raises,
     naming it), cuDNN's deterministic convolutions without autotuning, and cuBLAS's fixed
-    workspace (``CUBLAS_WORKSPACE_CONFIG=:4096:8``, unless set); the caller's settings come
-    back afterwards. Recorded in the configuration."""
+    workspace (``CUBLAS_WORKSPACE_CONFIG=:4096:8``, unless set; cuBLAS reads it when a
+    process first uses it, which for ``mpisgd train`` is inside the run); the caller's
+    settings come back afterwards. Recorded in the configuration."""
 
     def __init__(self, on: bool):
         self.on = on
@@ -216,7 +217,8 @@ class Deterministic:
     def __enter__(self):
         if self.on:
             self.saved = (torch.are_deterministic_algorithms_enabled(),
-                          torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+                          torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+                          os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
@@ -225,7 +227,9 @@ class Deterministic:
     def __exit__(self, *exc):
         if self.on:
             torch.use_deterministic_algorithms(self.saved[0])
-            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = self.saved[1:]
+            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = self.saved[1:3]
+            if self.saved[3] is None:
+                os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
 
 
 def _run(cfg: TrainConfig, comm, quiet: bool, signals: Signals, kept: KeptWarnings) -> dict:
@@ -253,8 +257,9 @@ def _run(cfg: TrainConfig, comm, quiet: bool, signals: Signals, kept: KeptWarnin
     except RunStopped as err:    # on every rank alike, at the same point: close collectively
         algo.close()
         if record is not None:
-            kept.into(record)
-            record.stopped(err.status)
+            with record.edit():
+                kept.into(record)
+                record.stopped(err.status)
         raise
     except BaseException as err:
         if record is not None:

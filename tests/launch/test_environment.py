@@ -14,7 +14,7 @@ import pytest
 from helpers import mpiexec
 from test_cli_errors import assert_one_error_line
 
-NP = 4
+NP = 2      # one rank with the variable, one without: enough to show it reaches every rank
 
 
 def launch_per_rank(envs: list[dict], args: list[str], timeout: float = 90):
@@ -33,7 +33,7 @@ def launch_per_rank(envs: list[dict], args: list[str], timeout: float = 90):
 
 
 @pytest.mark.parametrize("bad_rank, env, needle", [
-    (2, {"MPISGD_OPS": "bogus"}, "MPISGD_OPS must be auto or torch, got 'bogus'"),
+    (1, {"MPISGD_OPS": "bogus"}, "MPISGD_OPS must be auto or torch, got 'bogus'"),
     (0, {"MPISGD_WIAT": "spin"}, "MPISGD_WIAT is not an mpisgd environment variable "
                                  "(did you mean MPISGD_WAIT? known: MPISGD_WAIT, "),
     (NP - 1, {"MPISGD_STAGING": "sometimes"}, "MPISGD_STAGING must be auto, always or never"),

@@ -1,7 +1,7 @@
 """Comm under mpiexec: closed forms on COMM_WORLD and on a Dup of it (STYLE 3, 11)."""
 import pytest
 import torch
-from mpisgd.comm import Comm
+from mpisgd.comm import DEVICE_OPS, Comm
 
 
 @pytest.mark.mpi(min_size=2)
@@ -107,6 +107,16 @@ def test_device_buffer_probe_agrees_on_every_rank(comm):
     x = torch.full((1000,), float(comm.rank), device="cuda")
     c.allreduce(x, average=True)
     assert torch.allclose(x.cpu(), torch.full((1000,), (comm.size - 1) / 2))
+
+
+@pytest.mark.parametrize("op", DEVICE_OPS)
+def test_each_probe_is_right_on_host_buffers(comm, op):
+    """The start-up probe of each operation (run on device buffers on a GPU) through the
+    Comm's own operations: right on every rank, at every size (the probe of a CUDA-aware
+    MPI must not fail for a reason of its own)."""
+    c = Comm(comm)
+    assert c._probe(op, "cpu") is True
+    assert comm.allgather(c._probe(op, "cpu")) == [True] * comm.Get_size()
 
 
 def test_an_mpi_that_cannot_read_device_memory_is_refused_or_staged(comm, monkeypatch):

@@ -17,11 +17,10 @@ import numpy as np
 import pytest
 import torch
 
-import mpisgd
 from mpisgd.comm import Comm
 from mpisgd.compress import BLOCK, CompressedMean, paid, series
-from helpers import D, classifier, classifier_batch, regression_grad, regression_loss, \
-    regression_run
+from helpers import D, classifier, classifier_batch, classifier_trace, regression_grad, \
+    regression_loss, regression_run
 
 HALF = {"fp16": 2.0 ** -11, "bf16": 2.0 ** -8}
 
@@ -254,26 +253,6 @@ def test_sync_int8_equals_the_codec_written_out(comm):
         np.testing.assert_allclose(got[k].numpy(), x, rtol=1e-13, atol=1e-15, err_msg=str(k))
 
 
-@pytest.mark.mpi(min_size=2)
-def test_local_int8_pseudo_gradients_equal_the_codec_written_out(comm):
-    """local SGD, tau 4: at a round each worker's pseudo-gradient anchor - x_r goes through
-    int8_mean (with its residual); the anchor steps by the mean and every x becomes it."""
-    steps, tau, eta = 12, 4, 0.05
-    x0 = torch.linspace(-1.0, 1.0, D, dtype=torch.float64)
-    algo, got = regression_run("local", x0, steps, comm, eta, tau=tau, compress="int8")
-    P = comm.size
-    X, anchor = np.tile(x0.numpy(), (P, 1)), x0.numpy().copy()
-    residual = np.zeros((P, D))
-    for k in range(steps):
-        X = X - eta * regression_grads(X, k)
-        if (k + 1) % tau == 0:
-            mean, residual = int8_mean(anchor[None, :] - X, residual)
-            anchor = anchor - mean
-            X = np.tile(anchor, (P, 1))
-        np.testing.assert_allclose(got[k].numpy(), X[comm.rank], rtol=1e-13, atol=1e-15,
-                                   err_msg=str(k))
-
-
 def topk_mean(A: np.ndarray, residual: np.ndarray, ratio: float):
     """top-k's mean with error feedback, written out: a_r = A_r + e_r; rank r sends its
     k = ceil(ratio n) entries of largest |a_r|; the mean is 1/P of their sum, placed;
@@ -290,20 +269,25 @@ def topk_mean(A: np.ndarray, residual: np.ndarray, ratio: float):
 
 
 @pytest.mark.mpi(min_size=2)
-def test_local_topk_pseudo_gradients_equal_the_codec_written_out(comm):
+@pytest.mark.parametrize("fmt, mean_of", [("int8", int8_mean),
+                                          ("topk:0.5", lambda A, e: topk_mean(A, e, 0.5))])
+def test_local_pseudo_gradients_equal_the_codec_written_out(comm, fmt, mean_of):
+    """local SGD, tau 4: at a round each worker's pseudo-gradient anchor - x_r goes through
+    the codec written out above (with its residual); the anchor steps by the mean and
+    every x becomes it."""
     steps, tau, eta = 12, 4, 0.05
     x0 = torch.linspace(-1.0, 1.0, D, dtype=torch.float64)
-    _, got = regression_run("local", x0, steps, comm, eta, tau=tau, compress="topk:0.5")
+    _, got = regression_run("local", x0, steps, comm, eta, tau=tau, compress=fmt)
     P = comm.size
     X, anchor = np.tile(x0.numpy(), (P, 1)), x0.numpy().copy()
     residual = np.zeros((P, D))
     for k in range(steps):
         X = X - eta * regression_grads(X, k)
         if (k + 1) % tau == 0:
-            mean, residual = topk_mean(anchor[None, :] - X, residual, 0.5)
+            mean, residual = mean_of(anchor[None, :] - X, residual)
             anchor = anchor - mean
             X = np.tile(anchor, (P, 1))
-        np.testing.assert_allclose(got[k].numpy(), X[comm.rank], rtol=1e-12, atol=1e-14,
+        np.testing.assert_allclose(got[k].numpy(), X[comm.rank], rtol=1e-13, atol=1e-15,
                                    err_msg=str(k))
 
 
@@ -315,16 +299,7 @@ def test_sync_powersgd_equals_the_method_written_out(comm):
     POWERSGD, then warm-started (Vogels et al. 2019)."""
     from mpisgd import streams
     steps, eta, P = 6, 0.1, comm.size
-    model = classifier()
-    opt = torch.optim.SGD(model.parameters(), lr=eta)
-    algo = mpisgd.build("sync", model, opt, comm=comm, compress="powersgd:1")
-    got = []
-    for step in range(steps):
-        x, y = classifier_batch(comm.rank, step)
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(model(x), y).backward()
-        algo.step()
-        got.append(algo.flat.data.clone())
+    got, _ = classifier_trace("sync", comm, steps, lr=eta, compress="powersgd:1")
     twin = classifier()
     params = list(twin.parameters())
     flat = torch.nn.utils.parameters_to_vector(params).detach()

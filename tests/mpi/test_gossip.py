@@ -21,7 +21,7 @@ from mpisgd.comm import Comm
 from mpisgd.errors import ConfigError
 from mpisgd.mixing import Mixer
 import expected_w
-from helpers import D, classifier, classifier_batch, regression_grad, regression_model, regression_run
+from helpers import D, classifier_trace, regression_grad, regression_model, regression_run
 
 ETA = 0.05
 TOL = dict(rtol=1e-12, atol=1e-13)
@@ -167,20 +167,6 @@ def test_cooperative_with_a_user_matrix_of_two_auxiliary_variables(comm):
 
 
 # ---- special cases -------------------------------------------------------------
-
-def classifier_trace(name, comm=WORLD, steps=8, momentum=0.0, **options):
-    model = classifier()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=momentum)
-    algo = mpisgd.build(name, model, opt, comm=comm, **options)
-    out = []
-    for step in range(steps):
-        x, y = classifier_batch(comm.rank, step)
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(model(x), y).backward()
-        algo.step()
-        out.append(algo.flat.data.clone())
-    algo.finish()
-    return out, algo
 
 
 @pytest.mark.mpi(min_size=2)
