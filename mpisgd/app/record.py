@@ -45,8 +45,9 @@ it is open for writing, until someone runs ``h5clear`` (not shipped with
 h5py); SWMR needs POSIX write ordering, which NFS does not give; and a
 SWMR writer cannot add the groups and attributes the end of a run writes.
 The price of a new version per write is a copy of the record (a few kB
-during training: the rows): 1.2-1.6x the time of an append in place, about
-1 ms more per log point (benchmarks/bench_record.py, docs/benchmarks.md).
+during training: the rows) and an ``fsync``: 1.3-2x the time of an append in
+place, about 2 ms more per log point (benchmarks/bench_record.py,
+docs/benchmarks.md).
 
 Until :meth:`RunRecord.complete` the status says the job ended early;
 :meth:`RunRecord.fail` stores the reason.

@@ -16,7 +16,7 @@ import numpy as np
 from helpers import mpiexec
 
 RUNS, STEPS = 10, 200
-GRID = (f"algo: sync\nmodel: linear\nsteps: {STEPS}\nlog_every: 1\nbatch_size: 8\n"
+GRID = (f"algo: sync\nmodel: linear\ndata: synthetic:512\nsteps: {STEPS}\nlog_every: 1\nbatch_size: 8\n"
         f"grid:\n  seed: {list(range(RUNS))}\n")
 
 READER = r"""
