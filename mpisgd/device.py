@@ -20,6 +20,7 @@ kernels follow it): a node without GPUs in a CUDA job is refused on every rank.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import socket
 import warnings
@@ -182,3 +183,27 @@ def describe(placements: list[tuple[str, str, str]]) -> str:
     if len(gpus) == len(placements):
         return f"cuda, one GPU per rank ({where})"
     return f"cuda, {where} on {len(gpus)} GPU{'s' if len(gpus) > 1 else ''}"
+
+
+@contextlib.contextmanager
+def deterministic(on: bool = True):
+    """``--deterministic``: inside the block, torch's deterministic algorithms (an operation
+    without one raises, naming it), cuDNN's deterministic convolutions without autotuning,
+    and cuBLAS's fixed workspace (``CUBLAS_WORKSPACE_CONFIG=:4096:8``, unless set; cuBLAS
+    reads it when a process first uses it, which for ``mpisgd train`` is inside the run).
+    The caller's settings come back afterwards. Does nothing unless ``on``."""
+    if not on:
+        yield
+        return
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+             torch.backends.cudnn.benchmark, os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[1:3]
+        if saved[3] is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)

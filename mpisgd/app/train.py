@@ -198,38 +198,11 @@ def run(cfg: TrainConfig, comm, quiet: bool = False) -> dict:
     """
     threads = torch.get_num_threads()     # the run sets its own; the caller gets theirs back
     try:
-        with Signals() as signals, KeptWarnings() as kept, Deterministic(cfg.deterministic):
+        with Signals() as signals, KeptWarnings() as kept, \
+                placement.deterministic(cfg.deterministic):
             return _run(cfg, comm, quiet, signals, kept)    # a signal in set-up stops at step 1
     finally:
         torch.set_num_threads(threads)
-
-
-class Deterministic:
-    """``--deterministic``: torch's deterministic algorithms (an operation without one raises,
-    naming it), cuDNN's deterministic convolutions without autotuning, and cuBLAS's fixed
-    workspace (``CUBLAS_WORKSPACE_CONFIG=:4096:8``, unless set; cuBLAS reads it when a
-    process first uses it, which for ``mpisgd train`` is inside the run); the caller's
-    settings come back afterwards. Recorded in the configuration."""
-
-    def __init__(self, on: bool):
-        self.on = on
-
-    def __enter__(self):
-        if self.on:
-            self.saved = (torch.are_deterministic_algorithms_enabled(),
-                          torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
-                          os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True)
-            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-        return self
-
-    def __exit__(self, *exc):
-        if self.on:
-            torch.use_deterministic_algorithms(self.saved[0])
-            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = self.saved[1:3]
-            if self.saved[3] is None:
-                os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
 
 
 def _run(cfg: TrainConfig, comm, quiet: bool, signals: Signals, kept: KeptWarnings) -> dict:
