@@ -55,6 +55,10 @@ AccountingStorageType=accounting_storage/none
 SchedulerType=sched/backfill
 MaxArraySize=10001
 KillWait=5
+# A requeued job waits cred_expire + 1 s before it starts again (slurmd refuses a job whose
+# earlier run's credential it still holds revoked: "Job credential revoked"); 120 s by
+# default, 15 s here, still ample for a step to launch on this one node.
+AuthInfo=cred_expire=15
 InactiveLimit=0
 MinJobAge=300
 NodeName=localhost CPUs=$cpus RealMemory=$mem State=UNKNOWN
