@@ -35,12 +35,19 @@ def check_dir(directory: str, flag: str) -> None:
         raise ConfigError(f"{flag} {directory}: {existing} is a file, so the directory cannot "
                           "be created below it")
     try:
-        fd, probe = tempfile.mkstemp(prefix=".mpisgd-probe-", dir=existing)
-        os.close(fd)
-        os.remove(probe)
+        probe(existing)
     except OSError as err:
         raise ConfigError(f"{flag} {directory}: cannot write in {existing} "
                           f"({err.strerror or err})") from None
+
+
+def probe(directory: str) -> None:
+    """Create a file in ``directory`` and remove it; the ``OSError`` if that fails. The
+    file's name (``.mpisgd-probe-*``) is no one's: a reader watching the directory for
+    records or checkpoints never meets it."""
+    fd, name = tempfile.mkstemp(prefix=".mpisgd-probe-", dir=directory)
+    os.close(fd)
+    os.remove(name)
 
 
 def _errno(err: BaseException) -> int | None:

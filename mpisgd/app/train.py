@@ -74,12 +74,9 @@ def _writable(path: str, overwrite: bool = False, resume: bool = False) -> str:
         raise ConfigError(f"--out {path}: cannot create directory {parent} ({err.strerror})") from None
     try:
         claim(path, overwrite, resume)
-        existed = os.path.exists(path)
-        open(path, "ab").close()     # can the file itself be created or written?
-    except OSError as err:
+        storage.probe(parent)        # each version is a new file renamed over the record:
+    except OSError as err:           # never create the record's own name (a reader meets it)
         raise ConfigError(f"--out {path}: cannot write it ({err.strerror})") from None
-    if not existed:
-        os.remove(path)
     return path
 
 

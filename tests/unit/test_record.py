@@ -154,3 +154,48 @@ def test_a_failed_write_leaves_the_last_version(tmp_path):
         rec.attribute("note", "whole")
     done = record.read(path)
     assert done["metrics"]["step"].tolist() == [1.0, 4.0] and done["attrs"]["note"] == "whole"
+
+
+def created_names(directory, action):
+    """The names ``action()`` creates in ``directory`` (opened with O_CREAT) and renames
+    into it, as the kernel reports them (inotify's IN_CREATE and IN_MOVED_TO)."""
+    import ctypes
+    import struct
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.inotify_init1(os.O_NONBLOCK)
+    assert fd >= 0, os.strerror(ctypes.get_errno())
+    created, moved = 0x100, 0x80
+    try:
+        assert libc.inotify_add_watch(fd, str(directory).encode(), created | moved) >= 0
+        action()
+        events, data = [], b""
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except BlockingIOError:
+                break
+            data += chunk
+        while data:
+            _, mask, _, size = struct.unpack_from("iIII", data)
+            name = data[16:16 + size].rstrip(b"\0").decode()
+            events.append(("created" if mask & created else "renamed", name))
+            data = data[16 + size:]
+        return events
+    finally:
+        os.close(fd)
+
+
+def test_a_reader_never_meets_a_record_name_holding_less_than_a_whole_version(tmp_path):
+    """The record's own name appears only by a rename of a whole version over it: checking
+    that ``--out`` can be written (rank 0, in ``prepare``) creates other names. (It once
+    created the record empty: a reader watching a study met a 0-byte ``.h5``.)"""
+    path = str(tmp_path / "run.h5")
+
+    def start_a_run():
+        train._writable(path)
+        new(path).log(**ROW)
+
+    events = created_names(tmp_path, start_a_run)
+    assert ("renamed", "run.h5") in events
+    assert ("created", "run.h5") not in events, events
+    assert all(what == "renamed" for what, name in events if name == "run.h5")
