@@ -185,6 +185,19 @@ def describe(placements: list[tuple[str, str, str]]) -> str:
     return f"cuda, {where} on {len(gpus)} GPU{'s' if len(gpus) > 1 else ''}"
 
 
+def layout(hosts: list[str]) -> str:
+    """The summary line's word on nodes, from every rank's host: ``""`` on one host,
+    ``4 nodes x 2 ranks``, or ``7 ranks on 3 nodes`` where nodes run different counts."""
+    counts = {h: hosts.count(h) for h in hosts}
+    if len(counts) < 2:
+        return ""
+    per = set(counts.values())
+    if len(per) == 1:
+        r = per.pop()
+        return f"{len(counts)} nodes x {r} rank{'s' * (r != 1)}"
+    return f"{len(hosts)} ranks on {len(counts)} nodes"
+
+
 @contextlib.contextmanager
 def deterministic(on: bool = True):
     """``--deterministic``: inside the block, torch's deterministic algorithms (an operation

@@ -37,9 +37,9 @@ from .errors import ConfigError
 
 
 class Variable(NamedTuple):
-    """An ``MPISGD_*`` environment variable: its values (lower case), the value when unset
-    or empty, and what reads it."""
-    values: tuple[str, ...]
+    """An ``MPISGD_*`` environment variable: its values (lower case; ``None``: any text), the
+    value when unset or empty, and what reads it."""
+    values: tuple[str, ...] | None
     default: str | None
     meaning: str
 
@@ -61,6 +61,8 @@ ENVIRONMENT = {
                            "install time: the MPICH wheel even where mpicc is (Makefile)"),
     "MPISGD_REQUIRE_OPS": Variable(("1", "0"), "1",
                                    "tests: 0 accepts a build without the compiled kernels"),
+    "MPISGD_CLUSTER": Variable(None, None, "set by mpisgd cluster: the emulated cluster in "
+                                           "words, for the summary line (mpisgd.emulated)"),
 }
 
 
@@ -77,6 +79,8 @@ def setting(name: str) -> str | None:
     value = raw.strip().lower()
     if not value:
         return var.default
+    if var.values is None:
+        return raw.strip()
     if value not in var.values:
         raise ConfigError(f"{name} must be {_either(var.values)}, got {raw!r}")
     return value

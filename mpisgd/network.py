@@ -33,6 +33,9 @@ class Network:
     beta: float
     source: str = ""                       #: where it came from (a calibration, the command line)
     allreduce: dict = field(default_factory=dict)    #: the Allreduce's own fit, when measured
+    #: point-to-point fits by level, when measured on several nodes: ``{"intra": {"alpha":
+    #: A, "beta": B}, "inter": {...}}`` (alpha, beta above are then the inter-node pair)
+    levels: dict = field(default_factory=dict)
 
     def p2p(self, n: float) -> float:
         return self.alpha + n * self.beta
@@ -68,7 +71,7 @@ class Network:
             with open(text, encoding="utf-8") as f:
                 body = json.load(f)
             return cls(float(body["alpha"]), float(body["beta"]), body.get("source", text),
-                       dict(body.get("allreduce", {})))
+                       dict(body.get("allreduce", {})), dict(body.get("levels", {})))
         except FileNotFoundError:
             raise ValueError(f"--network {text}: no such file (give mpisgd calibrate's file, "
                              "or ALPHA,BETA)") from None

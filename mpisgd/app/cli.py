@@ -144,6 +144,28 @@ def _project_parser(sub) -> None:
     p.set_defaults(func=_project)
 
 
+def _cluster_parser(sub) -> None:
+    p = sub.add_parser("cluster", help="a job on emulated nodes with shaped NICs (root)",
+                       description="mpisgd cluster --nodes 4 --ranks-per-node 2 --nic 1gbit -- "
+                                   "python -m mpisgd train ...; mpisgd cluster up|down|list "
+                                   "(docs/cluster.md)")
+    p.add_argument("--name", help="the cluster's name (default c<pid>); up, down and runs on a "
+                                  "cluster kept up need one")
+    p.add_argument("--nodes", type=int, default=2, help="emulated nodes (default 2)")
+    p.add_argument("--ranks-per-node", type=int, default=1, help="ranks on each node (default 1)")
+    p.add_argument("--nic", default="1gbit",
+                   help="each node's NIC rate, each direction: 1gbit, 10gbit, 100mbit, none "
+                        "(default 1gbit)")
+    p.add_argument("--latency", help="one-way latency between nodes (50us, 1ms): needs the "
+                                     "kernel's netem")
+    p.add_argument("--mpiexec", help="the launcher (default the mpiexec beside this Python)")
+    p.add_argument("--all", action="store_true", dest="every", help="down: every cluster")
+    p.add_argument("--quiet", action="store_true", help="no line on the cluster's start")
+    p.add_argument("program", nargs=argparse.REMAINDER,
+                   help="up | down | list, or -- PROGRAM ARGS... to run on every rank")
+    p.set_defaults(func=_cluster)
+
+
 def _topology_parser(sub) -> None:
     from ..topology import TOPOLOGIES, WEIGHTS
     p = sub.add_parser("topology", help="a mixing matrix's degrees, weights, spectrum and zeta",
@@ -178,6 +200,7 @@ def parser() -> argparse.ArgumentParser:
     _study_parser(sub)
     _calibrate_parser(sub)
     _project_parser(sub)
+    _cluster_parser(sub)
     return p
 
 
@@ -272,6 +295,24 @@ def _project(args) -> int:
         return project.main(args.records, workers, args.network, args.out)
     except (OSError, KeyError) as err:
         raise ConfigError(str(err).strip("'\"")) from None
+
+
+def _cluster(args) -> int:
+    from . import cluster
+    program = list(args.program)
+    action = "run"
+    if program and program[0] in ("up", "down", "list"):
+        action = program.pop(0)
+        after = parser().parse_args(["cluster", *program])     # the options after the action
+        defaults = parser().parse_args(["cluster"])
+        for key, value in vars(after).items():              # ... with those before it
+            if value != getattr(defaults, key):
+                setattr(args, key, value)
+        program = list(after.program)
+    if program and program[0] == "--":
+        program = program[1:]
+    return cluster.main(action, args.name, args.nodes, args.ranks_per_node, args.nic,
+                        args.latency, args.mpiexec, program, args.quiet, args.every)
 
 
 def _topology(args) -> int:

@@ -39,7 +39,7 @@ from .. import __version__, checkpoint, data as datasets, device as placement, m
 from .._mpi import MPI
 from ..compress import paid
 from ..errors import ConfigError, agree, digest
-from ..mpienv import check_environment, check_launch, mpi_library
+from ..mpienv import check_environment, check_launch, mpi_library, setting
 from .config import TrainConfig
 from .health import stalled
 from .record import METRICS, RANK_FIELDS, KeptWarnings, RunRecord, claim
@@ -404,6 +404,7 @@ def _train(cfg, comm, algo, model, opt, data, shards, record, quiet, signals, ke
                "eval_time": evaluate.seconds, "eval_samples": cfg.eval_samples,
                "mpi_path": algo.comm.device_path(device),
                "kernels": ops.backend(str(params.device.type)), "device": placement.describe(where),
+               "nodes": setting("MPISGD_CLUSTER") or placement.layout([h for h, _, _ in where]),
                "warning": _stall_warning(rows, first_loss, data.classes),
                "compression": paid(series, cfg.options.get("compress", ""))}
     with record.edit():          # one new version of the record, completed as a whole
@@ -412,6 +413,8 @@ def _train(cfg, comm, algo, model, opt, data, shards, record, quiet, signals, ke
         record.attribute("eval_time", evaluate.seconds)
         if summary["mpi_path"]:          # how device tensors reached MPI
             record.attribute("mpi_path", summary["mpi_path"])
+        if summary["nodes"]:             # several nodes, or an emulated cluster (mpisgd cluster)
+            record.attribute("nodes", summary["nodes"])
         record.series("ranks", "host", [h for h, _, _ in where])
         record.series("ranks", "device", [d for _, d, _ in where])
         for key, values in series.items():
@@ -563,6 +566,7 @@ def summary_line(s: dict) -> str:
             f"(+ {s['eval_time']:.2f} s evaluating {s['eval_samples']} test samples a log point), "
             f"{int(s['rounds'])} rounds, {_human_bytes(s['bytes_sent'])} sent, "
             f"device: {s['device']}"
+            + (f" on {s['nodes']}" if s.get("nodes") else "")
             + (f" (MPI: {s['mpi_path']})" if s.get("mpi_path") else "")
             + f", kernels: {s['kernels']}; record: {s['path']}"
             + (f"; {s['compression']}" if s.get("compression") else "")

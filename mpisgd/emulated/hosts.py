@@ -1,0 +1,238 @@
+"""Emulated hosts: network namespaces joined by a switch, each with a NIC of a set rate.
+
+One cluster named ``NAME`` of N nodes is N + 1 network namespaces, all its own::
+
+    mpisgd-NAME-sw     the switch: bridge br0 (10.99.0.254/24, MTU 9000), where the
+                       launcher (mpiexec) runs; port nI for node I
+    mpisgd-NAME-nI     node I: lo and eth0 (10.99.0.I+1/24, MTU 9000), the other end
+                       of the switch's port nI (a veth pair)
+
+The NIC rate applies in each direction: a token bucket (``tc tbf``) on the node's
+eth0 shapes what it sends, one on the switch's port nI what it receives. So a
+node sends and receives at most RATE each, however many peers it talks to, as
+through one NIC and a non-blocking switch. A bucket holds at least one packet
+(``burst`` > MTU: below it TCP stalls for good) and otherwise 100 us of
+traffic, so rates hold from a fraction of a millisecond up. Latency (``tc netem``, on the node's eth0:
+one-way, node to node) needs the kernel's ``sch_netem``; where the kernel lacks
+it, :func:`check_latency` says so in one line.
+
+Nothing lands in the host's own namespace: no address, link, route or hosts
+entry. The switch and its addresses live in a namespace of the cluster, so two
+clusters side by side use the same addresses without meeting, and removing
+the namespaces (:func:`down`) removes every link with them. Built on the
+iproute2 commands (``ip -n NS``, ``tc -n NS``): every host that can create
+network namespaces has them, no Python dependency comes with them, and the
+commands this module runs (:attr:`Cluster.log`) are the ones an administrator
+would type to look or repeat.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+
+from ..errors import ConfigError
+
+PREFIX = "mpisgd-"                 #: every namespace of every cluster starts with it
+SUBNET = "10.99.0"                 #: per cluster, inside its own namespaces
+SWITCH_IP = f"{SUBNET}.254"
+MTU = 9000
+MAX_NODES = 250
+
+_UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
+_TIME = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6}
+
+
+def parse_rate(text: str) -> float | None:
+    """Bits per second of a NIC rate: ``1gbit``, ``2.5Gbit/s``, ``100mbit``, ``1e9``;
+    ``None`` for ``none`` (links at veth speed: no shaping). ``ConfigError`` otherwise:
+    tc's ``gbps`` means gigabytes, so byte units are refused rather than guessed."""
+    spec = str(text).strip().lower().replace(" ", "")
+    if spec in ("none", "unshaped", "0"):
+        return None
+    found = re.fullmatch(r"([0-9]*\.?[0-9]+(?:e[0-9]+)?)([kmgt]?)(bit(?:/s)?|bps|b/s)?", spec)
+    if not found or (found.group(3) or "bit").startswith(("bps", "b/s")) or (
+            found.group(2) and not found.group(3)):
+        raise ConfigError(f"--nic {text}: give a rate in bits per second such as 1gbit, "
+                          "10gbit, 100mbit or 2.5gbit (tc's gbps would be bytes), or none")
+    rate = float(found.group(1)) * _UNITS[found.group(2)]
+    if not 8e3 <= rate <= 4e12:
+        raise ConfigError(f"--nic {text}: out of range (8kbit to 4tbit)")
+    return rate
+
+
+def parse_latency(text: str | None) -> float | None:
+    """Seconds of a one-way latency (``50us``, ``1ms``, ``0.2ms``), or ``None``."""
+    if text in (None, "", "0"):
+        return None
+    found = re.fullmatch(r"([0-9]*\.?[0-9]+)(s|ms|us|µs)", str(text).strip().lower())
+    if not found:
+        raise ConfigError(f"--latency {text}: give a time such as 50us, 1ms or 0.5ms")
+    return float(found.group(1)) * _TIME[found.group(2)]
+
+
+def describe_rate(bits: float | None) -> str:
+    """``1 Gbit/s``, ``2.5 Gbit/s``, ``100 Mbit/s``; ``unshaped`` for ``None``."""
+    if bits is None:
+        return "unshaped"
+    for unit, scale in (("Tbit/s", 1e12), ("Gbit/s", 1e9), ("Mbit/s", 1e6), ("kbit/s", 1e3)):
+        if bits >= scale:
+            return f"{bits / scale:g} {unit}"
+    return f"{bits:g} bit/s"
+
+
+@dataclass
+class Cluster:
+    """The plan of one emulated cluster, and what bringing it up ran."""
+    name: str
+    nodes: int
+    ranks_per_node: int
+    nic: float | None = None               #: bits/s in each direction; None: unshaped
+    latency: float | None = None           #: one-way seconds (netem); None: none added
+    log: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_]{0,19}", self.name):
+            raise ConfigError(f"--name {self.name}: 1-20 characters of a-z, 0-9 and _, "
+                              "starting with a letter or digit")
+        if not 1 <= self.nodes <= MAX_NODES:
+            raise ConfigError(f"--nodes must be 1..{MAX_NODES}, got {self.nodes}")
+        if self.ranks_per_node < 1:
+            raise ConfigError(f"--ranks-per-node must be a positive integer, "
+                              f"got {self.ranks_per_node}")
+
+    @property
+    def switch(self) -> str:
+        return f"{PREFIX}{self.name}-sw"
+
+    def node(self, i: int) -> str:
+        """Node i's namespace, which is also its hostname."""
+        return f"{PREFIX}{self.name}-n{i}"
+
+    def address(self, i: int) -> str:
+        return f"{SUBNET}.{i + 1}"
+
+    @property
+    def namespaces(self) -> list[str]:
+        return [self.switch] + [self.node(i) for i in range(self.nodes)]
+
+    def describe(self) -> str:
+        """``4 nodes x 2 ranks, NIC 1 Gbit/s (emulated)`` (and the latency, if any)."""
+        nic = "NICs unshaped" if self.nic is None else f"NIC {describe_rate(self.nic)}"
+        late = f", latency {self.latency * 1e6:g} us" if self.latency else ""
+        return (f"{self.nodes} node{'s' * (self.nodes != 1)} x {self.ranks_per_node} "
+                f"rank{'s' * (self.ranks_per_node != 1)}, {nic}{late} (emulated)")
+
+    def run(self, *cmd: str) -> str:
+        """Run one iproute2 command, logged; ``OSError`` with its message if it fails."""
+        self.log.append(" ".join(cmd))
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode:
+            raise OSError(f"{' '.join(cmd)}: {(done.stderr or done.stdout).strip()}")
+        return done.stdout
+
+
+def bucket(rate: float) -> tuple[int, int]:
+    """(burst, queue limit) in bytes of a token bucket for ``rate`` bits/s: a burst of two
+    jumbo frames or 100 us of traffic, whichever is more (a real NIC sends nothing above
+    its rate: a larger burst lets messages below it through at memory speed, which the
+    calibration would then see as bandwidth); a queue of 50 ms (at least 1 MB)."""
+    per_second = rate / 8
+    return (max(2 * MTU, math.ceil(per_second * 1e-4)),
+            max(1 << 20, math.ceil(per_second * 0.05)))
+
+
+def _shape(c: Cluster, ns: str, dev: str, delay: float | None) -> None:
+    """The NIC's queue on ``dev`` in namespace ``ns``: the rate, and ``delay`` before it."""
+    parent = ["root"]
+    if delay:
+        c.run("tc", "-n", ns, "qdisc", "add", "dev", dev, "root", "handle", "1:", "netem",
+              "delay", f"{delay * 1e6:.0f}us", "limit", "100000")
+        parent = ["parent", "1:1"]
+    if c.nic is not None:
+        burst, limit = bucket(c.nic)
+        c.run("tc", "-n", ns, "qdisc", "add", "dev", dev, *parent, "handle", "10:", "tbf",
+              "rate", f"{c.nic:.0f}bit", "burst", str(burst), "limit", str(limit))
+
+
+def up(c: Cluster) -> None:
+    """Create the cluster's namespaces, switch, links and queues. On any failure what
+    was made is removed again (:func:`down`) and the ``OSError`` raised (the
+    ``ConfigError`` of :func:`check_latency`)."""
+    try:
+        for ns in c.namespaces:
+            c.run("ip", "netns", "add", ns)
+            c.run("ip", "-n", ns, "link", "set", "lo", "up")
+        check_latency(c)
+        c.run("ip", "-n", c.switch, "link", "add", "br0", "mtu", str(MTU), "type", "bridge")
+        c.run("ip", "-n", c.switch, "addr", "add", f"{SWITCH_IP}/24", "dev", "br0")
+        c.run("ip", "-n", c.switch, "link", "set", "br0", "up")
+        for i in range(c.nodes):
+            node, port = c.node(i), f"n{i}"
+            c.run("ip", "-n", c.switch, "link", "add", port, "mtu", str(MTU), "type", "veth",
+                  "peer", "name", "eth0", "mtu", str(MTU), "netns", node)
+            c.run("ip", "-n", c.switch, "link", "set", port, "master", "br0", "up")
+            c.run("ip", "-n", node, "addr", "add", f"{c.address(i)}/24", "dev", "eth0")
+            c.run("ip", "-n", node, "link", "set", "eth0", "up")
+            _shape(c, node, "eth0", c.latency)        # what node i sends
+            _shape(c, c.switch, port, None)            # what node i receives
+    except BaseException:
+        down(c.name)
+        raise
+
+
+def check_latency(c: Cluster) -> None:
+    """``ConfigError`` in one line when ``--latency`` is asked of a kernel without netem
+    (tried on the switch's loopback, right after it exists)."""
+    if not c.latency:
+        return
+    probe = subprocess.run(["tc", "-n", c.switch, "qdisc", "add", "dev", "lo", "root",
+                            "netem", "delay", "1us"], capture_output=True, text=True)
+    if probe.returncode:
+        raise ConfigError("--latency needs the kernel's netem queue "
+                          "(sch_netem), which this kernel does not have "
+                          f"(tc: {probe.stderr.strip() or 'refused'}); the NIC rate alone "
+                          "works without it")
+    subprocess.run(["tc", "-n", c.switch, "qdisc", "del", "dev", "lo", "root"],
+                   capture_output=True)
+
+
+def namespaces(name: str | None = None) -> list[str]:
+    """The network namespaces of cluster ``name`` (of every cluster if ``None``)."""
+    done = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
+    names = [line.split()[0] for line in done.stdout.splitlines() if line.strip()]
+    start = PREFIX if name is None else f"{PREFIX}{name}-"
+    return sorted(n for n in names if n.startswith(start))
+
+
+def pids(ns: str) -> list[int]:
+    """The processes inside namespace ``ns``."""
+    done = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True)
+    return [int(p) for p in done.stdout.split() if p.isdigit()]
+
+
+def down(name: str, grace: float = 2.0) -> list[str]:
+    """Remove cluster ``name``: end every process in its namespaces (SIGTERM, then SIGKILL
+    after ``grace`` seconds), then the namespaces, which takes their links and queues
+    with them. Returns the namespaces removed; idempotent."""
+    spaces = namespaces(name)
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        alive = [p for ns in spaces for p in pids(ns)]
+        for pid in alive:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + wait
+        while alive and time.monotonic() < deadline:
+            time.sleep(0.05)
+            alive = [p for ns in spaces for p in pids(ns)]
+        if not alive:
+            break
+    for ns in spaces:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    return spaces
