@@ -8,7 +8,9 @@ temporary directory. First a calibration run (local SGD, tau 64, no delay)
 measures the compute seconds per step c; every run then gets
 ``--comm-delay`` = ``--delay-factor`` x c per communication round, so that
 sync SGD spends about twice as long communicating as computing, as across
-a slow link. Runs, in order:
+a slow link. On an emulated cluster (``mpisgd cluster --nodes 4 --nic RATE -- python
+benchmarks/bench_diloco.py --delay-factor 0``) the link is real: choose RATE so that
+the printed exchange of sync is about 2x compute. Runs, in order:
 
 * ``sync``, and sync with each compression (fp16, bf16, int8, topk:0.01,
   powersgd:4) of its gradient buckets;
@@ -95,6 +97,10 @@ def main() -> None:
         print(f"# bench_diloco: {comm.size} ranks, MLP on digits, {args.steps} steps, "
               f"compute {compute * 1e3:.2f} ms/step, --comm-delay {delay * 1e3:.2f} ms/round; "
               f"{machine()}")
+        step = float(sync["wall_time"][-1]) / args.steps
+        print(f"sync: {step * 1e3:.2f} ms/step, its exchange {(step - compute) / compute:.2f}x "
+              "compute" + (f" (on {os.environ['MPISGD_CLUSTER']})"
+                           if os.environ.get("MPISGD_CLUSTER") else ""))
         print(f"target test error {100 * target:.2f}% (sync's at step {args.steps}); sync "
               f"reaches it in {base[0]:.2f} s, {base[1] / 1e6:.1f} MB")
         print(f"{'run':<16} {'step':>5} {'s':>7} {'s/sync':>7} {'MB':>8} {'bytes/sync':>10} "

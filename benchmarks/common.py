@@ -84,11 +84,20 @@ def interleaved(contenders: dict, trials: int, comm=MPI.COMM_WORLD, warmup: int 
 
 
 def init_gloo(comm=MPI.COMM_WORLD) -> None:
-    """torch.distributed on gloo over loopback, ranks taken from MPI."""
+    """torch.distributed on gloo, ranks taken from MPI: over loopback, or on an emulated
+    cluster (``mpisgd cluster``) over the nodes' NICs, rank 0's address the master."""
     import torch.distributed as dist
     if dist.is_initialized():
         return
     port = comm.bcast(29500 + os.getpid() % 2000 if comm.rank == 0 else None)
+    if os.environ.get("MPISGD_CLUSTER"):
+        import socket
+        from mpisgd.emulated.hosts import SWITCH_IP
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((SWITCH_IP, 9))                # no packet: the route names eth0's address
+            mine = s.getsockname()[0]
+        os.environ["MASTER_ADDR"] = comm.bcast(mine, root=0)
+        os.environ["GLOO_SOCKET_IFNAME"] = "eth0"
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ["MASTER_PORT"] = str(port)
     dist.init_process_group("gloo", rank=comm.rank, world_size=comm.size)

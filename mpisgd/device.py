@@ -185,17 +185,21 @@ def describe(placements: list[tuple[str, str, str]]) -> str:
     return f"cuda, {where} on {len(gpus)} GPU{'s' if len(gpus) > 1 else ''}"
 
 
-def layout(hosts: list[str]) -> str:
-    """The summary line's word on nodes, from every rank's host: ``""`` on one host,
-    ``4 nodes x 2 ranks``, or ``7 ranks on 3 nodes`` where nodes run different counts."""
+def layout(hosts: list[str], network: str = "") -> str:
+    """The summary line's word on nodes, from every rank's host and the network's words
+    (``mpisgd cluster``'s ``MPISGD_CLUSTER``): ``""`` on one host of no named network,
+    ``4 nodes x 2 ranks``, ``7 ranks on 3 nodes`` where nodes run different counts,
+    ``1 node x 2 ranks, NIC 1 Gbit/s (emulated)``."""
     counts = {h: hosts.count(h) for h in hosts}
-    if len(counts) < 2:
+    if len(counts) < 2 and not network:
         return ""
     per = set(counts.values())
     if len(per) == 1:
         r = per.pop()
-        return f"{len(counts)} nodes x {r} rank{'s' * (r != 1)}"
-    return f"{len(hosts)} ranks on {len(counts)} nodes"
+        words = f"{len(counts)} node{'s' * (len(counts) != 1)} x {r} rank{'s' * (r != 1)}"
+    else:
+        words = f"{len(hosts)} ranks on {len(counts)} nodes"
+    return words + (f", {network}" if network else "")
 
 
 @contextlib.contextmanager

@@ -61,7 +61,7 @@ ENVIRONMENT = {
                            "install time: the MPICH wheel even where mpicc is (Makefile)"),
     "MPISGD_REQUIRE_OPS": Variable(("1", "0"), "1",
                                    "tests: 0 accepts a build without the compiled kernels"),
-    "MPISGD_CLUSTER": Variable(None, None, "set by mpisgd cluster: the emulated cluster in "
+    "MPISGD_CLUSTER": Variable(None, None, "set by mpisgd cluster: the emulated network in "
                                            "words, for the summary line (mpisgd.emulated)"),
 }
 

@@ -14,8 +14,9 @@ Measures, over message sizes from 8 B to 16 MB (``--sizes``):
   median over repetitions.
 
 Fits (:func:`mpisgd.network.fit`, least squares on relative error): the
-point-to-point ``alpha + n beta`` (per level on several nodes; the file's
-``alpha`` and ``beta`` are then the inter-node ones), and the Allreduce as ``a + b n``, stored as
+point-to-point ``alpha + n beta`` (per level on several nodes, with the
+bandwidth of the largest message, :func:`bandwidth`; the file's ``alpha``
+and ``beta`` are then the inter-node ones), and the Allreduce as ``a + b n``, stored as
 the ring model's per-step ``alpha = a / (2 (P-1))`` and ``beta = b P / (2 (P-1))``
 (so that :meth:`~mpisgd.network.Network.allreduce_time` reproduces it at P
 ranks). Rank 0 prints the measured and fitted times and writes the JSON file
@@ -54,6 +55,16 @@ def _repeat(fn, comm, minimum: int = 5, seconds: float = 0.02) -> float:
 def _max():
     from .._mpi import MPI
     return MPI.MAX
+
+
+def bandwidth(points) -> float:
+    """Bytes per second of the largest message measured (bytes / one-way seconds): what a
+    link carries once a message is long enough that latency and a token bucket's burst
+    no longer count. The alpha-beta fit weighs every size alike, so where small messages
+    beat the rate (an emulated NIC's first frames pass at memory speed) its 1/beta is
+    higher; this is the rate a large exchange meets."""
+    n, t = max(points)
+    return n / t
 
 
 def pairs(hosts: list[str]) -> dict:
@@ -112,7 +123,8 @@ def calibrate(comm, sizes=SIZES) -> Network:
     if p < 2:
         raise ConfigError("calibrate needs at least 2 ranks (mpiexec -n 2 or more)")
     points = measure(comm, sizes)
-    levels = {level: dict(zip(("alpha", "beta"), fit(*zip(*points[level]))))
+    levels = {level: {**dict(zip(("alpha", "beta"), fit(*zip(*points[level])))),
+                      "bandwidth": bandwidth(points[level])}
               for level in ("intra", "inter") if level in points}
     alpha, beta = fit(*zip(*points["inter" if "inter" in points else "p2p"]))
     if "p2p" not in points:           # the table's point-to-point column: between nodes
@@ -135,11 +147,13 @@ def main(comm, out: str | None, sizes=SIZES) -> int:
                               or [("p2p", (net.alpha, net.beta))]):
             name = {"p2p": "point-to-point", "intra": "inside a node",
                     "inter": "between nodes"}[level]
+            large = (f"; {8 * net.levels[level]['bandwidth'] / 1e9:.3g} Gbit/s at "
+                     f"{max(sizes) / 1e6:g} MB") if level in net.levels else ""
             print(f"{name}: alpha {a * 1e6:.2f} us, beta {b * 1e9:.4f} ns/B "
-                  f"({8 / b / 1e9 if b else float('inf'):.3g} Gbit/s)")
+                  f"({8 / b / 1e9 if b else float('inf'):.3g} Gbit/s{large})")
         print(f"allreduce (ring model at {p} ranks): alpha {net.allreduce['alpha'] * 1e6:.2f} us, "
               f"beta {net.allreduce['beta'] * 1e9:.4f} ns/B")
-        print(f"{'bytes':>10} {'p2p us' if 'intra' not in net.levels else 'inter us':>10} {'fit':>10} {'allreduce us':>13} {'fit':>10}")
+        print(f"{'bytes':>10} {'inter us' if 'inter' in net.levels else 'p2p us':>10} {'fit':>10} {'allreduce us':>13} {'fit':>10}")
         for (n, t), (_, u) in zip(points["p2p"], points["allreduce"]):
             print(f"{n:>10} {t * 1e6:>10.2f} {net.p2p(n) * 1e6:>10.2f} {u * 1e6:>13.2f} "
                   f"{net.allreduce_time(n, p, 'ring') * 1e6:>10.2f}")

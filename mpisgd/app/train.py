@@ -404,7 +404,7 @@ def _train(cfg, comm, algo, model, opt, data, shards, record, quiet, signals, ke
                "eval_time": evaluate.seconds, "eval_samples": cfg.eval_samples,
                "mpi_path": algo.comm.device_path(device),
                "kernels": ops.backend(str(params.device.type)), "device": placement.describe(where),
-               "nodes": setting("MPISGD_CLUSTER") or placement.layout([h for h, _, _ in where]),
+               "nodes": placement.layout([h for h, _, _ in where], setting("MPISGD_CLUSTER") or ""),
                "warning": _stall_warning(rows, first_loss, data.classes),
                "compression": paid(series, cfg.options.get("compress", ""))}
     with record.edit():          # one new version of the record, completed as a whole

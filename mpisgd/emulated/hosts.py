@@ -2,9 +2,9 @@
 
 One cluster named ``NAME`` of N nodes is N + 1 network namespaces, all its own::
 
-    mpisgd-NAME-sw     the switch: bridge br0 (10.99.0.254/24, MTU 9000), where the
-                       launcher (mpiexec) runs; port nI for node I
-    mpisgd-NAME-nI     node I: lo and eth0 (10.99.0.I+1/24, MTU 9000), the other end
+    mpisgd-NAME-sw     the switch: bridge br0 (10.99.0.254/24), where the launcher
+                       (mpiexec) runs; port nI for node I
+    mpisgd-NAME-nI     node I: lo and eth0 (10.99.0.I+1/24), the other end
                        of the switch's port nI (a veth pair)
 
 The NIC rate applies in each direction: a token bucket (``tc tbf``) on the node's
@@ -12,7 +12,9 @@ eth0 shapes what it sends, one on the switch's port nI what it receives. So a
 node sends and receives at most RATE each, however many peers it talks to, as
 through one NIC and a non-blocking switch. A bucket holds at least one packet
 (``burst`` > MTU: below it TCP stalls for good) and otherwise 100 us of
-traffic, so rates hold from a fraction of a millisecond up. Latency (``tc netem``, on the node's eth0:
+traffic, so rates hold from a fraction of a millisecond up. Links carry jumbo
+frames (MTU 9000) from 1 Gbit/s up, standard ones (1500) below, where two jumbo
+frames would be 1.4 ms of traffic at 100 Mbit/s. Latency (``tc netem``, on the node's eth0:
 one-way, node to node) needs the kernel's ``sch_netem``; where the kernel lacks
 it, :func:`check_latency` says so in one line.
 
@@ -40,7 +42,8 @@ from ..errors import ConfigError
 PREFIX = "mpisgd-"                 #: every namespace of every cluster starts with it
 SUBNET = "10.99.0"                 #: per cluster, inside its own namespaces
 SWITCH_IP = f"{SUBNET}.254"
-MTU = 9000
+MTU = 9000                         #: jumbo frames at 1 Gbit/s and up
+SMALL_MTU = 1500                   #: below: a jumbo frame is too long a burst (0.7 ms at 100 Mbit/s)
 MAX_NODES = 250
 
 _UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
@@ -75,6 +78,19 @@ def parse_latency(text: str | None) -> float | None:
     return float(found.group(1)) * _TIME[found.group(2)]
 
 
+def valid_name(name: str) -> bool:
+    return re.fullmatch(r"[a-z0-9][a-z0-9_]{0,19}", name or "") is not None
+
+
+def check_name(name: str) -> str:
+    """``name`` if it can name a cluster (its namespaces and its directory), else
+    ``ConfigError``: 1-20 of a-z, 0-9 and _, never a path."""
+    if not valid_name(name):
+        raise ConfigError(f"--name {name}: 1-20 characters of a-z, 0-9 and _, "
+                          "starting with a letter or digit")
+    return name
+
+
 def describe_rate(bits: float | None) -> str:
     """``1 Gbit/s``, ``2.5 Gbit/s``, ``100 Mbit/s``; ``unshaped`` for ``None``."""
     if bits is None:
@@ -96,9 +112,7 @@ class Cluster:
     log: list[str] = field(default_factory=list)
 
     def __post_init__(self):
-        if not re.fullmatch(r"[a-z0-9][a-z0-9_]{0,19}", self.name):
-            raise ConfigError(f"--name {self.name}: 1-20 characters of a-z, 0-9 and _, "
-                              "starting with a letter or digit")
+        check_name(self.name)
         if not 1 <= self.nodes <= MAX_NODES:
             raise ConfigError(f"--nodes must be 1..{MAX_NODES}, got {self.nodes}")
         if self.ranks_per_node < 1:
@@ -120,20 +134,30 @@ class Cluster:
     def namespaces(self) -> list[str]:
         return [self.switch] + [self.node(i) for i in range(self.nodes)]
 
-    def describe(self) -> str:
-        """``4 nodes x 2 ranks, NIC 1 Gbit/s (emulated)`` (and the latency, if any)."""
+    def network(self) -> str:
+        """``NIC 1 Gbit/s (emulated)`` (and the latency, if any)."""
         nic = "NICs unshaped" if self.nic is None else f"NIC {describe_rate(self.nic)}"
         late = f", latency {self.latency * 1e6:g} us" if self.latency else ""
+        return f"{nic}{late} (emulated)"
+
+    def describe(self) -> str:
+        """``4 nodes x 2 ranks, NIC 1 Gbit/s (emulated)``."""
         return (f"{self.nodes} node{'s' * (self.nodes != 1)} x {self.ranks_per_node} "
-                f"rank{'s' * (self.ranks_per_node != 1)}, {nic}{late} (emulated)")
+                f"rank{'s' * (self.ranks_per_node != 1)}, {self.network()}")
 
     def run(self, *cmd: str) -> str:
         """Run one iproute2 command, logged; ``OSError`` with its message if it fails."""
         self.log.append(" ".join(cmd))
-        done = subprocess.run(cmd, capture_output=True, text=True)
+        done = _quiet(cmd)
         if done.returncode:
             raise OSError(f"{' '.join(cmd)}: {(done.stderr or done.stdout).strip()}")
         return done.stdout
+
+
+def mtu(rate: float | None) -> int:
+    """The links' MTU: jumbo frames, except below 1 Gbit/s where two of them (the least a
+    token bucket may hold) would let 1.4 ms of traffic through at memory speed."""
+    return SMALL_MTU if rate is not None and rate < 1e9 else MTU
 
 
 def bucket(rate: float) -> tuple[int, int]:
@@ -142,7 +166,7 @@ def bucket(rate: float) -> tuple[int, int]:
     its rate: a larger burst lets messages below it through at memory speed, which the
     calibration would then see as bandwidth); a queue of 50 ms (at least 1 MB)."""
     per_second = rate / 8
-    return (max(2 * MTU, math.ceil(per_second * 1e-4)),
+    return (max(2 * mtu(rate), math.ceil(per_second * 1e-4)),
             max(1 << 20, math.ceil(per_second * 0.05)))
 
 
@@ -168,13 +192,14 @@ def up(c: Cluster) -> None:
             c.run("ip", "netns", "add", ns)
             c.run("ip", "-n", ns, "link", "set", "lo", "up")
         check_latency(c)
-        c.run("ip", "-n", c.switch, "link", "add", "br0", "mtu", str(MTU), "type", "bridge")
+        frame = str(mtu(c.nic))
+        c.run("ip", "-n", c.switch, "link", "add", "br0", "mtu", frame, "type", "bridge")
         c.run("ip", "-n", c.switch, "addr", "add", f"{SWITCH_IP}/24", "dev", "br0")
         c.run("ip", "-n", c.switch, "link", "set", "br0", "up")
         for i in range(c.nodes):
             node, port = c.node(i), f"n{i}"
-            c.run("ip", "-n", c.switch, "link", "add", port, "mtu", str(MTU), "type", "veth",
-                  "peer", "name", "eth0", "mtu", str(MTU), "netns", node)
+            c.run("ip", "-n", c.switch, "link", "add", port, "mtu", frame, "type", "veth",
+                  "peer", "name", "eth0", "mtu", frame, "netns", node)
             c.run("ip", "-n", c.switch, "link", "set", port, "master", "br0", "up")
             c.run("ip", "-n", node, "addr", "add", f"{c.address(i)}/24", "dev", "eth0")
             c.run("ip", "-n", node, "link", "set", "eth0", "up")
@@ -201,24 +226,31 @@ def check_latency(c: Cluster) -> None:
                    capture_output=True)
 
 
+def _quiet(cmd: list[str]) -> subprocess.CompletedProcess:
+    """Run ``cmd`` in a session of its own: a Ctrl-C meant for mpisgd cluster (the
+    terminal's whole process group) never kills a teardown's ``ip`` midway."""
+    return subprocess.run(cmd, capture_output=True, text=True, start_new_session=True)
+
+
 def namespaces(name: str | None = None) -> list[str]:
     """The network namespaces of cluster ``name`` (of every cluster if ``None``)."""
-    done = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
+    done = _quiet(["ip", "netns", "list"])
     names = [line.split()[0] for line in done.stdout.splitlines() if line.strip()]
     start = PREFIX if name is None else f"{PREFIX}{name}-"
     return sorted(n for n in names if n.startswith(start))
 
 
 def pids(ns: str) -> list[int]:
-    """The processes inside namespace ``ns``."""
-    done = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True)
+    """The processes inside namespace ``ns``; ``OSError`` if ``ip`` cannot tell."""
+    done = _quiet(["ip", "netns", "pids", ns])
+    if done.returncode:
+        raise OSError(f"ip netns pids {ns}: {done.stderr.strip()}")
     return [int(p) for p in done.stdout.split() if p.isdigit()]
 
 
-def down(name: str, grace: float = 2.0) -> list[str]:
-    """Remove cluster ``name``: end every process in its namespaces (SIGTERM, then SIGKILL
-    after ``grace`` seconds), then the namespaces, which takes their links and queues
-    with them. Returns the namespaces removed; idempotent."""
+def stop(name: str, grace: float = 2.0) -> None:
+    """End every process in cluster ``name``'s namespaces: SIGTERM, then SIGKILL after
+    ``grace`` seconds."""
     spaces = namespaces(name)
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
         alive = [p for ns in spaces for p in pids(ns)]
@@ -232,7 +264,17 @@ def down(name: str, grace: float = 2.0) -> list[str]:
             time.sleep(0.05)
             alive = [p for ns in spaces for p in pids(ns)]
         if not alive:
-            break
+            return
+    raise OSError(f"processes {alive} of cluster {name} outlived SIGKILL")
+
+
+def down(name: str, grace: float = 2.0) -> list[str]:
+    """Remove cluster ``name``: end every process in its namespaces (:func:`stop`), then
+    the namespaces, which takes their links and queues with them. Returns the namespaces
+    removed; idempotent. A namespace is never removed while processes may be in it
+    (removed, it would hide them from every later teardown)."""
+    stop(name, grace)
+    spaces = namespaces(name)
     for ns in spaces:
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        _quiet(["ip", "netns", "del", ns])
     return spaces

@@ -3,10 +3,13 @@
 Both launchers start one daemon per host with a remote shell ("ssh HOST CMD");
 here the remote shell is a shim (:func:`write_shim`) that runs CMD inside the
 host's namespace, with the host's name as its hostname (its own UTS namespace),
-through a shell as sshd would::
+on the node's cores, through a shell as sshd would (the words joined, then read
+by ``sh``: hydra quotes its proxy's path, Open MPI sends ``VAR=...;export VAR;...``
+lists and ``( ... )`` groups)::
 
     SHIM [-x ...] 10.99.0.2 CMD...
-      -> ip netns exec mpisgd-NAME-n1 unshare --uts sh -c 'hostname mpisgd-NAME-n1; exec CMD...'
+      -> taskset -c CPUS ip netns exec mpisgd-NAME-n1 unshare --uts
+             sh -c 'hostname mpisgd-NAME-n1; CMD...'
 
 The launcher itself runs in the switch's namespace (it reaches every node over
 the bridge), and every process inherits the caller's environment, as on a
@@ -20,8 +23,9 @@ cluster whose nodes share one file system:
   on one machine and moves their messages through memory (process_vm_readv),
   around the shaped NICs (a 16 MB message between nodes in 4 ms instead of the
   134 ms of 1 Gbit/s); ``UCX_TLS=tcp,self`` keeps any UCX that runs on TCP;
-* Open MPI (prte): ``mpirun --hostfile HOSTFILE (IP slots=R) --map-by ppr:R:node
-  --mca plm_ssh_agent SHIM`` (``plm_rsh_agent`` before Open MPI 5), its ob1
+* Open MPI: ``mpirun --hostfile HOSTFILE (IP slots=R) --map-by ppr:R:node
+  --prtemca plm_ssh_agent SHIM`` (PRRTE, Open MPI 5; ``--mca plm_rsh_agent``
+  before), its ob1
   messaging (``OMPI_MCA_pml=ob1``, not UCX) over TCP between nodes on the
   cluster's subnet.
 """
@@ -70,10 +74,21 @@ def flavour(mpiexec: str) -> str:
                       "mpisgd cluster drives those two launchers")
 
 
+def cores(c: Cluster, available: list[int] | None = None) -> list[list[int]]:
+    """The machine's cores each node runs on: a block of its own while there are enough
+    (so a node's ranks count their node's cores, as on separate hosts), one shared in
+    turn when nodes outnumber cores."""
+    have = sorted(available if available is not None else os.sched_getaffinity(0))
+    if c.nodes <= len(have):
+        share = len(have) // c.nodes
+        return [have[i * share:(i + 1) * share] for i in range(c.nodes)]
+    return [[have[i % len(have)]] for i in range(c.nodes)]
+
+
 def write_shim(c: Cluster, directory: str) -> str:
     """The launcher's remote shell for cluster ``c``, written to ``directory/ssh``."""
-    cases = "\n".join(f"    {c.address(i)}|{c.node(i)}) ns={c.node(i)} ;;"
-                      for i in range(c.nodes))
+    cases = "\n".join(f"    {c.address(i)}|{c.node(i)}) ns={c.node(i)}; cpus={','.join(map(str, cpu))} ;;"
+                      for i, cpu in enumerate(cores(c)))
     text = f"""#!/bin/sh
 # mpisgd cluster {c.name}: the launcher's "ssh", running its command on an emulated host
 while [ $# -gt 0 ]; do
@@ -89,7 +104,7 @@ case "$host" in
 {cases}
     *) echo "mpisgd cluster {c.name}: no emulated host $host" >&2; exit 255 ;;
 esac
-exec ip netns exec "$ns" unshare --uts sh -c "hostname $ns && exec $*"
+exec taskset -c "$cpus" ip netns exec "$ns" unshare --uts sh -c "hostname $ns; $*"
 """
     path = os.path.join(directory, "ssh")
     with open(path, "w", encoding="utf-8") as f:
@@ -111,10 +126,13 @@ def command(c: Cluster, kind: str, mpiexec: str, shim: str, directory: str,
     if kind == "hydra":
         return inside + [mpiexec, "-launcher", "ssh", "-launcher-exec", shim, "-f", hostfile,
                          "-iface", "br0", "-n", str(n), *program]
-    agent = "plm_ssh_agent" if _openmpi_major(mpiexec) >= 5 else "plm_rsh_agent"
+    subnet = f"{SUBNET}.0/24"
+    if _openmpi_major(mpiexec) >= 5:        # the runtime (PRRTE) reads only its own flag
+        runtime = ["--prtemca", "plm_ssh_agent", shim, "--prtemca", "oob_tcp_if_include", subnet]
+    else:
+        runtime = ["--mca", "plm_rsh_agent", shim, "--mca", "oob_tcp_if_include", subnet]
     return inside + [mpiexec, "--hostfile", hostfile, "-n", str(n), "--map-by", f"ppr:{r}:node",
-                     "--mca", agent, shim, "--mca", "btl_tcp_if_include", f"{SUBNET}.0/24",
-                     "--mca", "oob_tcp_if_include", f"{SUBNET}.0/24",
+                     *runtime, "--mca", "btl_tcp_if_include", subnet,
                      *(["--allow-run-as-root"] if os.geteuid() == 0 else []), *program]
 
 
@@ -129,10 +147,15 @@ def _openmpi_major(mpiexec: str) -> int:
 
 def environment(c: Cluster) -> dict:
     """The job's environment: this one, plus what keeps the MPI on the emulated NICs and
-    tells mpisgd what it runs on (``MPISGD_CLUSTER``: the summary line's words)."""
+    tells mpisgd what it runs on (``MPISGD_CLUSTER``: the network in words, for the summary
+line). Where the
+    ranks of all nodes outnumber the machine's cores, waiting ranks yield their core
+    (``MPISGD_WAIT=yield``, unless set): a node's own count cannot see the other nodes."""
     env = dict(os.environ)
     env.update(MPIR_CVAR_CH4_NETMOD="ofi", FI_PROVIDER="tcp", FI_TCP_IFACE="eth0",
-               UCX_TLS="tcp,self", OMPI_MCA_pml="ob1", MPISGD_CLUSTER=c.describe())
+               UCX_TLS="tcp,self", OMPI_MCA_pml="ob1", MPISGD_CLUSTER=c.network())
+    if c.nodes * c.ranks_per_node > len(os.sched_getaffinity(0)):
+        env.setdefault("MPISGD_WAIT", "yield")     # the other nodes' ranks need these cores
     return env
 
 

@@ -26,7 +26,7 @@ def root() -> str:
 
 
 def directory(name: str) -> str:
-    return os.path.join(root(), name)
+    return os.path.join(root(), hosts.check_name(name))
 
 
 def _started(pid: int) -> str | None:
@@ -51,13 +51,13 @@ def locked():
         os.close(fd)
 
 
-def claim(c: hosts.Cluster, keep: bool = False) -> str:
-    """Register cluster ``c`` as this process's (``keep``: as kept up, owned by no process);
-    its directory. ``ConfigError`` when a live cluster has the name. Call under
-    :func:`locked`."""
+def claim(c: hosts.Cluster, keep: bool = False, mine: bool = False) -> str:
+    """Register cluster ``c`` as this process's (``keep``: as kept up, owned by no process;
+    ``mine``: it is this process's already); its directory. ``ConfigError`` when a live
+    cluster has the name. Call under :func:`locked`."""
     path = directory(c.name)
     owner = read(c.name)
-    if owner is not None and alive(owner):
+    if owner is not None and alive(owner) and not mine:
         who = "kept up (mpisgd cluster down --name NAME removes it)" if owner["pid"] is None \
             else f"owned by pid {owner['pid']}"
         raise ConfigError(f"cluster {c.name} exists, {who}; give another --name")
@@ -95,7 +95,7 @@ def cluster(name: str) -> hosts.Cluster | None:
 
 def names() -> list[str]:
     """Every cluster registered or with namespaces left."""
-    found = {n for n in os.listdir(root()) if not n.startswith(".")} if os.path.isdir(root()) \
+    found = {n for n in os.listdir(root()) if hosts.valid_name(n)} if os.path.isdir(root()) \
         else set()
     for ns in hosts.namespaces():
         found.add(ns[len(hosts.PREFIX):].rsplit("-", 1)[0])

@@ -39,7 +39,7 @@ def test_latency_and_descriptions():
 def test_a_bucket_holds_two_jumbo_frames_or_100_us():
     assert hosts.bucket(1e9) == (18000, 6_250_000)          # 12.5 kB < two frames
     assert hosts.bucket(1e10)[0] == 125_000                 # 100 us at 10 Gbit/s
-    assert hosts.bucket(1e8)[1] == 1 << 20                  # at least 1 MB of queue
+    assert hosts.bucket(1e8) == (3000, 1 << 20)             # 1500-byte frames below 1 Gbit/s
 
 
 def test_the_shim_knows_each_host_and_the_launch_commands(tmp_path):
@@ -47,8 +47,8 @@ def test_the_shim_knows_each_host_and_the_launch_commands(tmp_path):
     shim = launch.write_shim(c, str(tmp_path))
     text = open(shim).read()
     assert os.access(shim, os.X_OK)
-    assert "10.99.0.2|mpisgd-lab-n1) ns=mpisgd-lab-n1 ;;" in text
-    assert 'unshare --uts sh -c "hostname $ns && exec $*"' in text
+    assert "10.99.0.2|mpisgd-lab-n1) ns=mpisgd-lab-n1; cpus=" in text
+    assert 'exec taskset -c "$cpus" ip netns exec "$ns" unshare --uts sh -c "hostname $ns; $*"' in text
     hydra = launch.command(c, "hydra", "/x/mpiexec", shim, str(tmp_path), ["python", "t.py"])
     assert hydra[:4] == ["ip", "netns", "exec", "mpisgd-lab-sw"]
     assert hydra[4:] == ["/x/mpiexec", "-launcher", "ssh", "-launcher-exec", shim, "-f",
@@ -56,11 +56,17 @@ def test_the_shim_knows_each_host_and_the_launch_commands(tmp_path):
     assert (tmp_path / "hosts").read_text() == "10.99.0.1:3\n10.99.0.2:3\n"
     env = launch.environment(c)
     assert env["MPIR_CVAR_CH4_NETMOD"] == "ofi" and env["FI_PROVIDER"] == "tcp"
-    assert env["MPISGD_CLUSTER"] == c.describe()
+    assert env["MPISGD_CLUSTER"] == "NIC 1 Gbit/s (emulated)"
+
+
+def test_each_node_gets_its_own_cores_while_there_are_enough():
+    assert launch.cores(hosts.Cluster("a", 2, 1), [0, 1, 2, 3, 4]) == [[0, 1], [2, 3]]
+    assert launch.cores(hosts.Cluster("a", 3, 1), [0, 1]) == [[0], [1], [0]]
+    assert launch.cores(hosts.Cluster("a", 1, 4), [5, 7]) == [[5, 7]]
 
 
 def test_names_are_checked():
-    for bad in ("", "Lab", "a-b", "x" * 21):
+    for bad in ("", "Lab", "a-b", "x" * 21, "..", "../.."):
         with pytest.raises(ConfigError, match="--name"):
             hosts.Cluster(bad, 2, 1)
     with pytest.raises(ConfigError, match="--ranks-per-node must be a positive integer, got 0"):
@@ -72,6 +78,8 @@ def test_a_run_on_several_nodes_is_described_and_calibrated_by_level():
     assert device.layout(["a", "a", "b", "b"]) == "2 nodes x 2 ranks"
     assert device.layout(["a", "b", "c"]) == "3 nodes x 1 rank"
     assert device.layout(["a", "a", "b"]) == "3 ranks on 2 nodes"
+    assert device.layout(["a", "a"], "NIC 1 Gbit/s (emulated)") == \
+        "1 node x 2 ranks, NIC 1 Gbit/s (emulated)"        # a study's task on one node
     assert pairs(["a"] * 3) == {"p2p": 2}
     assert pairs(["a", "a", "b", "b"]) == {"intra": 1, "inter": 2}
     assert pairs(["a", "b", "c"]) == {"inter": 1}
