@@ -14,7 +14,7 @@ the printed exchange of sync is about 2x compute. Runs, in order:
 
 * ``sync``, and sync with each compression (fp16, bf16, int8, topk:0.01,
   powersgd:4) of its gradient buckets;
-* ``local-16``: local SGD, tau 16;
+* ``local-8``, ``local-16``: local SGD, tau 8 and 16;
 * ``diloco-16``, ``diloco-64``: local SGD with DiLoCo's outer Nesterov step
   (``--outer nesterov --outer-lr 0.7 --outer-momentum 0.9``), tau 16 and 64;
 * ``streaming-64``: DiLoCo tau 64 with 4 fragments, each exchange overlapped
@@ -42,7 +42,8 @@ DILOCO = {"outer": "nesterov", "outer_lr": 0.7, "outer_momentum": 0.9}
 RUNS = [("sync", {"algo": "sync"})] + \
     [(f"sync-{c}", {"algo": "sync", "compress": c})
      for c in ("fp16", "bf16", "int8", "topk:0.01", "powersgd:4")] + \
-    [("local-16", {"algo": "local", "tau": 16}),
+    [("local-8", {"algo": "local", "tau": 8}),
+     ("local-16", {"algo": "local", "tau": 16}),
      ("diloco-16", {"algo": "local", "tau": 16, **DILOCO}),
      ("diloco-64", {"algo": "local", "tau": 64, **DILOCO}),
      ("streaming-64", {"algo": "local", "tau": 64, "fragments": 4, "fragment_delay": 8,

@@ -72,6 +72,10 @@ def test_two_nodes_of_two_ranks_run_one_job_at_the_nic_rate_and_leave_nothing():
     assert [r["processor"] for r in ranks] == hosts                     # MPI sees the nodes
     assert [(r["node_rank"], r["node_size"]) for r in ranks] == [(0, 2), (1, 2)] * 2
     assert [r["launcher_local"] for r in ranks] == [2] * 4              # MPI_LOCALNRANKS
+    from mpisgd.device import choose        # GPU binding from these local ranks, stand-in counts
+    assert [str(choose("auto", r["node_rank"], 2)) for r in ranks] == ["cuda:0", "cuda:1"] * 2
+    assert [str(choose("auto", r["node_rank"], 1)) for r in ranks] == ["cuda:0"] * 4
+    assert [str(choose("auto", r["node_rank"], 0)) for r in ranks] == ["cpu"] * 4
     assert all(r["sum_ok"] for r in ranks)
     assert {r["cluster"] for r in ranks} == {"NIC 1 Gbit/s (emulated)"}
     # Each node must receive the other's contribution to every element: n bytes through
