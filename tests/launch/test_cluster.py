@@ -101,6 +101,11 @@ def test_a_killed_launcher_or_a_killed_cluster_command_leaves_the_next_one_a_cle
             taken = cluster("--name", "busy", "--", "true", timeout=60)   # a live cluster's name
             assert taken.returncode == 2 and "cluster busy exists, owned by pid" in taken.stderr
             assert len(host_state()["netns"]) == 3, "a refused cluster touched the live one"
+            if victim == "mpiexec":      # another name runs beside it, on the same addresses
+                beside = cluster("--name", "beside", "--nodes", "2", "--", *probe[:3], timeout=120)
+                assert beside.returncode == 0, beside.stderr
+                assert "mpisgd-beside-n1" in beside.stdout
+                assert len(host_state()["netns"]) == 3, "the second cluster left something"
             if victim == "mpiexec":
                 launcher = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "mpiexec"],
                                           capture_output=True, text=True).stdout.split()
