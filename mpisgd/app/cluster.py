@@ -42,7 +42,7 @@ def check_rights() -> None:
     """``ConfigError`` in one line unless this process may create network namespaces,
     links and queues and set a hostname (CAP_NET_ADMIN and CAP_SYS_ADMIN: root), and the
     tools it drives are installed."""
-    missing = [tool for tool in ("ip", "tc", "unshare") if shutil.which(tool) is None]
+    missing = [tool for tool in ("ip", "tc", "unshare", "taskset") if shutil.which(tool) is None]
     if missing:
         raise ConfigError(f"mpisgd cluster needs {', '.join(missing)} (Debian: apt-get install "
                           "iproute2 util-linux)")
