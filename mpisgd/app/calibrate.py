@@ -126,8 +126,10 @@ def calibrate(comm, sizes=SIZES) -> Network:
     levels = {level: {**dict(zip(("alpha", "beta"), fit(*zip(*points[level])))),
                       "bandwidth": bandwidth(points[level])}
               for level in ("intra", "inter") if level in points}
-    alpha, beta = fit(*zip(*points["inter" if "inter" in points else "p2p"]))
-    if "p2p" not in points:           # the table's point-to-point column: between nodes
+    if "p2p" in points:
+        alpha, beta = fit(*zip(*points["p2p"]))
+    else:                             # the file's pair and the table's column: between nodes
+        alpha, beta = levels["inter"]["alpha"], levels["inter"]["beta"]
         points["p2p"] = points["inter"]
     a, b = fit(*zip(*points["allreduce"]))
     hosts = len(set(comm.allgather(socket.gethostname())))

@@ -167,7 +167,7 @@ def main(action: str, name: str | None, nodes: int, ranks_per_node: int, nic: st
          latency: str | None, mpiexec: str | None, program: list[str], quiet: bool = False,
          every: bool = False) -> int:
     if action == "list":
-        for n in registry.names() if os.path.isdir(registry.root()) or hosts.namespaces() else []:
+        for n in registry.names():
             owner = registry.read(n)
             c = registry.cluster(n)
             state = ("stale" if owner is None or not registry.alive(owner) else

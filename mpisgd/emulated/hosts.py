@@ -24,8 +24,8 @@ clusters side by side use the same addresses without meeting, and removing
 the namespaces (:func:`down`) removes every link with them. Built on the
 iproute2 commands (``ip -n NS``, ``tc -n NS``): every host that can create
 network namespaces has them, no Python dependency comes with them, and the
-commands this module runs (:attr:`Cluster.log`) are the ones an administrator
-would type to look or repeat.
+commands this module runs (a failing one is named in its error) are the ones
+an administrator would type to look or repeat.
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ import re
 import signal
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..errors import ConfigError
 
@@ -103,13 +103,12 @@ def describe_rate(bits: float | None) -> str:
 
 @dataclass
 class Cluster:
-    """The plan of one emulated cluster, and what bringing it up ran."""
+    """The plan of one emulated cluster."""
     name: str
     nodes: int
     ranks_per_node: int
     nic: float | None = None               #: bits/s in each direction; None: unshaped
     latency: float | None = None           #: one-way seconds (netem); None: none added
-    log: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         check_name(self.name)
@@ -146,8 +145,7 @@ class Cluster:
                 f"rank{'s' * (self.ranks_per_node != 1)}, {self.network()}")
 
     def run(self, *cmd: str) -> str:
-        """Run one iproute2 command, logged; ``OSError`` with its message if it fails."""
-        self.log.append(" ".join(cmd))
+        """Run one iproute2 command; ``OSError`` naming it, with its message, if it fails."""
         done = _quiet(cmd)
         if done.returncode:
             raise OSError(f"{' '.join(cmd)}: {(done.stderr or done.stdout).strip()}")
@@ -215,15 +213,14 @@ def check_latency(c: Cluster) -> None:
     (tried on the switch's loopback, right after it exists)."""
     if not c.latency:
         return
-    probe = subprocess.run(["tc", "-n", c.switch, "qdisc", "add", "dev", "lo", "root",
-                            "netem", "delay", "1us"], capture_output=True, text=True)
+    probe = _quiet(["tc", "-n", c.switch, "qdisc", "add", "dev", "lo", "root", "netem",
+                    "delay", "1us"])
     if probe.returncode:
         raise ConfigError("--latency needs the kernel's netem queue "
                           "(sch_netem), which this kernel does not have "
                           f"(tc: {probe.stderr.strip() or 'refused'}); the NIC rate alone "
                           "works without it")
-    subprocess.run(["tc", "-n", c.switch, "qdisc", "del", "dev", "lo", "root"],
-                   capture_output=True)
+    _quiet(["tc", "-n", c.switch, "qdisc", "del", "dev", "lo", "root"])
 
 
 def _quiet(cmd: list[str]) -> subprocess.CompletedProcess:

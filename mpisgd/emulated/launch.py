@@ -31,6 +31,7 @@ cluster whose nodes share one file system:
 """
 from __future__ import annotations
 
+import functools
 import os
 import shlex
 import shutil
@@ -58,13 +59,19 @@ def mpiexec_path(explicit: str | None = None) -> str:
     return found
 
 
-def flavour(mpiexec: str) -> str:
-    """``hydra`` (MPICH and its family) or ``openmpi``, from ``mpiexec --version``."""
+@functools.lru_cache(maxsize=None)
+def _version(mpiexec: str) -> str:
+    """What ``mpiexec --version`` prints (asked once per launcher)."""
     try:
-        text = subprocess.run([mpiexec, "--version"], capture_output=True, text=True,
+        return subprocess.run([mpiexec, "--version"], capture_output=True, text=True,
                               timeout=30).stdout
     except (OSError, subprocess.TimeoutExpired) as err:
         raise ConfigError(f"{mpiexec} --version failed: {err}") from None
+
+
+def flavour(mpiexec: str) -> str:
+    """``hydra`` (MPICH and its family) or ``openmpi``, from ``mpiexec --version``."""
+    text = _version(mpiexec)
     if "HYDRA" in text or "hydra" in text:
         return "hydra"
     if "Open MPI" in text or "OpenRTE" in text or "prte" in text.lower():
@@ -137,8 +144,7 @@ def command(c: Cluster, kind: str, mpiexec: str, shim: str, directory: str,
 
 
 def _openmpi_major(mpiexec: str) -> int:
-    text = subprocess.run([mpiexec, "--version"], capture_output=True, text=True).stdout
-    for word in text.replace(")", " ").split():
+    for word in _version(mpiexec).replace(")", " ").split():
         head = word.split(".")[0]
         if "." in word and head.isdigit():
             return int(head)
