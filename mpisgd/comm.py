@@ -633,6 +633,32 @@ class Comm:
                            lambda s, r: [self.mpi.Iallgather(s, _block(r, s))],
                            (self.size - 1) * nbytes, read_only=(True, "w"))
 
+    def iallgatherv(self, t: torch.Tensor, counts) -> Handle:
+        """Nonblocking in-place Allgatherv: ``t`` is ``len(counts)`` consecutive blocks, block r
+        (``counts[r]`` elements) rank r's; every rank ends with all of them. Counted as
+        ``(P-1)`` times this rank's block (each block goes to every other rank)."""
+        if self.size == 1:
+            return self._nothing(t)
+        displs = [0]
+        for c in counts[:-1]:
+            displs.append(displs[-1] + c)
+        mine = counts[self.rank] * t.element_size()
+        post = lambda s: [self.mpi.Iallgatherv(  # noqa: E731
+            MPI.IN_PLACE, [s[0], (list(counts), displs), s[2]])]
+        return self._start("Iallgatherv", [t], post, (self.size - 1) * mine)
+
+    def ireduce_scatter(self, send: torch.Tensor, recv: torch.Tensor, counts) -> Handle:
+        """Nonblocking Reduce_scatter: the sum over ranks of ``send`` (``sum(counts)``
+        elements), block r of it (``counts[r]`` elements) into rank r's ``recv``. Counted as
+        ``(P-1)/P`` of ``send``'s bytes (a ring sends each block but its own once)."""
+        if self.size == 1:
+            return self._nothing(recv.copy_(send[:counts[0]]))
+        nbytes = send.numel() * send.element_size()
+        post = lambda s, r: [self.mpi.Ireduce_scatter(  # noqa: E731
+            s, [r[0], counts[self.rank], r[2]], list(counts), op=MPI.SUM)]
+        return self._start("Ireduce_scatter", [send, recv], post,
+                           (self.size - 1) / self.size * nbytes, read_only=(True, "w"))
+
     def ialltoall(self, send: torch.Tensor, recv: torch.Tensor) -> Handle:
         """Nonblocking Alltoall: row r of ``send`` (size x chunk) goes to rank r, row r of
         ``recv`` (size x chunk) comes from rank r. Counted as (P-1)/P of ``send``'s bytes
@@ -702,6 +728,12 @@ class Comm:
         return {"bytes_sent": self.bytes_sent, "comm_time": self.comm_time,
                 "wait_time": self.wait_time,
                 "staging_time": self.staging_before + self.boundary.copy_seconds()}
+
+    def load_counters(self, saved: dict) -> None:
+        """Continue from :meth:`counters` (a resumed run's, taken by an earlier process)."""
+        self.bytes_sent, self.comm_time = saved["bytes_sent"], saved["comm_time"]
+        self.wait_time = saved["wait_time"]
+        self.staging_before = saved["staging_time"] - self.boundary.copy_seconds()
 
 
 class PersistentRequests:

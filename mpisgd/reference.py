@@ -21,6 +21,18 @@ u(D) = b, b <- mu b + D (sgd); D + mu b after that update (nesterov); Adam's
 m_hat / (sqrt(v_hat) + 1e-8) with betas (mu, 0.999) (adam). Written out
 here, not taken from torch.
 
+With groups (``group=G``: each of the m workers a group of G ranks,
+:mod:`mpisgd.groups`) the columns are the m G replicas, group g's being
+gG .. gG + G - 1. With B = I_m (x) J_G (J_G = 11^T/G) the group's mean,
+
+    G_k <- G_k B                          (group_tau = 1: gradients averaged in the group)
+    X <- X B  every group_tau steps        (group_tau > 1: hierarchical local SGD)
+
+and a round mixes with W expanded to the replicas (:func:`expand`): each
+group's mean goes where W sends its worker,
+M = [[W_ww (x) J_G, W_wa (x) 1_G / G], [W_aw (x) 1_G^T, W_aa]], so that
+B M = M: a round starts from the group's average.
+
 Tests run an algorithm under mpiexec and compare each rank's parameters with
 its column of this oracle, computed in float64 on the same gradient stream.
 """
@@ -32,14 +44,27 @@ import torch
 
 from .topology.spectral import averaging_matrix, elastic_matrix
 
-__all__ = ["averaging_matrix", "elastic_matrix", "cooperative"]
+__all__ = ["averaging_matrix", "elastic_matrix", "cooperative", "expand"]
+
+
+def expand(W: torch.Tensor, group: int, v: int = 0) -> torch.Tensor:
+    """W over m workers and v auxiliaries, expanded to m G replicas in groups of G
+    (the module's M)."""
+    m = W.shape[0] - v
+    W = W.to(torch.float64).contiguous()
+    J = torch.full((group, group), 1.0 / group, dtype=W.dtype)
+    col = torch.full((group, 1), 1.0 / group, dtype=W.dtype)
+    top = torch.cat([torch.kron(W[:m, :m], J), torch.kron(W[:m, m:], col)], 1)
+    bottom = torch.cat([torch.kron(W[m:, :m], torch.ones(1, group, dtype=W.dtype)), W[m:, m:]], 1)
+    return torch.cat([top, bottom], 0)
 
 
 def cooperative(x0: torch.Tensor, grad: Callable[[int, torch.Tensor], torch.Tensor],
                 eta: float | Callable[[int], float], W: torch.Tensor | Callable[[int], torch.Tensor],
                 steps: int, tau: int | None = 1, communicate: Callable[[int], bool] | None = None,
                 v: int = 0, trace: bool = False, simultaneous: bool = False,
-                outer: tuple[str, float, float] | None = None, outer_columns: slice | None = None):
+                outer: tuple[str, float, float] | None = None, outer_columns: slice | None = None,
+                group: int = 1, group_tau: int = 1, step_outer=None):
     """Run A(tau, W, v) for ``steps`` iterations from ``x0``.
 
     ``simultaneous=True`` mixes and takes the gradient step from the same
@@ -58,10 +83,18 @@ def cooperative(x0: torch.Tensor, grad: Callable[[int, torch.Tensor], torch.Tens
         outer: ``(kind, lr, momentum)``, kind ``sgd``, ``nesterov`` or ``adam``: the outer
             step after each communication (see the module).
         outer_columns: the columns it steps (default the m workers').
+        group: G, the ranks per worker (columns are then the m G replicas; W stays m + v).
+        group_tau: with groups, 1 (gradients averaged in a group) or the steps between
+            parameter averagings in a group.
+        step_outer: ``step_outer(k+1) -> bool``, whether a communication step takes the outer
+            step (default: every one).
 
     Returns:
         X after ``steps`` iterations (and the trace if asked).
     """
+    if group > 1:
+        return _grouped(x0, grad, eta, W, steps, tau, communicate, v, trace, simultaneous,
+                        outer, outer_columns, group, group_tau)
     w0 = W(0) if callable(W) else W
     n = w0.shape[0]
     X = x0.to(torch.float64).clone()
@@ -83,11 +116,42 @@ def cooperative(x0: torch.Tensor, grad: Callable[[int, torch.Tensor], torch.Tens
         else:
             X = X - rate * G
             X = X if mix is None else X @ mix
-        if step is not None and mix is not None:
+        if step is not None and mix is not None and (step_outer is None or step_outer(k + 1)):
             X[:, cols] = step(X[:, cols])
         if trace:
             history.append(X.clone())
     return (X, history) if trace else X
+
+
+def _grouped(x0, grad, eta, W, steps, tau, communicate, v, trace, simultaneous, outer,
+             outer_columns, group, group_tau):
+    """:func:`cooperative` with workers in groups (the module's composition)."""
+    w0 = W(0) if callable(W) else W
+    m = w0.shape[0] - v
+    B = torch.kron(torch.eye(m, dtype=torch.float64),
+                   torch.full((group, group), 1.0 / group, dtype=torch.float64))
+    if communicate is None:
+        communicate = lambda k1: k1 % tau == 0  # noqa: E731
+
+    def mean_grad(k, X):
+        G = grad(k, X)
+        return G @ B if group_tau == 1 else G
+
+    def inside(k1):                  # a step that averages inside the groups, without a round
+        return group_tau > 1 and k1 % group_tau == 0 and not communicate(k1)
+
+    def mixing(k):                   # identity with the groups' averages at inside-only steps
+        if inside(k + 1):
+            n = m * group + v
+            out = torch.eye(n, dtype=torch.float64)
+            out[:m * group, :m * group] = B
+            return out
+        return expand((W(k) if callable(W) else W), group, v)
+
+    return cooperative(x0, mean_grad, eta, mixing, steps, communicate=lambda k1: communicate(k1)
+                       or inside(k1), v=v, trace=trace, simultaneous=simultaneous, outer=outer,
+                       outer_columns=outer_columns if outer_columns is not None or outer is None
+                       else slice(0, m * group), step_outer=lambda k1: communicate(k1))
 
 
 def _outer(outer: tuple[str, float, float], X0: torch.Tensor):

@@ -34,8 +34,9 @@ import torch
 from .._mpi import MPI
 
 from .. import device as placement
+from .. import groups
 from ..comm import Comm, check_reducible
-from ..errors import agree, digest, install_abort_hook
+from ..errors import OptionError, agree, digest, install_abort_hook
 from ..flat import ParamBuffer
 from ..mpienv import check_environment, check_launch
 from ..staging import Spans
@@ -60,9 +61,15 @@ class AlgorithmSpec:
     def name(self) -> str:
         return self.cls.name
 
-    def workers(self, size: int) -> int:
-        """Workers among ``size`` ranks; :class:`~mpisgd.errors.OptionError` if there are none."""
-        return self.cls.worker_count(size, self.options)
+    def workers(self, size: int, node_ranks: int | None = None) -> int:
+        """Workers among ``size`` ranks (``node_ranks`` per node, for ``group_size`` node);
+        :class:`~mpisgd.errors.OptionError` if there are none or groups do not fit."""
+        return self.cls.worker_count(size, self.options, node_ranks)
+
+    def replicas(self, size: int, node_ranks: int | None = None) -> int:
+        """Model replicas that train on data of their own (workers times group size)."""
+        return self.workers(size, node_ranks) * groups.size_of(
+            self.options.get("group_size", 1), node_ranks)
 
     def bind(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, comm=None,
              device=None) -> "Algorithm":
@@ -117,9 +124,10 @@ class Algorithm(abc.ABC):
         return AlgorithmSpec(cls, MappingProxyType(opts))
 
     @classmethod
-    def worker_count(cls, size: int, opts: dict) -> int:
-        """Workers among ``size`` ranks with resolved options ``opts``; ``ValueError`` if none."""
-        return size
+    def worker_count(cls, size: int, opts: dict, node_ranks: int | None = None) -> int:
+        """Workers among ``size`` ranks with resolved options ``opts`` (``node_ranks`` per
+        node, for ``group_size`` node); ``ValueError`` if none."""
+        return groups.check(size, groups.size_of(opts.get("group_size", 1), node_ranks))
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                  comm=None, device=None, spec: AlgorithmSpec | None = None, **options):
@@ -133,9 +141,22 @@ class Algorithm(abc.ABC):
         self.size, self.rank = comm.Get_size(), comm.Get_rank()   # local queries: no traffic
         self.optimizer = optimizer
         self.stragglers = None
+        # every rank, unconditionally: the node layout that group_size node needs
+        node_rank, node_ranks = placement.node_layout(comm)
+        nodes = comm.allgather((node_ranks, self.rank - node_rank))
+        self._node_ranks = node_ranks
+        #: G, the ranks per worker (:mod:`mpisgd.groups`; 1: every rank a worker).
+        self.group_size = groups.size_of(self.opts.get("group_size", 1), node_ranks)
         try:                 # a rank whose files or environment differ must not leave the
             check_environment()      # others waiting
             check_launch(MPI.COMM_WORLD.Get_size())
+            if self.opts.get("group_size") == "node":
+                groups.check(self.size, self.group_size,
+                             [n for n, first in dict.fromkeys(nodes)])
+                if any(first % self.group_size for _, first in nodes):
+                    raise OptionError("group_size", "node needs each node's ranks consecutive "
+                                      "(block placement: mpiexec -ppn, srun -m block)")
+            self.worker_count(self.size, self.opts, node_ranks)   # groups that fit the ranks
             self.validate()
             if device is not None:
                 device = placement.parse(device)
@@ -167,7 +188,8 @@ class Algorithm(abc.ABC):
             if device is not None:
                 self.placement = placement.bind(comm, device)
                 placement.move(model, optimizer, self.placement.device)
-            self.flat = ParamBuffer(model, self.bucket_bytes())
+            self.flat = ParamBuffer(model, self.bucket_bytes() if self.group_size == 1 or
+                                    self.opts.get("group_tau", 1) > 1 else self.GROUP_BUCKET)
             check_reducible(self.flat.dtype)
         except Exception as err:        # noqa: BLE001 - every rank hears it, then raises
             if isinstance(err, ValueError):
@@ -183,6 +205,16 @@ class Algorithm(abc.ABC):
         self.comm.bcast(self.flat.data, 0)
         if self.flat.buffers.numel():
             self.comm.bcast(self.flat.buffers, 0)
+        #: The two-level layout (``None``: every rank a worker).
+        self.groups = groups.Groups(comm, self.group_size, self.flat.data.numel()) \
+            if self.group_size > 1 else None
+        #: The Comm the algorithm's rounds run on: the workers' (across groups, with groups).
+        self.peers = self.comm if self.groups is None else self.groups.cross
+        self._peer_telemetry = self._telemetry if self.groups is None else self.peers.sibling()
+        #: What the rounds exchange: the flat parameters (with groups, this rank's block).
+        self.x = self.flat.data if self.groups is None else self.groups.shard(self.flat.data)
+        #: With groups, the gradient mean inside the group before every step (or ``None``).
+        self.inner = self._inner_mean()
         self.steps = 0       # local optimizer steps taken
         self.rounds = 0      # communication rounds taken
         self.finished = False
@@ -221,9 +253,20 @@ class Algorithm(abc.ABC):
         with the options before any communication."""
         return {}
 
+    #: Bucket size of the gradient mean inside a group (DDP's 25 MB).
+    GROUP_BUCKET = 25e6
+
     def bucket_bytes(self) -> float | None:
         """Bucket size for the flat buffer (``None``: one bucket)."""
         return None
+
+    def _inner_mean(self):
+        """The gradient mean inside the group every step (groups with ``group_tau`` 1)."""
+        if self.groups is None or self.opts.get("group_tau", 1) > 1:
+            return None
+        from .gradients import GradientMean
+        overlap = self.flat.device.type != "cuda" or MPI.Query_thread() >= MPI.THREAD_SERIALIZED
+        return GradientMean(self.groups.group, self.flat, overlap)
 
     @staticmethod
     def warn(message: str) -> None:
@@ -261,12 +304,23 @@ class Algorithm(abc.ABC):
 
     @property
     def workers(self) -> int:
-        """Number of worker replicas."""
-        return self.worker_count(self.size, self.opts)
+        """Number of workers (with groups: of groups)."""
+        return self.worker_count(self.size, self.opts, self._node_ranks)
 
     @property
     def worker_index(self) -> int:
-        """This rank's worker index (0 .. workers-1); data streams key on it."""
+        """This rank's worker index (0 .. workers-1; with groups, its group's)."""
+        return self.rank // self.group_size
+
+    @property
+    def replicas(self) -> int:
+        """Model replicas that draw data of their own: workers times the group size."""
+        return self.workers * self.group_size
+
+    @property
+    def replica_index(self) -> int:
+        """This rank's replica index (0 .. replicas-1); data streams key on it (without
+        groups, the worker index)."""
         return self.rank
 
     def step(self, loss=None) -> None:
@@ -303,7 +357,11 @@ class Algorithm(abc.ABC):
         else:
             self.step_times.add(compute, interval)
         self._entered = now
+        if self.inner is not None:
+            self.inner.synchronize()
         self._step()
+        if self.inner is not None:
+            self.inner.reset()
         self._stepped = time.perf_counter()
         if self._device_clock is not None:
             self._stepped_mark = Spans.mark(self._stream())
@@ -378,7 +436,7 @@ class Algorithm(abc.ABC):
         mean = self._average(self.flat.data)
         mine = (self.flat.data - mean).square().sum().double() if self.is_worker else 0.0
         out = torch.tensor([float(mine)], dtype=torch.float64)
-        return self._telemetry.allreduce(out).item() / self.workers
+        return self._telemetry.allreduce(out).item() / self.replicas
 
     def consensus_buffers(self) -> torch.Tensor:
         """The floating buffers (BatchNorm statistics) of the consensus model: the worker average."""
@@ -394,11 +452,16 @@ class Algorithm(abc.ABC):
         out = flat.clone()
         if self.comm.size == 1 or not out.numel() or self.replicas_identical:
             return out
-        if self.workers == self.comm.size:
-            return self._telemetry.allreduce(out, average=True)
+        if self.replicas == self.comm.size:     # with groups: equal in a group, so the mean
+            return self._telemetry.allreduce(out, average=True)      # over groups
         if not self.is_worker:
             out.zero_()
-        return self._telemetry.allreduce(out).div_(self.workers)
+        return self._telemetry.allreduce(out).div_(self.replicas)
+
+    def _whole(self, block: torch.Tensor) -> torch.Tensor:
+        """The full tensor of which ``block`` is this rank's block (with groups: the group's
+        blocks assembled, uncounted), else ``block``."""
+        return block if self.groups is None else self.groups.assemble(block)
 
     def close(self) -> None:
         """Free the MPI objects the algorithm made (a private Dup of ``comm``; a gossip
@@ -410,6 +473,9 @@ class Algorithm(abc.ABC):
             self.comm.cancel_receives()
         if self.private_comm and self.comm.mpi != MPI.COMM_NULL:
             self.comm.mpi.Free()
+        if self.groups is not None:
+            self.groups.free()
+            self.groups = None
 
     # ---- checkpoints ---------------------------------------------------
 
@@ -428,6 +494,8 @@ class Algorithm(abc.ABC):
                  "steps": self.steps, "rounds": self.rounds,
                  "loss": [self._loss_sum, self._loss_count, self._loss_first],
                  "comm": self.comm.counters(), "step_times": self._step_times().state_dict()}
+        if self.groups is not None:
+            state["group_comms"] = [c.counters() for c in self.groups.comms()]
         if self.stragglers is not None:
             state["stragglers"] = self.stragglers.state_dict()
         return state
@@ -442,20 +510,27 @@ class Algorithm(abc.ABC):
         self._loss_sum, self._loss_count, self._loss_first = state["loss"]
         if "step_times" in state:
             self.step_times.load_state_dict(state["step_times"])
-        counters = dict(state["comm"])
-        self.comm.staging_before = counters.pop("staging_time") - self.comm.boundary.copy_seconds()
-        for k, v in counters.items():
-            setattr(self.comm, k, v)
+        comms = [self.comm] + (list(self.groups.comms()) if self.groups is not None else [])
+        for comm, saved in zip(comms, [state["comm"]] + state.get("group_comms", [])):
+            comm.load_counters(saved)
         if self.stragglers is not None:
             self.stragglers.load_state_dict(state["stragglers"])
 
     def stats(self) -> dict:
-        """This rank's counters: steps, rounds, bytes sent, seconds in/blocked on communication."""
-        return {"steps": self.steps, "rounds": self.rounds, **self.comm.counters()}
+        """This rank's counters: steps, rounds, bytes sent, seconds in/blocked on communication
+        (with groups, both levels summed)."""
+        out = {"steps": self.steps, "rounds": self.rounds, **self.comm.counters()}
+        for comm in self.groups.comms() if self.groups is not None else ():
+            for k, v in comm.counters().items():
+                out[k] += v
+        return out
 
     def worker_series(self) -> dict:
         """This worker's figures for the run record, ``{"group/name": number}``."""
         out = self._step_times().series()
+        if self.groups is not None:     # bytes per level: inside the group, across groups
+            inside, across = (c.bytes_sent for c in self.groups.comms())
+            out.update({"groups/inside_bytes": inside, "groups/across_bytes": across})
         if self.stragglers is not None:
             out.update({f"stragglers/{k}": v for k, v in self.stragglers.summary().items()})
         return out
@@ -467,7 +542,7 @@ class Algorithm(abc.ABC):
         each worker's :meth:`worker_series` as arrays indexed by worker;
         ``train_time``: seconds of training (log points excluded).
         """
-        mine = (self.worker_index, self.worker_series()) if self.is_worker else None
+        mine = (self.replica_index, self.worker_series()) if self.is_worker else None
         gathered = self._telemetry.gather(mine, root=0)
         if gathered is None:
             return {}

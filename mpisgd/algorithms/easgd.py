@@ -44,7 +44,7 @@ from __future__ import annotations
 import torch
 
 from .base import Algorithm
-from .options import CENTER, ELASTIC, OUTER, SCHEDULE, TAU
+from .options import CENTER, ELASTIC, GROUP_SIZE, OUTER, SCHEDULE, TAU
 from .rounds import Elastic
 from .scheduled import Scheduled
 
@@ -97,11 +97,11 @@ class EASGD(Scheduled):
     """
 
     name = "easgd"
-    options = (TAU, *ELASTIC, CENTER, *SCHEDULE, *OUTER)
+    options = (TAU, *ELASTIC, CENTER, *SCHEDULE, *OUTER, GROUP_SIZE)
 
     def make_round(self) -> Elastic:
         alpha = checked_moving_rate(self, all_in_round=True)
-        return Elastic(self.comm, self.flat.data, alpha, self.opts["center"])
+        return Elastic(self.peers, self.x, alpha, self.opts["center"])
 
     @property
     def alpha(self) -> float:
@@ -109,9 +109,9 @@ class EASGD(Scheduled):
 
     @property
     def center(self) -> torch.Tensor:
-        """c (on rank 0 only, with ``center="rank0"``)."""
+        """c (on rank 0 only, with ``center="rank0"``; with groups, this rank's block)."""
         return self.round.center
 
     def consensus(self) -> torch.Tensor:
         """The centre variable c, the same on every rank."""
-        return self.round.consensus(self._telemetry)
+        return self._whole(self.round.consensus(self._peer_telemetry))

@@ -62,7 +62,7 @@ import torch
 from .. import topology as topologies
 from ..errors import OptionError
 from ..topology.spectral import is_averaging
-from .options import AUX, ELASTIC, GOSSIP, OUTER, OVERLAP, SCHEDULE, TAU, TOPOLOGY
+from .options import AUX, ELASTIC, GOSSIP, GROUPS, OUTER, OVERLAP, SCHEDULE, TAU, TOPOLOGY
 from .rounds import Mix
 from .scheduled import Scheduled
 
@@ -82,7 +82,7 @@ class Gossip(Scheduled):
     """
 
     name = "gossip"
-    options = (TAU, *SCHEDULE, TOPOLOGY, *GOSSIP, OVERLAP, *OUTER)
+    options = (TAU, *SCHEDULE, TOPOLOGY, *GOSSIP, OVERLAP, *OUTER, *GROUPS)
     symmetric = False          # D-PSGD needs W doubly stochastic, not symmetric
     aux_allowed = False
 
@@ -98,12 +98,13 @@ class Gossip(Scheduled):
     def validate(self) -> None:
         o = self.opts
         self.topology = topologies.build(         # its errors name the topology or the file
-            o["topology"], self.size + self.aux_count(), weights=o["weights"], p=o["graph_p"],
-            matcha=o["matcha"], seed=o["topology_seed"] or 0, **self.elastic())
-        n, m = self.topology.n, self.size
+            o["topology"], self.workers + self.aux_count(), weights=o["weights"],
+            p=o["graph_p"], matcha=o["matcha"], seed=o["topology_seed"] or 0, **self.elastic())
+        n, m = self.topology.n, self.workers
         if n < m or (n > m and not self.aux_allowed):
+            per = "rank" if self.group_size == 1 else f"group of {self.group_size} ranks"
             raise OptionError("topology", f"{o['topology']} has {n} nodes but the job has {m} "
-                              f"ranks (one worker per rank"
+                              f"workers (one per {per}"
                               f"{'' if self.aux_allowed else ', no auxiliary variables'})")
         if self.symmetric and not self.topology.symmetric:
             raise OptionError("topology", f"{o['topology']} is not symmetric; {self.name} needs "
@@ -131,7 +132,7 @@ class Gossip(Scheduled):
         return {"W": h.hexdigest()[:16]}
 
     def make_round(self) -> Mix:
-        return Mix(self.comm, self.topology, self.flat.data, self.opts["exchange"],
+        return Mix(self.peers, self.topology, self.x, self.opts["exchange"],
                    snapshot=self.opts["overlap"])
 
     @property
@@ -145,7 +146,8 @@ class Gossip(Scheduled):
 
     @property
     def aux(self) -> torch.Tensor:
-        """The auxiliary variables z_a (v x d, replicated on every worker)."""
+        """The auxiliary variables z_a (v x d, replicated on every worker; with groups, each
+        rank's block of them)."""
         return self.round.aux
 
     # ---- output and telemetry ------------------------------------------
@@ -155,7 +157,8 @@ class Gossip(Scheduled):
         mean = self._average(self.flat.data)
         if not self.v:
             return mean
-        return mean.mul_(self.size).add_(self.aux.sum(0)).div_(self.size + self.v)
+        m = self.workers
+        return mean.mul_(m).add_(self._whole(self.aux.sum(0))).div_(m + self.v)
 
     def worker_series(self) -> dict:
         out = super().worker_series()
@@ -182,7 +185,7 @@ class Cooperative(Gossip):
 
     name = "cooperative"
     options = (TAU, *SCHEDULE, TOPOLOGY.but(default="complete"), *GOSSIP, OVERLAP, AUX, *ELASTIC,
-               *OUTER)
+               *OUTER, *GROUPS)
     symmetric = True
     aux_allowed = True
 

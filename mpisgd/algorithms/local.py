@@ -43,7 +43,7 @@ from __future__ import annotations
 
 from ..errors import OptionError
 from .base import Algorithm
-from .options import COMPRESS, MOMENTUM_POLICY, OUTER, SCHEDULE, STREAMING, TAU
+from .options import COMPRESS, GROUPS, MOMENTUM_POLICY, OUTER, SCHEDULE, STREAMING, TAU
 from .rounds import Average
 from .scheduled import Scheduled
 from .streaming import Streaming
@@ -65,7 +65,8 @@ class LocalSGD(Scheduled):
     """
 
     name = "local"
-    options = (TAU.but(default=8), *SCHEDULE, MOMENTUM_POLICY, *OUTER, *STREAMING, *COMPRESS)
+    options = (TAU.but(default=8), *SCHEDULE, MOMENTUM_POLICY, *OUTER, *STREAMING, *COMPRESS,
+               *GROUPS)
     final_round = True
 
     @classmethod
@@ -78,6 +79,10 @@ class LocalSGD(Scheduled):
             return
         what = "fragments" if opts["fragments"] > 1 else \
             "fragment_delay" if opts["fragment_delay"] else "compress"
+        if opts["group_size"] != 1:
+            raise OptionError(what, f"does not combine with groups yet (group_size "
+                              f"{opts['group_size']}): stream or compress the flat exchange, or "
+                              "group without them")
         if opts["schedule"] != "periodic":
             raise OptionError(what, f"needs schedule periodic, got {opts['schedule']}")
         if opts["momentum_policy"] != "local":
@@ -115,7 +120,7 @@ class LocalSGD(Scheduled):
         return make
 
     def make_round(self) -> Average:
-        return Average(self.comm, self.flat.data, self.flat.buffers)
+        return Average(self.peers, self.x, self.flat.buffers)
 
     def make_outer(self):
         return None if streams(self.opts) else super().make_outer()   # per fragment there

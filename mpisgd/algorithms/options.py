@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..errors import OptionError
+from ..groups import parse as parse_group_size
 from ..stragglers import parse_comm, parse_compute
 
 __all__ = ["Option", "OptionError", "coerce", "resolve"]
@@ -45,6 +46,8 @@ class Option:
     check: Callable[[Any], bool] | None = None
     must: str = ""
     parse: Callable[[Any], Any] | None = None
+    #: The resolved value is ``parse``'s result, not the text (``group_size``: 2 or "node").
+    parsed: bool = False
 
     @property
     def flag(self) -> str:
@@ -71,11 +74,13 @@ class Option:
             raise OptionError(self.name, f"must be {self.must}, got {value!r}")
         if self.parse is not None:
             try:
-                self.parse(value)
+                out = self.parse(value)
             except OptionError:
                 raise
             except ValueError as err:
                 raise OptionError(self.name, f"must be {err}, got {value!r}") from None
+            if self.parsed:
+                return out
         return value
 
 
@@ -176,6 +181,18 @@ SCHEDULE = (
            "(eta_l/eta_0)^c in the period rule", float),
     _positive("round_budget", None, "budget: seconds per round (default: tau times the fastest "
               "worker's step time in the first round)"),
+)
+
+# ---- workers that are groups of ranks (mpisgd.groups) ---------------------------------------
+GROUP_SIZE = Option("group_size", 1, "ranks per worker: each worker is a group of this many "
+                    "consecutive ranks training as sync SGD, the algorithm running between "
+                    "groups; node: one group per node (1: every rank a worker)", str,
+                    parse=parse_group_size, parsed=True)
+GROUPS = (
+    GROUP_SIZE,
+    _positive_int("group_tau", 1, "with groups: steps between averagings inside a group (1: "
+                  "gradients every step, sync SGD; k > 1: parameters every k steps, "
+                  "hierarchical local SGD; tau must be a multiple)"),
 )
 
 # ---- how: averaging and its optimizer state ---------------------------------------------

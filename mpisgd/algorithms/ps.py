@@ -65,7 +65,7 @@ class ParameterServerSGD(Served):
                               "use it with servers 1")
 
     @classmethod
-    def worker_count(cls, size: int, opts: dict) -> int:
+    def worker_count(cls, size: int, opts: dict, node_ranks: int | None = None) -> int:
         """The workers, and K at most that many where the server waits for K distinct ones
         (checked with the rank count, before MPI: a study's grid is refused up front)."""
         workers = super().worker_count(size, opts)

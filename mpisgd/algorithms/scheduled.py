@@ -19,6 +19,16 @@ travels in an ``Iallgather`` posted before the round's own communication
 and completed after it, so every worker takes the same decision from the
 same figures, at the cost of one small collective overlapped with the round.
 
+With groups (:mod:`mpisgd.groups`: ``group_size`` G > 1) the round runs
+among the m groups on each rank's block of x (``self.peers``, ``self.x``),
+and the group all-gathers the blocks after the round has changed x (after
+``start`` for a simultaneous round, after ``finish`` and the outer step for
+the others). Inside a group, gradients are averaged every step
+(``group_tau`` 1), or parameters every ``group_tau`` steps and before every
+round (hierarchical local SGD, Lin et al. 2020): a round then starts from
+the group's average, and rounds every tau steps give torch's
+``HierarchicalModelAverager`` with periods {G: group_tau, P: tau}.
+
 A new algorithm of this kind is a preset: its options, :meth:`make_round`,
 and what it outputs (:meth:`consensus`), as ``local.py`` shows.
 """
@@ -30,8 +40,9 @@ import torch
 
 from .. import schedule as schedules
 from . import outer, state
+from ..errors import OptionError
 from .base import Algorithm
-from .rounds import Round
+from .rounds import Average, Round
 
 
 class Scheduled(Algorithm):
@@ -46,6 +57,14 @@ class Scheduled(Algorithm):
         schedules.make(opts)                      # a missing or bad schedule option
         if opts["tau"] == 1 and opts["schedule"] == "adacomm":
             cls.warn("adacomm with tau = 1 cannot adapt (tau never increases): give --tau tau_0 > 1")
+        grouped = opts.get("group_size", 1) != 1
+        if opts.get("group_tau", 1) > 1 and not grouped:
+            raise OptionError("group_tau", f"needs groups (group_size > 1), got group_tau "
+                              f"{opts['group_tau']} with group_size 1")
+        if grouped and opts["schedule"] == "budget":
+            raise OptionError("schedule", "budget lets each rank take its own number of steps "
+                              "per round, which the ranks of a group cannot: use another "
+                              "schedule with group_size > 1")
         if opts["tau"] == 1 and opts["schedule"] == "budget" and opts["round_budget"] is None:
             cls.warn("budget with tau = 1 and no --round-budget gives each round one step of the "
                      "fastest worker, so every worker takes one step: raise --tau or give "
@@ -59,14 +78,19 @@ class Scheduled(Algorithm):
         #: The outer optimizer on what the round averages into (``--outer``), or ``None``.
         self.outer = self.make_outer()
         self.state = state.policy(self.opts.get("momentum_policy", "local"), optimizer,
-                                  self.flat, self.comm)
+                                  self.flat, self.peers)
         self.deferred = bool(self.opts.get("overlap", False)) and not self.round.simultaneous
         self._pending = None       # a deferred round in flight
         self._base_lr = [g["lr"] for g in optimizer.param_groups]
         self._since = 0            # local steps since the last round
         self._round_start = 0.0    # clock when the last round ended (0: training began)
         self._report = torch.zeros(len(schedules.STAT_FIELDS), dtype=torch.float64)
-        self._reports = torch.zeros(self.workers, len(schedules.STAT_FIELDS), dtype=torch.float64)
+        self._reports = torch.zeros(self.comm.size, len(schedules.STAT_FIELDS),
+                                    dtype=torch.float64)        # every rank's: a group agrees
+        #: With ``group_tau`` > 1, the parameter averaging inside the group, else ``None``.
+        self.inside = Average(self.groups.group, self.flat.data, self.flat.buffers) \
+            if self.groups is not None and self.opts.get("group_tau", 1) > 1 else None
+        self._since_inside = 0     # local steps since the group last averaged
 
     @abc.abstractmethod
     def make_round(self) -> Round:
@@ -102,12 +126,24 @@ class Scheduled(Algorithm):
             self.schedule.round_done(self.steps, self._round_start, stats,
                                      self.optimizer.param_groups[0]["lr"])
         else:
-            self.optimizer.step()
+            self._local_step()
             self._settle()
+            if self.inside is not None and self.steps % self.opts["group_tau"] == 0:
+                self._average_inside()
         if self.schedule.scales_lr:               # PR-SGD Algorithm 2's rates
             scale = self.schedule.lr_scale(self.steps)
             for group, lr in zip(self.optimizer.param_groups, self._base_lr):
                 group["lr"] = lr * scale
+
+    def _local_step(self) -> None:
+        self.optimizer.step()
+        self._since_inside += 1
+
+    def _average_inside(self) -> None:
+        """Average the parameters inside the group (``group_tau`` > 1), if they have moved."""
+        if self._since_inside:
+            self.inside.run()
+            self._since_inside = 0
 
     def _round(self, local_step: bool) -> None:
         """A round (with this step's local update, if ``local_step``), then the state policy."""
@@ -115,13 +151,17 @@ class Scheduled(Algorithm):
         if r.simultaneous:
             self._round_delay()
             pending = r.start(self.rounds)
+            if self.groups is not None:          # x changed in start: the group's blocks
+                self.groups.gather(self.flat.data)
             if local_step:
-                self.optimizer.step()
+                self._local_step()
             self._finish_round(pending)
         else:
             if local_step:
-                self.optimizer.step()
+                self._local_step()
             self._settle()
+            if self.inside is not None:          # the round starts from the group's average
+                self._average_inside()
             self._round_delay()
             pending = r.start(self.rounds)
             if self.deferred:
@@ -132,10 +172,13 @@ class Scheduled(Algorithm):
         self.state.after_round()
 
     def _finish_round(self, pending) -> None:
-        """Complete a round, then the outer step on what it averaged (``--outer``)."""
+        """Complete a round, then the outer step on what it averaged (``--outer``); with
+        groups, the group's blocks of x after a round that changed it in :meth:`finish`."""
         self.round.finish(pending)
         if self.outer is not None:
             self.outer.step()
+        if self.groups is not None and not self.round.simultaneous:
+            self.groups.gather(self.flat.data)
 
     def _settle(self) -> None:
         """Apply the deferred round in flight, if any."""
@@ -165,6 +208,7 @@ class Scheduled(Algorithm):
         its start, so the same exchange follows)."""
         return {**super().state_dict(), "schedule": self.schedule.state_dict(),
                 "round": self.round.state_dict(), "since": self._since,
+                "since_inside": self._since_inside,
                 "outer": self.outer.state_dict() if self.outer is not None else None,
                 "round_start": self._round_start,
                 "pending": self.rounds - 1 if self._pending is not None else None}
@@ -176,6 +220,7 @@ class Scheduled(Algorithm):
         if self.outer is not None:
             self.outer.load_state_dict(state["outer"])
         self._since, self._round_start = state["since"], state["round_start"]
+        self._since_inside = state.get("since_inside", 0)
         if state["pending"] is not None:
             counters = self.comm.bytes_sent, self.comm.comm_time
             self._pending = self.round.start(state["pending"])

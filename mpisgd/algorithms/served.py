@@ -31,7 +31,7 @@ class Served(Algorithm):
         return opts["servers"]
 
     @classmethod
-    def worker_count(cls, size: int, opts: dict) -> int:
+    def worker_count(cls, size: int, opts: dict, node_ranks: int | None = None) -> int:
         servers = cls.server_ranks(opts)
         if size <= servers:
             serving = "rank 0 serves" if servers == 1 else f"ranks 0..{servers - 1} serve"
@@ -60,6 +60,10 @@ class Served(Algorithm):
     @property
     def worker_index(self) -> int:
         return self.rank - self.server_ranks(self.opts)
+
+    @property
+    def replica_index(self) -> int:
+        return self.worker_index
 
     def __init__(self, model, optimizer, comm=None, **options):
         super().__init__(model, optimizer, comm, **options)

@@ -60,6 +60,8 @@ def _train_parser(sub) -> None:
     for opt in algorithms.all_options().values():
         group.add_argument(opt.flag, dest=opt.name, default=None, metavar=opt.name.upper(),
                            help=algorithms.option_help(opt.name).replace("%", "%%"))
+    group.add_argument("--groups", dest="group_size", choices=["node"], default=None,
+                       help="--groups node: one group per node (as --group-size node)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=_train)
 

@@ -86,6 +86,7 @@ def prepare(cfg: TrainConfig, comm):
     Raises ``ConfigError`` on every rank if any rank found a problem.
     """
     error, key, pieces = None, "", None
+    node_ranks = placement.node_layout(comm)[1]     # every rank: for group_size node
     try:
         check_environment()
         check_launch(MPI.COMM_WORLD.Get_size())
@@ -93,7 +94,7 @@ def prepare(cfg: TrainConfig, comm):
         placement.check_available(cfg.device)
         data = datasets.load(cfg.data)
         try:
-            workers = cfg.spec.workers(comm.Get_size())
+            workers = cfg.spec.replicas(comm.Get_size(), node_ranks)   # each its own data
         except ValueError as err:
             raise ConfigError(str(err)) if not isinstance(err, ConfigError) else err from None
         shards = datasets.shard(data.y_train, workers, cfg.seed, cfg.shard, cfg.skew_alpha)
@@ -330,7 +331,7 @@ def _train(cfg, comm, algo, model, opt, data, shards, record, quiet, signals, ke
             next_checkpoint = _next_multiple(point, cfg.checkpoint_every)
 
     if algo.is_worker:
-        w = algo.worker_index
+        w = algo.replica_index
         stream = datasets.WorkerStream(data.to(device), shards[w], w, cfg.seed, cfg.batch_size)
         pace = Pace(cfg, algo)
         vote = StopVote(telemetry, signals) if algo.collective_rounds else None
@@ -401,6 +402,7 @@ def _train(cfg, comm, algo, model, opt, data, shards, record, quiet, signals, ke
     if rank != 0:
         return {}
     summary = {**row, "path": cfg.out, "workers": algo.workers, "algo": cfg.algo,
+               "group_size": algo.group_size,
                "eval_time": evaluate.seconds, "eval_samples": cfg.eval_samples,
                "mpi_path": algo.comm.device_path(device),
                "kernels": ops.backend(str(params.device.type)), "device": placement.describe(where),
@@ -551,16 +553,18 @@ def _log_point(algo, evaluate, step, wall, watch, bytes_before, signals, local_s
     params = algo.consensus()
     test_loss, test_error = evaluate(params, algo.consensus_buffers())
     row = {"step": step, "wall_time": wall, "train_loss": sums[0].item() / max(sums[1].item(), 1),
-           "test_loss": test_loss, "test_error": test_error, "rounds": sums[3].item() / algo.workers,
+           "test_loss": test_loss, "test_error": test_error, "rounds": sums[3].item() / algo.replicas,
            "bytes_sent": sums[2].item(), "consensus_distance": algo.consensus_distance()}
     if sums[4].item():       # the workers' mean loss of step 1 (the interval that holds it)
-        row["first_loss"] = sums[4].item() / algo.workers
+        row["first_loss"] = sums[4].item() / algo.replicas
     return row, sums[5:5 + size].tolist(), max(sums[5 + size:].tolist())
 
 
 def summary_line(s: dict) -> str:
     """``mpisgd: sync, 4 workers, 300 steps: test error 3.9% ...; record: PATH``."""
-    return (f"mpisgd: {s['algo']}, {s['workers']} workers, {int(s['step'])} steps: "
+    groups = f" of {s['group_size']} ranks" if s.get("group_size", 1) > 1 else ""
+    workers = f"{s['workers']} worker{'s' if s['workers'] != 1 else ''}"
+    return (f"mpisgd: {s['algo']}, {workers}{groups}, {int(s['step'])} steps: "
             f"test error {100 * s['test_error']:.2f}% (loss {s['test_loss']:.4f}), "
             f"train loss {s['train_loss']:.4f}, {s['wall_time']:.2f} s "
             f"(+ {s['eval_time']:.2f} s evaluating {s['eval_samples']} test samples a log point), "

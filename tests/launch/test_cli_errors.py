@@ -6,8 +6,7 @@ naming the rank where only one rank found it), exit 2 on every rank, fast; a
 failure during training one traceback, the failing rank's, and its reason in
 the record.
 
-Each case is a separate job of 2 ranks, or 4 where the message is about the
-rank count (the only way to observe exit status and hangs), so they are few:
+Each case is a separate job of 2 ranks (3 where a smaller job cannot show it) (the only way to observe exit status and hangs), so they are few:
 one per way of failing (the parser, an option, the data, a file, the rank
 count, the topology, the schedule, the device). Every option's own message is
 checked in one process (tests/unit/test_config_record.py).
@@ -22,7 +21,7 @@ import torch
 
 from helpers import mpiexec
 
-NP = 4
+NP = 3
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # the repository
 
 
@@ -39,14 +38,16 @@ def launch(args, np=NP, timeout=90, script=None, quiet=True):
     (["--tua", "3"], "unrecognized arguments: --tua 3", 2),
     (["--algo", "local", "--tau", "0"], "--tau must be a positive integer, got 0", 2),
     (["--data", "hdf5:/no/such/file.h5"], "no such file: /no/such/file.h5", 2),
-    (["--data", "synthetic:3"], "4 workers but only 3 training samples", NP),
+    (["--data", "synthetic:1"], "2 workers but only 1 training samples", 2),
     (["--out", "/"], "--out / is a directory", 2),
     (["--algo", "async-easgd", "--steps", "5"], "--center dedicated needs at least 2 ranks", 1),
-    (["--algo", "async", "--servers", "4"], "with servers 4 needs at least 5 ranks", NP),
-    (["--algo", "k-sync", "--k", "7"], "--k must be at most the number of workers (3)", NP),
-    (["--algo", "local", "--straggler", "slow:4=2"], "names worker 4, but there are 4 workers", NP),
+    (["--algo", "async", "--servers", "2"], "with servers 2 needs at least 3 ranks", 2),
+    (["--algo", "k-sync", "--k", "3"], "--k must be at most the number of workers (1)", 2),
+    (["--algo", "local", "--straggler", "slow:2=2"], "names worker 2, but there are 2 workers", 2),
+    (["--algo", "local", "--group-size", "3"],
+     "--group-size must divide the 2 ranks of the job into equal groups, got 3", 2),
     (["--algo", "gossip", "--topology", "/no/such/W.npy"], "/no/such/W.npy: no such file", 2),
-    (["--algo", "cooperative", "--topology", "one-peer-exponential"], "needs a symmetric W", NP),
+    (["--algo", "cooperative", "--topology", "one-peer-exponential"], "needs a symmetric W", 3),
     (["--algo", "local", "--schedule", "adacomm"], "--adacomm-interval must be given", 2),
     (["--device", "tpu"], "--device must be auto, cpu, cuda or cuda:N, got 'tpu'", 2),
     pytest.param(["--device", "cuda"], "--device cuda: no GPU is visible on host", 2,
@@ -69,11 +70,11 @@ def assert_one_error_line(proc, needle):
 
 
 def test_error_on_one_rank_is_one_line_naming_it(tmp_path):
-    """Only rank 3 sees a bad environment: rank 0 prints its error once, as rank 3's."""
+    """Only rank 2 sees a bad environment: rank 0 prints its error once, as rank 2's."""
     script = (
         "import os, sys\n"
         "from mpi4py import MPI\n"
-        "if MPI.COMM_WORLD.rank == 3:\n"
+        "if MPI.COMM_WORLD.rank == 2:\n"
         "    os.environ['MPISGD_WAIT'] = 'nap'\n"
         "from mpisgd.app import cli\n"
         f"sys.exit(cli.main(['train', '--steps', '5', '--out', {str(tmp_path / 'r.h5')!r}]))\n"
@@ -81,7 +82,7 @@ def test_error_on_one_rank_is_one_line_naming_it(tmp_path):
     proc, _ = launch([], script=script)
     assert proc.returncode == 2
     line = assert_one_error_line(proc, "MPISGD_WAIT must be auto, spin or yield, got 'nap'")
-    assert line.startswith("mpisgd: error: rank 3: "), line
+    assert line.startswith("mpisgd: error: rank 2: "), line
 
 
 def test_existing_or_locked_record_is_refused(tmp_path):
@@ -139,7 +140,7 @@ def test_exception_in_training_on_one_rank_ends_the_job(tmp_path):
 
 def test_the_same_exception_on_every_rank_is_one_traceback(tmp_path):
     out = tmp_path / "run.h5"
-    proc, elapsed = failing_train(out, "range(4)", "every rank diverged")
+    proc, elapsed = failing_train(out, "range(3)", "every rank diverged")
     assert proc.returncode != 0
     assert proc.stderr.count("Traceback") == 1, proc.stderr
     assert proc.stderr.count("FloatingPointError: every rank diverged") == 1, proc.stderr
@@ -193,7 +194,7 @@ def test_train_command_end_to_end(tmp_path):
     args = ["--algo", "local", "--tau", "4", "--steps", "40", "--out", str(out)]
     proc, _ = launch(args, quiet=False)
     assert proc.returncode == 0, proc.stderr
-    summary = [ln for ln in proc.stdout.splitlines() if ln.startswith("mpisgd: local, 4 workers")]
+    summary = [ln for ln in proc.stdout.splitlines() if ln.startswith("mpisgd: local, 3 workers")]
     assert len(summary) == 1 and summary[0].endswith(f"record: {out}")
     assert f"device: {'cuda' if torch.cuda.is_available() else 'cpu'}" in summary[0]
     from mpisgd.app.record import read

@@ -101,7 +101,7 @@ def test_buckets_launch_during_backward():
     model, opt, algo = plain_sync(bucket_mb=1e-9)
     x, y = classifier_batch(comm.rank, 0)
     F.cross_entropy(model(x), y).backward()
-    assert len(algo._handles) == len(algo.flat.buckets) - 1   # all but the last, in flight
+    assert len(algo.mean._handles) == len(algo.flat.buckets) - 1   # all but the last, in flight
     algo.step()
 
 

@@ -1,0 +1,273 @@
+"""Workers that are groups of ranks, against the dense oracle with groups, on 4 ranks.
+
+Every family that takes groups runs as 2 x 2 (two groups of two ranks),
+1 x 4 (one group of all ranks) and 4 x 1 (today's algorithm), and every
+iterate of every rank is checked against its replica's column of
+``reference.cooperative(group=G)``: W over the m groups is written out in
+tests/expected_w.py, and the composition with the groups (gradients
+averaged in a group, a round mixing the groups' means) in the oracle, not
+taken from mpisgd.groups. float64; tolerances as in test_sync.
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+from mpi4py import MPI
+
+import mpisgd
+from mpisgd import reference
+import expected_w
+from helpers import (ATOL, D, RTOL, classifier, classifier_batch, regression_grad,
+                     regression_loss, regression_model)
+
+ETA = 0.05
+LAYOUTS = [(2, 2), (1, 4), (4, 1)]      # (groups m, ranks per group G) on 4 ranks
+
+
+def x0():
+    return torch.linspace(-1.0, 1.0, D, dtype=torch.float64)
+
+
+def run(name, steps, momentum=0.0, **options):
+    """``name`` on the regression problem, rank r drawing replica r's batches; the trace of
+    this rank's parameters after every step, and the algorithm (finished)."""
+    comm = MPI.COMM_WORLD
+    model = regression_model(x0())
+    opt = torch.optim.SGD(model.parameters(), lr=ETA, momentum=momentum)
+    algo = mpisgd.build(name, model, opt, comm=comm, **options)
+    assert algo.replica_index == comm.rank
+    trace = []
+    for step in range(steps):
+        opt.zero_grad()
+        regression_loss(model, comm.rank, step).backward()
+        algo.step()
+        trace.append(algo.flat.data.clone())
+    return algo, trace
+
+
+def check(trace, oracle, steps):
+    rank = MPI.COMM_WORLD.rank
+    for k in range(steps):
+        assert torch.allclose(trace[k], oracle[k][:, rank], rtol=RTOL, atol=ATOL), k
+
+
+@pytest.mark.mpi(min_size=4)
+@pytest.mark.parametrize("m, G", LAYOUTS)
+def test_sync_in_two_levels_equals_the_oracle(m, G):
+    """sync with groups: reduce-scatter inside, the blocks across, all-gather inside."""
+    if MPI.COMM_WORLD.size != 4:
+        pytest.skip("the layouts are of 4 ranks")
+    steps = 5
+    algo, trace = run("sync", steps, group_size=G)
+    _, oracle = reference.cooperative(x0(), regression_grad, ETA, expected_w.average(m), steps,
+                                      trace=True, group=G)
+    check(trace, oracle, steps)
+    assert algo.workers == m and algo.replicas == 4
+    algo.close()
+
+
+@pytest.mark.mpi(min_size=4)
+@pytest.mark.parametrize("m, G", LAYOUTS)
+@pytest.mark.parametrize("options", [
+    {"tau": 3},
+    {"tau": 4, "group_tau": 2},                                     # hierarchical local SGD
+    {"tau": 2, "outer": "nesterov", "outer_lr": 0.7, "outer_momentum": 0.9},   # DiLoCo
+], ids=["local", "hierarchical", "diloco"])
+def test_local_with_groups_equals_the_oracle(m, G, options):
+    if MPI.COMM_WORLD.size != 4:
+        pytest.skip("the layouts are of 4 ranks")
+    if G == 1 and "group_tau" in options:
+        pytest.skip("group_tau needs groups")
+    steps = 9                                   # ends between rounds: finish() adds one
+    algo, trace = run("local", steps, group_size=G, **options)
+    outer = (options["outer"], options["outer_lr"], options["outer_momentum"]) \
+        if "outer" in options else None
+    _, oracle = reference.cooperative(x0(), regression_grad, ETA, expected_w.average(m), steps,
+                                      tau=options["tau"], trace=True, group=G,
+                                      group_tau=options.get("group_tau", 1), outer=outer)
+    check(trace, oracle, steps)
+    algo.finish()
+    assert torch.allclose(algo.consensus(), oracle[-1].mean(1) if outer is None else
+                          algo.flat.data, rtol=RTOL, atol=ATOL)
+    algo.close()
+
+
+@pytest.mark.mpi(min_size=4)
+@pytest.mark.parametrize("m, G", LAYOUTS)
+@pytest.mark.parametrize("center", ["replicated", "rank0"])
+def test_easgd_with_groups_equals_the_simultaneous_oracle(m, G, center):
+    if MPI.COMM_WORLD.size != 4:
+        pytest.skip("the layouts are of 4 ranks")
+    steps, tau, alpha = 7, 2, 0.3
+    algo, trace = run("easgd", steps, group_size=G, tau=tau, alpha=alpha, center=center)
+    X, oracle = reference.cooperative(x0(), regression_grad, ETA, expected_w.w_alpha(m, alpha),
+                                      steps, tau=tau, v=1, trace=True, simultaneous=True, group=G)
+    check(trace, oracle, steps)
+    assert torch.allclose(algo.consensus(), X[:, -1], rtol=RTOL, atol=ATOL)   # the centre
+    algo.close()
+
+
+@pytest.mark.mpi(min_size=4)
+@pytest.mark.parametrize("m, G", [(2, 2), (4, 1)])
+@pytest.mark.parametrize("overlap", [False, True])
+def test_gossip_on_a_ring_of_groups_equals_the_oracle(m, G, overlap):
+    """D-PSGD among the groups (a ring of 2 groups, or of 4 ranks); with overlap the round
+    lands one step later, the oracle's simultaneous order."""
+    if MPI.COMM_WORLD.size != 4:
+        pytest.skip("the layouts are of 4 ranks")
+    steps = 6
+    algo, trace = run("gossip", steps, group_size=G, topology="ring", overlap=overlap,
+                      exchange="neighbor" if not overlap else "auto")
+    W = expected_w.metropolis(m, expected_w.edges("ring", m))
+    if overlap:        # round k lands in step k + 1: mixed, then the step's gradient
+        _, oracle = reference.cooperative(x0(), regression_grad, ETA, W.T, steps, trace=True,
+                                          communicate=lambda k1: k1 > 1, simultaneous=True,
+                                          group=G)
+    else:
+        _, oracle = reference.cooperative(x0(), regression_grad, ETA, W.T, steps, trace=True,
+                                          group=G)
+    check(trace, oracle, steps)
+    algo.finish()
+    algo.close()
+
+
+@pytest.mark.mpi(min_size=4)
+def test_cooperative_with_an_auxiliary_variable_over_groups_equals_the_oracle():
+    """A(tau, W_alpha, 1) among 2 groups of 2: the auxiliary (the centre) in blocks too."""
+    if MPI.COMM_WORLD.size != 4:
+        pytest.skip("the layouts are of 4 ranks")
+    steps, tau, alpha = 6, 2, 0.25
+    algo, trace = run("cooperative", steps, group_size=2, tau=tau, topology="easgd", alpha=alpha)
+    X, oracle = reference.cooperative(x0(), regression_grad, ETA, expected_w.w_alpha(2, alpha),
+                                      steps, tau=tau, v=1, trace=True, group=2)
+    check(trace, oracle, steps)
+    assert torch.allclose(algo.consensus(), (X[:, :4].mean(1) * 2 + X[:, 4]) / 3,
+                          rtol=RTOL, atol=ATOL)
+    algo.close()
+
+
+@pytest.mark.mpi(min_size=4)
+@pytest.mark.parametrize("name, options", [("sync", {}), ("local", {"tau": 3})])
+def test_one_group_of_all_ranks_is_sync_sgd_bitwise(name, options):
+    """With momentum, on the classifier: one group of 4 is sync SGD to the bit, and group
+    size 1 is today's algorithm to the bit."""
+    comm = MPI.COMM_WORLD
+
+    def trace(algo_name, **opts):
+        model = classifier()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        algo = mpisgd.build(algo_name, model, opt, comm=comm, **opts)
+        out = []
+        for step in range(6):
+            x, y = classifier_batch(comm.rank, step)
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            algo.step()
+            out.append(algo.flat.data.clone())
+        algo.finish()
+        algo.close()
+        return out
+
+    flat_sync = trace("sync")
+    for a, b in zip(flat_sync, trace(name, group_size=comm.size, **options)):
+        assert torch.equal(a, b)
+    for a, b in zip(trace(name, **options), trace(name, group_size=1, **options)):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.mpi(min_size=4)
+def test_hierarchical_local_sgd_equals_torchs_hierarchical_model_averager():
+    """local with groups of 2, group_tau 2, tau 4 against torch's HierarchicalModelAverager
+    with periods {2: 2 ranks, 4: all 4} on gloo, both on the classifier with plain SGD."""
+    comm = MPI.COMM_WORLD
+    if comm.size != 4:
+        pytest.skip("the layout is 2 x 2")
+    import os
+    import torch.distributed as dist
+    from torch.distributed.algorithms.model_averaging.hierarchical_model_averager import \
+        HierarchicalModelAverager
+    port = comm.bcast(29500 + os.getpid() % 2000 if comm.rank == 0 else None, root=0)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=comm.rank,
+                            world_size=comm.size)
+    try:
+        steps = 10
+        model = classifier()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        averager = HierarchicalModelAverager({2: 2, 4: 4}, warmup_steps=0)
+        averager.step = 1    # it averages after its step c with c % period == 0, counting from
+        # 0 (its first step averages); local SGD after step s with s % tau == 0, s from 1
+        theirs = []
+        for step in range(steps):
+            x, y = classifier_batch(comm.rank, step)
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+            averager.average_parameters(model.parameters())
+            theirs.append(torch.nn.utils.parameters_to_vector(model.parameters()).detach().clone())
+    finally:
+        dist.destroy_process_group()
+    model = classifier()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    algo = mpisgd.build("local", model, opt, comm=comm, tau=4, group_size=2, group_tau=2)
+    for step in range(steps):
+        x, y = classifier_batch(comm.rank, step)
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        algo.step()
+        assert torch.allclose(algo.flat.data, theirs[step], rtol=RTOL, atol=ATOL), step
+    algo.close()
+
+
+@pytest.mark.mpi(min_size=4)
+def test_a_checkpoint_with_groups_resumes_bitwise(tmp_path_factory):
+    """local with groups and DiLoCo's outer step, and two-level sync: 3 + 5 steps from a
+    state_dict equal 8 steps, to the bit."""
+    comm = MPI.COMM_WORLD
+    for name, opts in (("local", {"tau": 3, "group_size": 2, "outer": "nesterov"}),
+                       ("local", {"tau": 4, "group_size": 2, "group_tau": 2}),
+                       ("sync", {"group_size": 2})):
+        def make():
+            model = classifier()
+            opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+            return mpisgd.build(name, model, opt, comm=comm, **opts), model, opt
+
+        def steps(algo, model, opt, first, last):
+            for step in range(first, last):
+                x, y = classifier_batch(comm.rank, step)
+                opt.zero_grad()
+                F.cross_entropy(model(x), y).backward()
+                algo.step()
+
+        whole = make()
+        steps(*whole, 0, 8)
+        first = make()
+        steps(*first, 0, 3)
+        state = first[0].state_dict()
+        first[0].close()
+        second = make()
+        second[0].load_state_dict(state)
+        steps(*second, 3, 8)
+        assert torch.equal(second[0].flat.data, whole[0].flat.data), (name, opts)
+        assert second[0].stats()["bytes_sent"] == whole[0].stats()["bytes_sent"]
+        whole[0].close()
+        second[0].close()
+
+
+@pytest.mark.mpi(min_size=4)
+@pytest.mark.parametrize("name, options, message", [
+    ("local", {"group_size": 3}, "group_size must divide the 4 ranks of the job into equal "
+                                 "groups, got 3"),
+    ("local", {"group_size": "two"}, "group_size must be a positive integer or node"),
+    ("local", {"group_tau": 2}, "group_tau needs groups"),
+    ("local", {"group_size": 2, "schedule": "budget"}, "budget lets each rank"),
+    ("local", {"group_size": 2, "compress": "int8"}, "compress does not combine with groups"),
+    ("ps-sync", {"group_size": 2}, "group_size does not apply to algorithm 'ps-sync'"),
+    ("easgd", {"group_size": 2, "group_tau": 2}, "group_tau does not apply"),
+])
+def test_bad_groups_are_refused_on_every_rank(name, options, message):
+    comm = MPI.COMM_WORLD
+    if comm.size != 4:
+        pytest.skip("the messages name 4 ranks")
+    model = classifier()
+    with pytest.raises(ValueError, match=message):
+        mpisgd.build(name, model, torch.optim.SGD(model.parameters(), lr=0.1), comm=comm,
+                     **options)
