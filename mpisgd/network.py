@@ -40,6 +40,22 @@ class Network:
     def p2p(self, n: float) -> float:
         return self.alpha + n * self.beta
 
+    def level(self, name: str) -> "Network":
+        """The point-to-point pair of level ``name`` (``intra``, ``inter``) where measured,
+        else this network."""
+        fit = self.levels.get(name)
+        if not fit:
+            return self
+        return Network(fit["alpha"], fit["beta"], f"{self.source} ({name})")
+
+    def ring(self, n: float, p: int, sharing: int = 1) -> float:
+        """A ring reduce-scatter (or all-gather) of ``n`` bytes over ``p`` ranks, per rank:
+        ``(p-1) alpha + (p-1)/p n beta``, the bandwidth shared by ``sharing`` ranks that
+        use one link at once (the ranks of a node across the fabric)."""
+        if p <= 1:
+            return 0.0
+        return (p - 1) * self.alpha + (p - 1) / p * n * self.beta * sharing
+
     def allreduce_time(self, n: float, p: int, algorithm: str = "auto") -> float:
         """Seconds of an Allreduce of ``n`` bytes over ``p`` ranks."""
         if p <= 1:

@@ -27,6 +27,17 @@ workers, d the mean link delay and c0 the fitted overhead per step (below):
   C and a free network it reproduces the closed forms of REFERENCES.md:
   K-sync ``E[X_(K:P)] = mu (H_P - H_{P-K})`` per update.
 
+Workers that are groups of G ranks (``group_size``; R ranks per node), the
+lock-step families: every step each group's gradient mean inside the node
+(an Allreduce of n over G ranks, on the ``intra`` level of a calibration
+with two), and a round across the m groups on 1/G blocks, every rank of a
+node on the fabric at once (``inter`` level, its bandwidth shared by R):
+
+* ``sync``: ``T = E[max_{mG} C] + RS_intra(n, G) + AR_inter(n/G, m; R) + AG_intra(n, G)
+  + d + c0``;
+* ``local`` (``easgd``, ...): ``T = (E[max_m sum_tau max_G C] + tau AR_intra(n, G)
+  + AR_inter(n/G, m; R) + AG_intra(n, G) + d) / tau + c0``.
+
 c0 is what the model leaves out on the machine the records came from
 (Python around each step, wake-ups): :func:`fit_overhead` takes it as the
 mean of measured minus modelled step time over the records given, at their
@@ -47,16 +58,14 @@ import numpy as np
 from . import streams
 from .network import Network
 
-LOCKSTEP_ROUND = {"sync": False, "local": True, "easgd": True}
-GOSSIP = ("gossip", "cooperative")
-SERVER = {            # protocol: (cancel on update, distinct workers, pusher waits for the update)
-    "ps-sync": (True, True, True), "k-sync": (True, True, True),
-    "k-async": (False, True, True), "k-batch-sync": (True, False, False),
-    "k-batch-async": (False, False, False), "async": (False, False, False),
-    "async-easgd": (False, False, False), "eamsgd": (False, False, False),
-    "downpour": (False, False, False),
-}
-CENTRE = ("async-easgd", "eamsgd", "downpour")     # tau local steps per push
+
+
+def traits(algo: str, options: dict | None = None):
+    """What algorithm ``algo`` declares of itself (:mod:`mpisgd.algorithms.traits`); the
+    model follows from it, never from the name."""
+    from .algorithms import ALGORITHMS
+    cls = ALGORITHMS.get(algo)
+    return cls.traits(options or {}) if cls is not None else None
 
 
 class Exponential:
@@ -124,6 +133,8 @@ class Workload:
     link_delay: float = 0.0                #: mean injected delay per round (--comm-delay)
     batch: int = 32
     train_samples: int | None = None
+    group: int = 1                         #: ranks per worker (groups)
+    ranks_per_node: int = 1                #: ranks sharing a node's link
     measured: float | None = None          #: measured seconds per worker step
     path: str = ""
 
@@ -156,10 +167,19 @@ def workload(rec: dict) -> Workload:
     if len(m.get("step", [])) >= 2 and m["step"][-1] > m["step"][0]:
         measured = float((m["wall_time"][-1] - m["wall_time"][0]) / (m["step"][-1] - m["step"][0]))
     samples = rec["attrs"].get("train_samples")
-    return Workload(cfg["algo"], int(rec["attrs"]["workers"]), 4.0 * len(rec["final"]["params"]),
+    workers = int(rec["attrs"]["workers"])
+    hosts = list(rec.get("ranks", {}).get("host", []))
+    per_node = max((hosts.count(h) for h in set(hosts)), default=1)
+    group = int(rec["attrs"].get("world_size", workers)) // workers if algo_groups(opts) else 1
+    return Workload(cfg["algo"], workers, 4.0 * len(rec["final"]["params"]),
                     Empirical(sample), opts, _mean_delay(opts.get("comm_delay")),
                     int(cfg.get("batch_size", 32)), int(samples) if samples is not None else None,
-                    measured, rec["path"])
+                    measured, rec["path"], group, per_node)
+
+
+def algo_groups(options: dict) -> bool:
+    """Whether a run's options made its workers groups of ranks."""
+    return options.get("group_size") not in (None, 1, "1")
 
 
 def model_step(w: Workload, p: int, net: Network, rng_seed: int = 0, message: float = 0.0) -> dict:
@@ -167,8 +187,14 @@ def model_step(w: Workload, p: int, net: Network, rng_seed: int = 0, message: fl
     server's own cost per message (LogGP's o), added to each one's alpha + n beta."""
     rng = streams.generator(streams.PROJECTION, rng_seed)
     n, algo = w.nbytes, w.algo
-    if algo in LOCKSTEP_ROUND and not (algo == "easgd" and w.options.get("center") == "rank0"):
-        tau = w.tau if LOCKSTEP_ROUND[algo] else 1
+    kind = traits(algo, w.options)
+    if kind is None:
+        raise ValueError(f"project: no model for --algo {algo}"
+                         + (f" with center {w.options['center']}" if "center" in w.options else ""))
+    if w.group > 1:
+        return _two_levels(w, p, net, rng, kind)
+    if kind.family == "lockstep":
+        tau = w.tau if kind.periodic else 1
         comm = net.allreduce_time(n, p) + w.link_delay
         if tau == 1:
             compute = w.compute.order(p, p)
@@ -178,7 +204,7 @@ def model_step(w: Workload, p: int, net: Network, rng_seed: int = 0, message: fl
         step = (compute + comm) / tau
         return {"step": step, "compute": compute / tau, "comm": comm / tau,   # compute: waits incl.
                 "bytes": 2 * (p - 1) / p * n / tau}
-    if algo in GOSSIP:
+    if kind.family == "gossip":
         from .topology import build
         topo = build(w.options.get("topology") or "ring", p, w.options.get("weights") or "metropolis")
         support = topo.support().numpy() if hasattr(topo.support(), "numpy") else np.asarray(topo.support())
@@ -195,19 +221,39 @@ def model_step(w: Workload, p: int, net: Network, rng_seed: int = 0, message: fl
         step = float(t.mean()) / (rounds * tau)
         return {"step": step, "compute": w.compute.mean, "comm": comm / tau,
                 "bytes": degree * n / tau}
-    if algo in SERVER:
-        s = w.servers
-        from .algorithms import ALGORITHMS
-        k = w.options.get("k")        # the algorithm's own default: all workers or 1 (k_all)
-        k = int(k) if k is not None else (p if getattr(ALGORITHMS.get(algo), "k_all", False) else 1)
-        tau = w.tau if algo in CENTRE else 1
-        service = net.p2p(n / s) + message
-        out = simulate_server(w.compute, p, min(k, p), algo, service, service, tau=tau,
-                              link_delay=w.link_delay, rng=rng)
-        comm = 2 * service + w.link_delay       # one push and its reply, per computation
-        return {"step": out["step"] / tau, "compute": w.compute.mean, "comm": comm / tau,
-                "bytes": 2 * n / tau, "update": out["update"]}
-    raise ValueError(f"project: no model for --algo {algo}")
+    s = w.servers                     # the server family
+    k = w.options.get("k")            # the algorithm's own default: all workers or 1 (k_all)
+    k = int(k) if k is not None else (p if kind.k_all else 1)
+    tau = w.tau if kind.periodic else 1
+    service = net.p2p(n / s) + message
+    out = simulate_server(w.compute, p, min(k, p), algo, service, service, tau=tau,
+                          link_delay=w.link_delay, rng=rng)
+    comm = 2 * service + w.link_delay       # one push and its reply, per computation
+    return {"step": out["step"] / tau, "compute": w.compute.mean, "comm": comm / tau,
+            "bytes": 2 * n / tau, "update": out["update"]}
+
+
+def _two_levels(w: Workload, m: int, net: Network, rng, kind) -> dict:
+    """The lock-step families with workers in groups (the module's two-level model)."""
+    if kind.family != "lockstep":
+        raise ValueError(f"no two-level model for --algo {w.algo} (a {kind.family} family; "
+                         "the lock-step ones have it)")
+    n, G = w.nbytes, w.group
+    intra, inter = net.level("intra"), net.level("inter")
+    across = 2 * inter.ring(n / G, m, sharing=max(w.ranks_per_node, 1)) if m > 1 else 0.0
+    gather = intra.ring(n, G)
+    if not kind.periodic:              # sync: the gradient mean in two levels, every step
+        comm = intra.ring(n, G) + across + gather + w.link_delay
+        compute = w.compute.order(m * G, m * G)
+        return {"step": compute + comm, "compute": compute, "comm": comm,
+                "bytes": (G - 1) / G * n + 2 * (m - 1) / m * n / G + (G - 1) / G * n}
+    tau = w.tau
+    inside = 2 * intra.ring(n, G)              # the gradient mean in the group, every step
+    trials = max(200, 400_000 // (m * G * tau))
+    compute = float(w.compute.draw(rng, (trials, m, tau, G)).max(3).sum(2).max(1).mean())
+    comm = tau * inside + across + gather + w.link_delay
+    return {"step": (compute + comm) / tau, "compute": compute / tau, "comm": comm / tau,
+            "bytes": 2 * (G - 1) / G * n + (2 * (m - 1) / m * n / G + (G - 1) / G * n) / tau}
 
 
 def simulate_server(dist, p: int, k: int, algo: str, service_in: float, service_out: float,
@@ -225,7 +271,7 @@ def simulate_server(dist, p: int, k: int, algo: str, service_in: float, service_
     (``s_out``), K-batch-sync lets a pusher go on at the same version and restarts
     everyone at an update.
     """
-    cancel, distinct, waits = SERVER[algo]
+    cancel, distinct, waits = traits(algo).server_rules
     k = p if algo == "ps-sync" else k
     if cancel and distinct:
         t = dist.order(k, p) + link_delay + k * service_in + p * service_out
@@ -291,7 +337,8 @@ def fit_overhead(loads: list[Workload], net: Network) -> Overhead:
     measured = [w for w in loads if w.measured]
     if not measured:
         return Overhead()
-    if measured[0].algo not in SERVER:
+    kind = traits(measured[0].algo, measured[0].options)
+    if kind is None or kind.family != "server":
         gaps = [w.measured - model_step(w, w.workers, net)["step"] for w in measured]
         return Overhead(step=max(0.0, float(np.mean(gaps))))
     costs = []

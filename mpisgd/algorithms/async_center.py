@@ -53,10 +53,12 @@ from .. import ops
 from ..errors import OptionError
 from ..schedule import Periodic
 from ..server.center import CenterClient, CenterServer, LocalCenter
+from ..server.params import PROTOCOLS
 from . import outer
 from .easgd import checked_moving_rate
 from .options import CENTER, DELTA, ELASTIC, OUTER, SERVERS, TAU
 from .served import Served
+from .traits import Traits
 
 DEDICATED = CENTER.but(default="dedicated", choices=("dedicated", "rank0"))
 
@@ -66,6 +68,11 @@ class CenterAlgorithm(Served):
 
     options = (TAU, DEDICATED, SERVERS, *OUTER)
     group = "center"
+
+    @classmethod
+    def traits(cls, opts=None) -> Traits:
+        """Each push (every tau steps) answered at once: K-batch-async's rules, K = 1."""
+        return Traits("server", periodic=True, protocol=PROTOCOLS["k-batch-async"])
 
     @classmethod
     def server_ranks(cls, opts: dict) -> int:

@@ -43,6 +43,7 @@ from ..staging import Spans
 from ..steptimes import StepTimes
 from ..stragglers import Stragglers
 from .options import STRAGGLERS, Option, resolve
+from .traits import Traits
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,12 @@ class Algorithm(abc.ABC):
     momentum_caveat = ""
     private_comm = False     # True: communicate on a Dup of comm (point-to-point with ANY_SOURCE)
     collective_rounds = True  # rounds are collectives: every rank draws the same comm delay
+
+    @classmethod
+    def traits(cls, opts: dict | None = None) -> Traits | None:
+        """How its ranks wait for each other, for the projector (:mod:`.traits`), with
+        resolved options ``opts``; ``None``: not modelled."""
+        return None
 
     @classmethod
     def declared(cls) -> tuple[Option, ...]:

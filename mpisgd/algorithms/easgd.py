@@ -47,6 +47,7 @@ from .base import Algorithm
 from .options import CENTER, ELASTIC, GROUP_SIZE, OUTER, SCHEDULE, TAU
 from .rounds import Elastic
 from .scheduled import Scheduled
+from .traits import Traits
 
 
 def moving_rate(opts: dict, workers: int) -> float:
@@ -98,6 +99,14 @@ class EASGD(Scheduled):
 
     name = "easgd"
     options = (TAU, *ELASTIC, CENTER, *SCHEDULE, *OUTER, GROUP_SIZE)
+
+    @classmethod
+    def traits(cls, opts=None) -> Traits | None:
+        """Lock-step with a replicated centre (one Allreduce a round); rank 0's centre (a
+        Bcast and a Reduce) is not modelled."""
+        if opts and opts.get("center") == "rank0":
+            return None
+        return Traits("lockstep", periodic=True)
 
     def make_round(self) -> Elastic:
         alpha = checked_moving_rate(self, all_in_round=True)

@@ -65,6 +65,7 @@ from ..topology.spectral import is_averaging
 from .options import AUX, ELASTIC, GOSSIP, GROUPS, OUTER, OVERLAP, SCHEDULE, TAU, TOPOLOGY
 from .rounds import Mix
 from .scheduled import Scheduled
+from .traits import Traits
 
 #: Rounds of a random time-varying topology whose W_k every rank must agree on.
 AGREED_ROUNDS = 4
@@ -84,6 +85,10 @@ class Gossip(Scheduled):
     name = "gossip"
     options = (TAU, *SCHEDULE, TOPOLOGY, *GOSSIP, OVERLAP, *OUTER, *GROUPS)
     symmetric = False          # D-PSGD needs W doubly stochastic, not symmetric
+
+    @classmethod
+    def traits(cls, opts=None) -> Traits:
+        return Traits("gossip", periodic=True)
     aux_allowed = False
 
     @classmethod

@@ -47,6 +47,7 @@ from .options import COMPRESS, GROUPS, MOMENTUM_POLICY, OUTER, SCHEDULE, STREAMI
 from .rounds import Average
 from .scheduled import Scheduled
 from .streaming import Streaming
+from .traits import Traits
 
 
 def streams(opts: dict) -> bool:
@@ -68,6 +69,10 @@ class LocalSGD(Scheduled):
     options = (TAU.but(default=8), *SCHEDULE, MOMENTUM_POLICY, *OUTER, *STREAMING, *COMPRESS,
                *GROUPS)
     final_round = True
+
+    @classmethod
+    def traits(cls, opts=None) -> Traits:
+        return Traits("lockstep", periodic=True)
 
     @classmethod
     def check(cls, opts: dict) -> None:

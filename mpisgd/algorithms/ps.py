@@ -37,6 +37,7 @@ from ..errors import OptionError
 from ..server.params import PROTOCOLS, ParameterClient, ParameterServer
 from .options import K, SERVERS, STALENESS_LR, parse_staleness_lr
 from .served import Served
+from .traits import Traits
 
 
 #: Why the families that apply stale gradients default to ``momentum=0`` (``mpisgd train``).
@@ -50,6 +51,10 @@ class ParameterServerSGD(Served):
     (a :class:`~mpisgd.server.params.Protocol`)."""
 
     protocol = PROTOCOLS["k-sync"]
+
+    @classmethod
+    def traits(cls, opts=None) -> Traits:
+        return Traits("server", protocol=cls.protocol, k_all=cls.k_all)
     k_all = True             # K when not given: every worker (else 1)
     options = (K, STALENESS_LR, SERVERS)
 

@@ -45,6 +45,7 @@ from ..errors import OptionError
 from .base import Algorithm
 from .gradients import GradientMean
 from .options import BUCKET_MB, COMPRESS, GROUP_SIZE, OVERLAP
+from .traits import Traits
 
 
 class SyncSGD(Algorithm):
@@ -63,6 +64,10 @@ class SyncSGD(Algorithm):
 
     name = "sync"
     options = (BUCKET_MB, OVERLAP.but(default=True), *COMPRESS, GROUP_SIZE)
+
+    @classmethod
+    def traits(cls, opts=None) -> Traits:
+        return Traits("lockstep")
 
     @classmethod
     def check(cls, opts: dict) -> None:

@@ -143,6 +143,12 @@ def _project_parser(sub) -> None:
     p.add_argument("--network", required=True, metavar="FILE|ALPHA,BETA",
                    help="mpisgd calibrate's file, or latency (s) and inverse bandwidth (s/B)")
     p.add_argument("--out", metavar="FIG", help="plot the projection (PNG, PDF, SVG)")
+    p.add_argument("--group-size", type=int, metavar="G",
+                   help="project workers that are groups of G ranks (--workers counts groups; "
+                        "default: the records' own)")
+    p.add_argument("--ranks-per-node", type=int, metavar="R",
+                   help="ranks sharing a node's link at the projected scale (default: the "
+                        "records' own)")
     p.set_defaults(func=_project)
 
 
@@ -293,8 +299,12 @@ def _project(args) -> int:
     if not workers or min(workers) < 1:
         raise ConfigError(f"--workers must be positive integers, comma-separated, got "
                           f"{args.workers!r}")
+    for flag, value in (("--group-size", args.group_size), ("--ranks-per-node", args.ranks_per_node)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} must be a positive integer, got {value}")
     try:
-        return project.main(args.records, workers, args.network, args.out)
+        return project.main(args.records, workers, args.network, args.out,
+                            group=args.group_size, ranks_per_node=args.ranks_per_node)
     except (OSError, KeyError) as err:
         raise ConfigError(str(err).strip("'\"")) from None
 

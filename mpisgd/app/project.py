@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 
 import numpy as np
 
@@ -52,7 +53,6 @@ def _label(w) -> str:
 def fit(loads, net: Network):
     """``(workload, overhead)`` fitted on ``loads``: the first one's workload with their
     pooled compute samples as its distribution, and :func:`fit_overhead` over them all."""
-    from dataclasses import replace
     pooled = Empirical(np.concatenate([w.compute.x for w in loads]))
     return replace(loads[0], compute=pooled), fit_overhead(loads, net)
 
@@ -71,7 +71,10 @@ def validate(loads, net: Network) -> tuple[int, float, float] | None:
     return counts[-1], predicted, float(np.mean([w.measured for w in big]))
 
 
-def main(paths: list[str], workers: list[int], network: str, out: str | None) -> int:
+def main(paths: list[str], workers: list[int], network: str, out: str | None,
+         group: int | None = None, ranks_per_node: int | None = None) -> int:
+    """``group``, ``ranks_per_node``: the projected layout (workers of ``group`` ranks,
+    ``ranks_per_node`` sharing a link; default the records')."""
     try:
         net = Network.parse(network)
     except ValueError as err:
@@ -86,6 +89,8 @@ def main(paths: list[str], workers: list[int], network: str, out: str | None) ->
     plotted = []
     for label, loads in fams:
         rep, c0 = fit(loads, net)
+        rep = replace(rep, group=group or rep.group, ranks_per_node=ranks_per_node or
+                      (group if group and group > rep.ranks_per_node else rep.ranks_per_node))
         try:
             rows = project(rep, workers, net, c0)
         except ValueError as err:
@@ -93,7 +98,9 @@ def main(paths: list[str], workers: list[int], network: str, out: str | None) ->
         measured = sorted({(w.workers, w.measured) for w in loads if w.measured})
         fitted = (f"server cost per message o {c0.message * 1e3:.3f} ms" if c0.message
                   else f"overhead c0 {c0.step * 1e3:.2f} ms/step")
-        print(f"\n{label}: fitted on {', '.join(f'{p}' for p in sorted({w.workers for w in loads}))} "
+        layout = f" in groups of {rep.group}, {rep.ranks_per_node} ranks a node" \
+            if rep.group > 1 else ""
+        print(f"\n{label}{layout}: fitted on {', '.join(f'{p}' for p in sorted({w.workers for w in loads}))} "
               f"workers ({len(loads)} records); E[C] {rep.compute.mean * 1e3:.2f} ms, {fitted}, "
               f"{rep.nbytes / 1e6:.3g} MB per model")
         check = validate(loads, net)

@@ -34,6 +34,35 @@ def test_sync_is_the_compute_plus_the_ring_allreduce(p):
     assert got["bytes"] == pytest.approx(2 * (p - 1) / p * n)
 
 
+TWO_LEVELS = Network(50e-6, 8e-9, levels={"intra": {"alpha": 2e-6, "beta": 1e-10},
+                                          "inter": {"alpha": 50e-6, "beta": 8e-9}})
+
+
+@pytest.mark.parametrize("m, G, R", [(2, 2, 2), (4, 8, 8), (16, 4, 8)])
+def test_sync_in_groups_is_the_compute_plus_three_collectives_on_two_levels(m, G, R):
+    """RS of n over G inside, AR of n/G over m across (R ranks on one link), AG inside."""
+    n = 4e6
+    w = Workload("sync", m, n, Empirical([0.01]), {"group_size": G}, group=G, ranks_per_node=R)
+    inside = (G - 1) * 2e-6 + (G - 1) / G * n * 1e-10
+    across = 2 * ((m - 1) * 50e-6 + (m - 1) / m * (n / G) * 8e-9 * R)
+    got = model_step(w, m, TWO_LEVELS)
+    assert got["step"] == pytest.approx(0.01 + 2 * inside + across, rel=1e-12)
+    assert got["bytes"] == pytest.approx(2 * (G - 1) / G * n + 2 * (m - 1) / m * n / G)
+
+
+def test_local_in_groups_pays_the_group_mean_every_step_and_the_blocks_every_tau():
+    n, m, G, tau = 1e6, 4, 2, 8
+    w = Workload("local", m, n, Empirical([0.02]), {"tau": tau, "group_size": G}, group=G,
+                 ranks_per_node=G)
+    inside = (G - 1) * 2e-6 + (G - 1) / G * n * 1e-10
+    across = 2 * ((m - 1) * 50e-6 + (m - 1) / m * (n / G) * 8e-9 * G)
+    got = model_step(w, m, TWO_LEVELS)
+    assert got["step"] == pytest.approx((tau * 0.02 + tau * 2 * inside + across + inside) / tau,
+                                        rel=1e-9)
+    with pytest.raises(ValueError, match="no two-level model for --algo gossip"):
+        model_step(Workload("gossip", m, n, Empirical([0.02]), group=G), m, TWO_LEVELS)
+
+
 @pytest.mark.parametrize("p, k", [(3, 1), (3, 2), (8, 1), (8, 5), (256, 16), (1024, 1024)])
 def test_k_sync_with_exponential_compute_is_the_order_statistic(p, k):
     mu = 0.05
