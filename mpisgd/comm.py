@@ -175,6 +175,13 @@ class Handle:
         self._owner._wait(self._requests, self._statuses)
         self._complete()
 
+    @staticmethod
+    def all(*handles, finish=None) -> "Handles":
+        """One pending operation made of ``handles`` (each a :class:`Handle` or a
+        :class:`Handles`), and ``finish()``, run once by :meth:`Handles.wait` after they
+        complete (what a round does with what arrived: mixing, a second exchange)."""
+        return Handles(handles, finish)
+
     def cancel(self) -> bool:
         """Cancel a posted receive that no message matched yet (``MPI_Cancel``, then the
         wait it requires); returns whether it was cancelled. A receive that a message
@@ -190,6 +197,33 @@ class Handle:
         self._finish = None                 # nothing arrived: nothing to copy back
         self._complete()
         return True
+
+
+class Handles:
+    """Several pending operations as one, and what follows them (:meth:`Handle.all`).
+
+    ``test()`` and ``done`` say whether the operations have completed (they drive
+    progress and never run ``finish``); ``wait()`` waits for them in order, then runs
+    ``finish`` once: a round's pending work ends only in ``wait()``.
+    """
+    __slots__ = ("handles", "_finish")
+
+    def __init__(self, handles, finish=None):
+        self.handles, self._finish = tuple(handles), finish
+
+    @property
+    def done(self) -> bool:
+        return all(h.done for h in self.handles)
+
+    def test(self) -> bool:
+        return all([h.test() for h in self.handles])
+
+    def wait(self) -> None:
+        for h in self.handles:
+            h.wait()
+        finish, self._finish = self._finish, None
+        if finish is not None:
+            finish()
 
 
 class Comm:

@@ -35,6 +35,7 @@ from typing import NamedTuple
 
 import torch
 from ._mpi import MPI
+from .comm import Handle
 from .staging import upload
 from .topology.spectral import is_averaging
 
@@ -202,22 +203,20 @@ class Mixer:
                 self._plans[key] = plan
         return plan
 
-    def start(self, k: int) -> tuple:
-        """Post round ``k``'s exchange of x (or of its snapshot); returns the pending round
-        (the handle and the round's plan) for :meth:`finish`."""
+    def start(self, k: int):
+        """Post round ``k``'s exchange of x (or of its snapshot); returns its
+        :class:`~mpisgd.comm.Handles`, whose ``wait()`` mixes with the round's plan."""
         plan = self.plan(k)
         if self.snapshot:
             self.send.copy_(self.x)
         before = self.comm.bytes_sent
         handle = self.exchange.start(plan)
         self.bytes_per_round = self.comm.bytes_sent - before
-        return handle, plan
+        return Handle.all(handle, finish=lambda: self.exchange.combine(plan))
 
-    def finish(self, pending: tuple) -> None:
+    def finish(self, pending) -> None:
         """Complete the exchange and mix: x_i <- W_ii x_i + sum_j W_ij x_j."""
-        handle, plan = pending
-        handle.wait()
-        self.exchange.combine(plan)
+        pending.wait()
 
     def close(self) -> None:
         """Free the persistent requests and the graph communicator (no round in flight)."""

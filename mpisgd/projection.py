@@ -174,7 +174,7 @@ def workload(rec: dict) -> Workload:
     return Workload(cfg["algo"], workers, 4.0 * len(rec["final"]["params"]),
                     Empirical(sample), opts, _mean_delay(opts.get("comm_delay")),
                     int(cfg.get("batch_size", 32)), int(samples) if samples is not None else None,
-                    measured, rec["path"], group, per_node)
+                    measured=measured, path=rec["path"], group=group, ranks_per_node=per_node)
 
 
 def algo_groups(options: dict) -> bool:

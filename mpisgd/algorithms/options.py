@@ -22,6 +22,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from ..compress.codecs import parse as parse_codec
 from ..errors import OptionError
 from ..groups import parse as parse_group_size
 from ..stragglers import parse_comm, parse_compute
@@ -266,29 +267,11 @@ STREAMING = (
 )
 
 
-def parse_compress(value) -> tuple[str, float | None]:
-    """``"fp16"``, ``"topk:0.01"``, ... -> ``(format, argument)``; ``ValueError`` saying what
-    it must be."""
-    must = ("none, fp16, bf16, int8, topk:RATIO (0 < RATIO <= 1) or powersgd:RANK "
-            "(a positive integer)")
-    name, _, arg = str(value).partition(":")
-    if name in ("none", "fp16", "bf16", "int8") and not arg:
-        return name, None
-    try:
-        if name == "topk" and 0 < float(arg) <= 1:
-            return name, float(arg)
-        if name == "powersgd" and float(arg).is_integer() and int(float(arg)) >= 1:
-            return name, int(float(arg))
-    except ValueError:
-        pass
-    raise ValueError(must)
-
-
 # ---- compressed exchanges (mpisgd.compress) -----------------------------------------------
 COMPRESS = (
     Option("compress", "none", "compress what is averaged (sync: gradient buckets; local: the "
            "pseudo-gradient): none, fp16, bf16, int8, topk:RATIO or powersgd:RANK", str,
-           parse=parse_compress),
+           parse=parse_codec),
     Option("error_feedback", True, "carry each round's compression error into the next",
            bool, must="true or false"),
 )

@@ -3,9 +3,10 @@
 A round owns what one kind of round needs (its buffers, a graph, a centre
 variable) and has a start/finish interface:
 
-* ``start(k)`` posts round k's communication (nonblocking) and returns what
-  is pending;
-* ``finish(pending)`` completes it and applies it to ``x``;
+* ``start(k)`` posts round k's communication (nonblocking) and returns its
+  :class:`~mpisgd.comm.Handles` (:meth:`~mpisgd.comm.Handle.all`): the
+  operations in flight and what applies them to ``x`` once they complete;
+* ``finish(pending)`` waits for it, which applies it;
 * ``run(k)`` does both.
 
 :class:`~mpisgd.algorithms.scheduled.Scheduled` composes a round with a
@@ -38,6 +39,7 @@ import abc
 import torch
 
 from .. import ops
+from ..comm import Handle, Handles
 from ..mixing import Mixer
 from ..staging import upload
 
@@ -56,12 +58,12 @@ class Round(abc.ABC):
         return self.x
 
     @abc.abstractmethod
-    def start(self, k: int = 0):
-        """Post round ``k``'s communication; returns what :meth:`finish` completes."""
+    def start(self, k: int = 0) -> Handles:
+        """Post round ``k``'s communication; returns its pending :class:`Handles`."""
 
-    @abc.abstractmethod
-    def finish(self, pending) -> None:
-        """Complete the round and apply it to ``x``."""
+    def finish(self, pending: Handles) -> None:
+        """Complete the round (its handles' ``wait()`` applies it to ``x``)."""
+        pending.wait()
 
     def run(self, k: int = 0) -> None:
         """One blocking round ``k``."""
@@ -88,15 +90,11 @@ class Average(Round):
         self.comm, self.x = comm, x
         self.buffers = buffers if buffers is not None and buffers.numel() else None
 
-    def start(self, k: int = 0):
+    def start(self, k: int = 0) -> Handles:
         pending = [self.comm.iallreduce(self.x, average=True)]
         if self.buffers is not None:
             pending.append(self.comm.iallreduce(self.buffers, average=True))
-        return pending
-
-    def finish(self, pending) -> None:
-        for handle in pending:
-            handle.wait()
+        return Handle.all(*pending)
 
 
 class Mix(Round):
@@ -125,24 +123,19 @@ class Mix(Round):
         self.aux = x.expand(self.v, x.numel()).clone()        # z_a = x_0, replicated
         self._contrib = torch.empty_like(self.aux)
 
-    def start(self, k: int = 0):
-        handle = self.mixer.start(k)
+    def start(self, k: int = 0) -> Handles:
+        mixed = self.mixer.start(k)
         if not self.v:
-            return handle, None
+            return mixed
         W = self.topology.matrix(k).to(self.x.dtype)
         sent, m, i = self.mixer.send, self.comm.size, self.comm.rank
         torch.mul(upload(W[m:, i], sent.device)[:, None], sent[None, :], out=self._contrib)
-        weights = upload(W[i, m:], sent.device), upload(W[m:, m:], sent.device)
-        return handle, (self.comm.iallreduce(self._contrib), weights)
+        to_worker, among = upload(W[i, m:], sent.device), upload(W[m:, m:], sent.device)
 
-    def finish(self, pending) -> None:
-        handle, aux = pending
-        self.mixer.finish(handle)
-        if aux is not None:
-            reduce, (to_worker, among) = aux
+        def auxiliaries():        # after the workers' mixing and the contributions' sum
             self.x.addmv_(self.aux.t(), to_worker)                     # + sum_a W[i, m+a] z_a (old z)
-            reduce.wait()
             self.aux.copy_(torch.addmm(self._contrib, among, self.aux))   # z <- C + W_zz z
+        return Handle.all(mixed, self.comm.iallreduce(self._contrib), finish=auxiliaries)
 
     def close(self) -> None:
         self.mixer.close()
@@ -174,19 +167,16 @@ class Elastic(Round):
         self.center = x.clone() if self.holds else torch.empty_like(x)
         self._diff = torch.empty_like(x)
 
-    def start(self, k: int = 0):
+    def start(self, k: int = 0) -> Handles:
         x, c, e = self.x, self.center, self._diff
         if self.replicated:
             ops.elastic(x, c, e, self.alpha)          # e_i, and x_i -= e_i
-            return self.comm.iallreduce(e)            # sum_i e_i ...
-        self.comm.bcast(c, 0)
-        ops.elastic(x, c, e, self.alpha)
-        return self.comm.ireduce(e, 0)                # ... into rank 0's e
-
-    def finish(self, pending) -> None:
-        pending.wait()
-        if self.holds:
-            self.center.add_(self._diff)
+            summed = self.comm.iallreduce(e)          # sum_i e_i ...
+        else:
+            self.comm.bcast(c, 0)
+            ops.elastic(x, c, e, self.alpha)
+            summed = self.comm.ireduce(e, 0)          # ... into rank 0's e
+        return Handle.all(summed, finish=(lambda: c.add_(e)) if self.holds else None)
 
     def state_dict(self) -> dict:
         return {"center": self.center} if self.holds else {}

@@ -116,7 +116,7 @@ class Streaming:
         before = self.comm.bytes_sent
         torch.sub(frag.anchor, frag.x, out=frag.send)
         if frag.compressor is not None:
-            handle = ("compressed", frag.compressor.start())
+            handle = frag.compressor.start()       # its wait() runs the second exchange
         else:
             handle = self.comm.iallreduce(frag.send, average=True)
         if f == 0 and self.buffers is not None:     # the model writes them every step:
@@ -134,10 +134,7 @@ class Streaming:
         if handle is None:
             return
         before = self.comm.bytes_sent
-        if isinstance(handle, tuple):                # its second exchange is posted here
-            frag.compressor.finish(handle[1])
-        else:
-            handle.wait()
+        handle.wait()
         self.round_bytes[frag.round] += self.comm.bytes_sent - before
         frag.pending = (step, None)
 

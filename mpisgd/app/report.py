@@ -250,3 +250,37 @@ def main(paths: list[str], out: str | None, target: float, panels: str = "train_
         plt.close(plot(records, out, target, chosen_panels, chosen_xs, band))
         print(f"figure: {out}")
     return 0
+
+
+def paid(figures, compress: str = "") -> str | None:
+    """One sentence on whether compression paid, from :func:`series`'s figures (numbers, or
+    one per worker as a run record holds them: averaged). ``None`` with no round.
+
+    It paid when the compressed exchange plus the codec's seconds (compressing,
+    decoding, reducing, as spent in the run) are below the dense Allreduce's, the two
+    exchanges measured alike (:meth:`CompressedMean.calibrate`) over the run's rounds::
+
+        compression int8: 0.26x the bytes; exchange 0.41 s + codec 0.12 s against
+        0.98 s dense (measured alike; 1.20 s of exchange and waits in the run): paid,
+        0.45 s saved
+    """
+    def value(name):
+        v = figures.get(f"compress/{name}", 0.0)
+        if hasattr(v, "__len__"):
+            v = [float(x) for x in v]
+            return sum(v) / len(v) if v else 0.0
+        return float(v)
+
+    if not value("rounds"):
+        return None
+    dense_bytes = value("dense_bytes")
+    ratio = value("bytes") / dense_bytes if dense_bytes else float("nan")
+    run, codec = value("exchange_seconds"), value("codec_seconds")
+    quiet, dense = value("quiet_seconds"), value("dense_seconds")
+    head = f"compression {compress}: {ratio:.2f}x the bytes; "
+    if not dense:
+        return head + f"exchange {run:.2f} s + codec {codec:.2f} s (dense time not measured)"
+    saved = dense - quiet - codec
+    verdict = f"paid, {saved:.2f} s saved" if saved > 0 else f"did not pay, {-saved:.2f} s lost"
+    return (head + f"exchange {quiet:.2f} s + codec {codec:.2f} s against {dense:.2f} s dense "
+            f"(measured alike; {run:.2f} s of exchange and waits in the run): {verdict}")

@@ -37,12 +37,12 @@ import torch.nn.functional as F
 from .. import __version__, checkpoint, data as datasets, device as placement, models, ops, \
     storage, streams
 from .._mpi import MPI
-from ..compress import paid
 from ..errors import ConfigError, agree, digest
 from ..mpienv import check_environment, check_launch, mpi_library, setting
 from .config import TrainConfig
 from .health import stalled
 from .record import METRICS, RANK_FIELDS, KeptWarnings, RunRecord, claim
+from .report import paid
 from .stops import Diverged, Interrupted, LossWatch, RunStopped, Signals, StopVote, signal_name, \
     vote_code
 

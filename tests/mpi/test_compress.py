@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from mpisgd.comm import Comm
-from mpisgd.compress import BLOCK, CompressedMean, paid, series
+from mpisgd.app.report import paid
+from mpisgd.compress import BLOCK, CompressedMean, series
 from helpers import D, classifier, classifier_batch, classifier_trace, regression_grad, \
     regression_loss, regression_run
 

@@ -10,8 +10,10 @@ import math
 import pytest
 import torch
 
-from mpisgd.algorithms.options import COMPRESS, OptionError, parse_compress
-from mpisgd.compress import TINY, dequantize, paid, quantize, topk
+from mpisgd.algorithms.options import COMPRESS, OptionError
+from mpisgd.compress import parse as parse_compress
+from mpisgd.app.report import paid
+from mpisgd.compress import TINY, dequantize, quantize, topk
 
 
 @pytest.mark.parametrize("text, expected", [
