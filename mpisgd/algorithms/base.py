@@ -20,6 +20,7 @@ this order:
 from __future__ import annotations
 
 import abc
+import math
 import sys
 import time
 import traceback
@@ -448,6 +449,11 @@ class Algorithm(abc.ABC):
     def consensus_buffers(self) -> torch.Tensor:
         """The floating buffers (BatchNorm statistics) of the consensus model: the worker average."""
         return self._average(self.flat.buffers)
+
+    def finite(self) -> bool:
+        """Whether this rank's parameters are all finite (one float64 sum: a NaN or an
+        infinity anywhere makes it non-finite, and it cannot overflow)."""
+        return math.isfinite(self.flat.data.sum(dtype=torch.float64).item())
 
     @property
     def replicas_identical(self) -> bool:

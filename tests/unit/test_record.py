@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from mpisgd.app import record, train
+from mpisgd.app import prepare, record, train
 from mpisgd.app.config import from_sources
 from mpisgd.errors import ConfigError
 
@@ -192,7 +192,7 @@ def test_a_reader_never_meets_a_record_name_holding_less_than_a_whole_version(tm
     path = str(tmp_path / "run.h5")
 
     def start_a_run():
-        train._writable(path)
+        prepare.writable(path)
         new(path).log(**ROW)
 
     events = created_names(tmp_path, start_a_run)
