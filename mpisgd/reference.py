@@ -181,7 +181,7 @@ def _outer(outer: tuple[str, float, float], X0: torch.Tensor):
 def streaming(x0: torch.Tensor, grad: Callable[[int, torch.Tensor], torch.Tensor], eta: float,
               m: int, steps: int, tau: int, fragments: int = 1, delay: int = 0,
               alpha: float = 0.0, outer: tuple[str, float, float] | None = None,
-              trace: bool = False):
+              trace: bool = False, group: int = 1):
     """Streaming local SGD / Streaming DiLoCo on m workers from ``x0`` (length d), dense.
 
     Fragment f (rows floor(f d/F) .. floor((f+1) d/F) of X) is averaged at the steps
@@ -189,20 +189,37 @@ def streaming(x0: torch.Tensor, grad: Callable[[int, torch.Tensor], torch.Tensor
     xbar, lands D = ``delay`` steps later: its anchor A <- xbar (or the outer step on
     A - xbar), and every worker's rows <- alpha rows + (1 - alpha) A. Returns X (d x m)
     after ``steps`` iterations (and the trace if asked).
+
+    ``group`` G > 1: the m columns are replicas in groups of G (their gradients averaged
+    in the group every step), and fragment f is the union of fragment f of each of the G
+    near-equal blocks of the rows (the first d mod G one row longer): each rank of a
+    group streams its block.
     """
     X = x0.to(torch.float64)[:, None].repeat(1, m)
     d = X.shape[0]
-    cuts = [f * d // fragments for f in range(fragments + 1)]
+    if group > 1:
+        base, extra = divmod(d, group)
+        starts = [l * base + min(l, extra) for l in range(group + 1)]
+        blocks = list(zip(starts[:-1], starts[1:]))
+        rows = [torch.cat([torch.arange(lo + f * (hi - lo) // fragments,
+                                        lo + (f + 1) * (hi - lo) // fragments)
+                           for lo, hi in blocks]) for f in range(fragments)]
+        mean_in_group = torch.kron(torch.eye(m // group, dtype=torch.float64),
+                                   torch.full((group, group), 1.0 / group, dtype=torch.float64))
+        per_replica = grad
+        grad = lambda k, X: per_replica(k, X) @ mean_in_group  # noqa: E731
+    else:
+        rows = [torch.arange(f * d // fragments, (f + 1) * d // fragments)
+                for f in range(fragments)]
     offsets = [f * tau // fragments for f in range(fragments)]
-    anchors = [X[cuts[f]:cuts[f + 1], 0].clone() for f in range(fragments)]
+    anchors = [X[rows[f], 0].clone() for f in range(fragments)]
     steppers = [_outer(outer, a) if outer is not None else None for a in anchors]
     pending: dict[int, tuple[int, torch.Tensor]] = {}
     history = []
 
     def land(f: int, mean: torch.Tensor) -> None:
         anchors[f] = steppers[f](mean) if steppers[f] is not None else mean
-        rows = slice(cuts[f], cuts[f + 1])
-        X[rows] = alpha * X[rows] + (1 - alpha) * anchors[f][:, None]
+        X[rows[f]] = alpha * X[rows[f]] + (1 - alpha) * anchors[f][:, None]
 
     for k in range(steps):
         s = k + 1
@@ -212,7 +229,7 @@ def streaming(x0: torch.Tensor, grad: Callable[[int, torch.Tensor], torch.Tensor
                 land(f, pending.pop(f)[1])
         for f in range(fragments):
             if s % tau == offsets[f]:
-                mean = X[cuts[f]:cuts[f + 1]].mean(1)
+                mean = X[rows[f]].mean(1)
                 if delay:
                     pending[f] = (s, mean)
                 else:

@@ -84,10 +84,6 @@ class LocalSGD(Scheduled):
             return
         what = "fragments" if opts["fragments"] > 1 else \
             "fragment_delay" if opts["fragment_delay"] else "compress"
-        if opts["group_size"] != 1:
-            raise OptionError(what, f"does not combine with groups yet (group_size "
-                              f"{opts['group_size']}): stream or compress the flat exchange, or "
-                              "group without them")
         if opts["schedule"] != "periodic":
             raise OptionError(what, f"needs schedule periodic, got {opts['schedule']}")
         if opts["momentum_policy"] != "local":
@@ -104,12 +100,13 @@ class LocalSGD(Scheduled):
     def __init__(self, model, optimizer, comm=None, **options):
         super().__init__(model, optimizer, comm, **options)
         self.streaming = None
-        if streams(self.opts):
+        if streams(self.opts):       # with groups: this rank's block, across the groups
             flat = self.flat
+            lo = self.groups.blocks[self.groups.local][0] if self.groups is not None else 0
             self.streaming = Streaming(
-                self.comm, flat.data, flat.buffers, self.opts, flat.offsets,
-                [p.shape for p in flat.params], self._compressor(),
-                self.stragglers.comm if self.stragglers is not None else None)
+                self.peers, self.x, flat.buffers, self.opts,
+                [(a - lo, b - lo) for a, b in flat.offsets], [p.shape for p in flat.params],
+                self._compressor(), self.stragglers.comm if self.stragglers is not None else None)
 
     def _compressor(self):
         """``(buf, shapes) -> CompressedMean`` for ``--compress`` (``None``: plain means)."""
@@ -118,9 +115,9 @@ class LocalSGD(Scheduled):
         from ..compress import CompressedMean
 
         def make(buf, shapes):
-            cm = CompressedMean(self.comm, buf, self.opts["compress"], shapes,
+            cm = CompressedMean(self.peers, buf, self.opts["compress"], shapes,
                                 self.opts["error_feedback"])
-            cm.calibrate(self.telemetry)
+            cm.calibrate(self._peer_telemetry)
             return cm
         return make
 
@@ -136,9 +133,16 @@ class LocalSGD(Scheduled):
         self.finished = False
         self.steps += 1
         self.optimizer.step()
+        landed = self.streaming.landed
         started = self.streaming.after_step(self.steps)
+        self._gather_if(landed)
         self.rounds += started
         self._since = 0 if started else self._since + 1
+
+    def _gather_if(self, landed: int) -> None:
+        """With groups, the group's blocks of x after rounds landed (each rank streams its own)."""
+        if self.groups is not None and self.streaming.landed != landed:
+            self.groups.gather(self.flat.data)
 
     def finish(self) -> None:
         """Final synchronisation: average once more unless the last step ended a round.
@@ -150,7 +154,9 @@ class LocalSGD(Scheduled):
         if self.streaming is None:
             return super().finish()
         if not self.finished:
+            landed = self.streaming.landed
             self.rounds += self.streaming.flush(self.steps)
+            self._gather_if(landed)
         Algorithm.finish(self)
 
     def state_dict(self) -> dict:

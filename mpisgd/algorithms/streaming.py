@@ -93,6 +93,7 @@ class Streaming:
         self.offsets = [f * self.tau // F for f in range(F)]
         self._deadlines: dict[int, float] = {}
         self.round_bytes: list[float] = []       # bytes of each fragment round, in order
+        self.landed = 0                          # rounds applied to x so far
 
     def due(self, step: int) -> list[int]:
         """Fragments whose round starts after local step ``step``."""
@@ -158,6 +159,7 @@ class Streaming:
             frag.x.copy_(frag.anchor)
             frag.synced = step
         frag.pending = None
+        self.landed += 1
 
     def flush(self, step: int) -> int:
         """After local step ``step``: apply every round in flight, then one blocking round

@@ -92,6 +92,45 @@ def test_local_with_groups_equals_the_oracle(m, G, options):
 
 
 @pytest.mark.mpi(min_size=4)
+@pytest.mark.parametrize("m, G", [(2, 2), (1, 4)])
+@pytest.mark.parametrize("fragments, tau, delay, alpha, outer", [
+    (2, 4, 1, 0.0, None),
+    (2, 4, 1, 0.25, ("nesterov", 0.7, 0.9)),
+])
+def test_streaming_fragments_over_groups_equal_the_oracle(m, G, fragments, tau, delay, alpha,
+                                                          outer):
+    """Each rank streams the fragments of its block across the groups; the oracle's
+    fragment f is the union of every block's fragment f."""
+    if MPI.COMM_WORLD.size != 4:
+        pytest.skip("the layouts are of 4 ranks")
+    steps = 3 * tau + 2
+    extra = {"outer": outer[0], "outer_lr": outer[1], "outer_momentum": outer[2]} if outer else {}
+    algo, trace = run("local", steps, group_size=G, tau=tau, fragments=fragments,
+                      fragment_delay=delay, fragment_alpha=alpha, **extra)
+    assert algo.streaming is not None
+    _, oracle = reference.streaming(x0(), regression_grad, ETA, 4, steps, tau, fragments, delay,
+                                    alpha, outer, trace=True, group=G)
+    check(trace, oracle, steps)
+    algo.finish()
+    algo.close()
+
+
+@pytest.mark.mpi(min_size=4)
+def test_a_compressed_exchange_across_groups_is_exact_when_the_codec_is():
+    """top-k with ratio 1 sends everything: local SGD with groups through the compressed
+    pseudo-gradient path equals plain local SGD's oracle, every iterate."""
+    if MPI.COMM_WORLD.size != 4:
+        pytest.skip("the layout is 2 x 2")
+    steps, tau = 9, 3
+    algo, trace = run("local", steps, group_size=2, tau=tau, compress="topk:1.0")
+    assert algo.streaming is not None and algo.streaming.fragments[0].compressor is not None
+    _, oracle = reference.cooperative(x0(), regression_grad, ETA, expected_w.average(2), steps,
+                                      tau=tau, trace=True, group=2)
+    check(trace, oracle, steps)
+    algo.close()
+
+
+@pytest.mark.mpi(min_size=4)
 @pytest.mark.parametrize("m, G", LAYOUTS)
 @pytest.mark.parametrize("center", ["replicated", "rank0"])
 def test_easgd_with_groups_equals_the_simultaneous_oracle(m, G, center):
@@ -219,11 +258,14 @@ def test_hierarchical_local_sgd_equals_torchs_hierarchical_model_averager():
 
 @pytest.mark.mpi(min_size=4)
 def test_a_checkpoint_with_groups_resumes_bitwise(tmp_path_factory):
-    """local with groups and DiLoCo's outer step, and two-level sync: 3 + 5 steps from a
-    state_dict equal 8 steps, to the bit."""
+    """local with groups and DiLoCo's outer step, hierarchical, streaming int8 fragments
+    (one in flight at the stop), and two-level sync: 3 + 5 steps from a state_dict equal
+    8 steps, to the bit."""
     comm = MPI.COMM_WORLD
     for name, opts in (("local", {"tau": 3, "group_size": 2, "outer": "nesterov"}),
                        ("local", {"tau": 4, "group_size": 2, "group_tau": 2}),
+                       ("local", {"tau": 4, "group_size": 2, "fragments": 2,
+                                  "fragment_delay": 1, "compress": "int8"}),
                        ("sync", {"group_size": 2})):
         def make():
             model = classifier()
@@ -259,7 +301,7 @@ def test_a_checkpoint_with_groups_resumes_bitwise(tmp_path_factory):
     ("local", {"group_size": "two"}, "group_size must be a positive integer or node"),
     ("local", {"group_tau": 2}, "group_tau needs groups"),
     ("local", {"group_size": 2, "schedule": "budget"}, "budget lets each rank"),
-    ("local", {"group_size": 2, "compress": "int8"}, "compress does not combine with groups"),
+    ("sync", {"group_size": 2, "compress": "int8"}, "compress does not combine with groups"),
     ("ps-sync", {"group_size": 2}, "group_size does not apply to algorithm 'ps-sync'"),
     ("easgd", {"group_size": 2, "group_tau": 2}, "group_tau does not apply"),
 ])
