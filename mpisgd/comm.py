@@ -48,7 +48,7 @@ __all__ = ["Comm", "Handle", "Handles", "PersistentRequests", "DEVICE_OPS", "RED
 #: The MPI operations training hands tensors to (``p2p``: Isend, Irecv and the persistent
 #: requests of gossip); a CUDA-aware MPI's support is probed per operation.
 DEVICE_OPS = ("Allreduce", "Iallreduce", "Ibcast", "Ireduce", "Iallgather", "Ialltoall",
-              "Ineighbor_allgather", "p2p")
+              "Ineighbor_allgather", "p2p", "Iallgatherv", "Ireduce_scatter")
 
 _MPI_TYPES: dict = {}     # torch dtype -> MPI datatype, filled on first use (MPI loads lazily)
 
@@ -292,6 +292,14 @@ class Comm:
         if op == "Ialltoall":
             self.ialltoall(torch.full((P, 4), float(r + 1), device=device), rows).wait()
             return bool((rows.cpu() == ranks).all())
+        if op == "Iallgatherv":                     # the groups' all-gather of blocks
+            rows[r] = float(r + 1)
+            self.iallgatherv(rows.view(-1), [4] * P).wait()
+            return bool((rows.cpu() == ranks).all())
+        if op == "Ireduce_scatter":                 # the groups' two-level gradient mean
+            self.ireduce_scatter(torch.full((P * 4,), float(r + 1), device=device), x,
+                                 [4] * P).wait()
+            return bool((x.cpu() == total).all())
         got = torch.zeros(1, 4, device=device)
         if op == "p2p":
             received = self.irecv(got[0], left, 77)

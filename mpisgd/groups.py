@@ -78,18 +78,24 @@ class Groups:
 
     Collective over ``comm`` (two ``MPI_Comm_split``). :attr:`group` and
     :attr:`cross` are counted :class:`~mpisgd.comm.Comm` s (their bytes are the
-    run's, per level); :meth:`assemble` uses uncounted siblings.
+    run's, per level); :meth:`assemble` uses uncounted siblings. Ranks below
+    ``first`` (server ranks) are in no group: their ``group`` and ``cross`` are
+    ``None``.
     """
 
-    def __init__(self, comm, size: int, n: int):
+    def __init__(self, comm, size: int, n: int, first: int = 0):
+        from ._mpi import MPI
         rank = comm.Get_rank()
         #: G, the ranks per group.
         self.size = size
         #: This rank's group (its worker index) and its index inside the group.
-        self.index, self.local = divmod(rank, size)
-        self.group = Comm(comm.Split(self.index, rank))
-        self.cross = Comm(comm.Split(self.local, rank))
-        self._quiet_group = self.group.sibling()
+        self.index, self.local = divmod(rank - first, size) if rank >= first else (None, None)
+        apart = rank < first
+        group = comm.Split(MPI.UNDEFINED if apart else self.index, rank)
+        cross = comm.Split(MPI.UNDEFINED if apart else self.local, rank)
+        self.group = None if apart else Comm(group)
+        self.cross = None if apart else Comm(cross)
+        self._quiet_group = self.group.sibling() if self.group is not None else None
         #: The blocks of a flat tensor of n elements, one per local index.
         self.blocks = bounds(n, size)
         self.counts = [hi - lo for lo, hi in self.blocks]
@@ -117,9 +123,15 @@ class Groups:
         self._quiet_group.iallgatherv(out, self.counts).wait()
         return out
 
-    def comms(self) -> tuple[Comm, Comm]:
-        return self.group, self.cross
+    @property
+    def leader(self) -> bool:
+        """Whether this rank speaks for its group (local index 0)."""
+        return self.local == 0
+
+    def comms(self) -> tuple[Comm, ...]:
+        """The counted communicators this rank is in (none on a server rank)."""
+        return tuple(c for c in (self.group, self.cross) if c is not None)
 
     def free(self) -> None:
-        for c in (self.group, self.cross):
+        for c in self.comms():
             c.mpi.Free()

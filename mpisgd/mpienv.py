@@ -91,7 +91,8 @@ def check_environment() -> None:
     :data:`ENVIRONMENT` does not declare (and the ones it does) or whose value is bad.
 
     The training driver calls it before :func:`~mpisgd.errors.agree`, and binding an
-    algorithm (:func:`mpisgd.build`) before its first collective.
+    algorithm (:func:`mpisgd.build`) before its first collective but the node layout's
+    (an ``MPI_Comm_split_type`` and one small ``allgather``, on every rank alike).
     """
     for name in sorted(k for k in os.environ if k.startswith("MPISGD_")):
         if name not in ENVIRONMENT:

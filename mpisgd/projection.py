@@ -238,6 +238,8 @@ def _two_levels(w: Workload, m: int, net: Network, rng, kind) -> dict:
     if kind.family != "lockstep":
         raise ValueError(f"no two-level model for --algo {w.algo} (a {kind.family} family; "
                          "the lock-step ones have it)")
+    if int(w.options.get("group_tau") or 1) > 1:
+        raise ValueError("no two-level model for group_tau > 1 (hierarchical local SGD)")
     n, G = w.nbytes, w.group
     intra, inter = net.level("intra"), net.level("inter")
     across = 2 * inter.ring(n / G, m, sharing=max(w.ranks_per_node, 1)) if m > 1 else 0.0

@@ -56,7 +56,7 @@ from ..server.center import CenterClient, CenterServer, LocalCenter
 from ..server.params import PROTOCOLS
 from . import outer
 from .easgd import checked_moving_rate
-from .options import CENTER, DELTA, ELASTIC, OUTER, SERVERS, TAU
+from .options import CENTER, DELTA, ELASTIC, GROUP_SIZE, OUTER, SERVERS, TAU
 from .served import Served
 from .traits import Traits
 
@@ -66,7 +66,7 @@ DEDICATED = CENTER.but(default="dedicated", choices=("dedicated", "rank0"))
 class CenterAlgorithm(Served):
     """The centre on server ranks (or rank 0, training too); subclasses define :meth:`local_step`."""
 
-    options = (TAU, DEDICATED, SERVERS, *OUTER)
+    options = (TAU, DEDICATED, SERVERS, *OUTER, GROUP_SIZE)
     group = "center"
 
     @classmethod
@@ -100,7 +100,7 @@ class CenterAlgorithm(Served):
             center = mine if self.dedicated else mine.clone()
             self.server = CenterServer(self.comm, center, self.remote, self.index,
                                        outer.make(self.opts, center, anchor=center))
-        if not self.is_worker:
+        if not self.leader:
             self.center = None
         elif self.server is not None:
             self.center = LocalCenter(self.server)
@@ -137,6 +137,8 @@ class CenterAlgorithm(Served):
         """One local step; in every tau-th an exchange with the centre."""
         self._check_stepping()
         self.steps += 1
+        if self._following():           # the leader's parameters arrive after the step
+            return
         self.center.progress()
         exchange = self.schedule.communicate(self.steps)
         if exchange:
@@ -152,7 +154,7 @@ class AsyncEASGD(CenterAlgorithm):
     """Asynchronous EASGD (Algorithm 1): elastic exchange, then the optimizer's step."""
 
     name = "async-easgd"
-    options = (TAU, *ELASTIC, DEDICATED, SERVERS, *OUTER)
+    options = (TAU, *ELASTIC, DEDICATED, SERVERS, *OUTER, GROUP_SIZE)
 
     def __init__(self, model, optimizer, comm=None, **options):
         super().__init__(model, optimizer, comm, **options)

@@ -20,6 +20,7 @@ this order:
 from __future__ import annotations
 
 import abc
+import contextlib
 import math
 import sys
 import time
@@ -196,8 +197,9 @@ class Algorithm(abc.ABC):
             if device is not None:
                 self.placement = placement.bind(comm, device)
                 placement.move(model, optimizer, self.placement.device)
-            self.flat = ParamBuffer(model, self.bucket_bytes() if self.group_size == 1 or
-                                    self.opts.get("group_tau", 1) > 1 else self.GROUP_BUCKET)
+            mean_inside = self.group_size > 1 and self.opts.get("group_tau", 1) == 1
+            self.flat = ParamBuffer(model, self.bucket_bytes() or
+                                    (self.GROUP_BUCKET if mean_inside else None))
             check_reducible(self.flat.dtype)
         except Exception as err:        # noqa: BLE001 - every rank hears it, then raises
             if isinstance(err, ValueError):
@@ -214,13 +216,16 @@ class Algorithm(abc.ABC):
         if self.flat.buffers.numel():
             self.comm.bcast(self.flat.buffers, 0)
         #: The two-level layout (``None``: every rank a worker).
-        self.groups = groups.Groups(comm, self.group_size, self.flat.data.numel()) \
-            if self.group_size > 1 else None
+        self.groups = groups.Groups(comm, self.group_size, self.flat.data.numel(),
+                                    self.group_first()) if self.group_size > 1 else None
+        for level in self.groups.comms() if self.groups is not None else ():
+            level.device_ops = self.comm.device_ops    # the MPI library's, probed above
+        grouped = self.groups is not None and self.groups.cross is not None
         #: The Comm the algorithm's rounds run on: the workers' (across groups, with groups).
-        self.peers = self.comm if self.groups is None else self.groups.cross
-        self._peer_telemetry = self._telemetry if self.groups is None else self.peers.sibling()
+        self.peers = self.groups.cross if grouped else self.comm
+        self._peer_telemetry = self.peers.sibling() if grouped else self._telemetry
         #: What the rounds exchange: the flat parameters (with groups, this rank's block).
-        self.x = self.flat.data if self.groups is None else self.groups.shard(self.flat.data)
+        self.x = self.groups.shard(self.flat.data) if grouped else self.flat.data
         #: With groups, the gradient mean inside the group before every step (or ``None``).
         self.inner = self._inner_mean()
         self.steps = 0       # local optimizer steps taken
@@ -254,7 +259,8 @@ class Algorithm(abc.ABC):
         :class:`~mpisgd.errors.OptionError` when an option is to blame). Runs in :meth:`bind`.
 
         It may read files: a rank that fails while others pass ends them
-        all with its message (one ``allgather``, before any other traffic)."""
+        all with its message (one ``allgather``, before any other traffic but the node
+        layout's, which every rank takes alike)."""
 
     def agreement(self) -> dict:
         """What else must be identical on every rank (e.g. a digest of W), checked
@@ -268,9 +274,13 @@ class Algorithm(abc.ABC):
         """Bucket size for the flat buffer (``None``: one bucket)."""
         return None
 
+    def group_first(self) -> int:
+        """The first rank in a group (the ranks before it serve)."""
+        return 0
+
     def _inner_mean(self):
         """The gradient mean inside the group every step (groups with ``group_tau`` 1)."""
-        if self.groups is None or self.opts.get("group_tau", 1) > 1:
+        if self.groups is None or self.groups.group is None or self.opts.get("group_tau", 1) > 1:
             return None
         from .gradients import GradientMean
         overlap = self.flat.device.type != "cuda" or MPI.Query_thread() >= MPI.THREAD_SERIALIZED
@@ -370,9 +380,20 @@ class Algorithm(abc.ABC):
         self._step()
         if self.inner is not None:
             self.inner.reset()
+        self._after_step()
         self._stepped = time.perf_counter()
         if self._device_clock is not None:
             self._stepped_mark = Spans.mark(self._stream())
+
+    def no_sync(self):
+        """Accumulate gradients locally (no communication) inside this block, as DDP's: with
+        groups, the gradient mean inside the group waits for the backward outside it."""
+        if self.inner is not None:
+            return self.inner.no_sync()
+        return contextlib.nullcontext()
+
+    def _after_step(self) -> None:
+        """After :meth:`_step`, every worker (with groups, a group's leader speaks for it)."""
 
     def _stream(self):
         return torch.cuda.current_stream(self.flat.device)

@@ -84,6 +84,10 @@ class LocalSGD(Scheduled):
             return
         what = "fragments" if opts["fragments"] > 1 else \
             "fragment_delay" if opts["fragment_delay"] else "compress"
+        if opts["group_tau"] > 1:
+            raise OptionError(what, f"does not combine with group_tau > 1 (got "
+                              f"{opts['group_tau']}): the fragments run on each rank's block, "
+                              "which the group's ranks then share")
         if opts["schedule"] != "periodic":
             raise OptionError(what, f"needs schedule periodic, got {opts['schedule']}")
         if opts["momentum_policy"] != "local":

@@ -193,7 +193,7 @@ GROUPS = (
     GROUP_SIZE,
     _positive_int("group_tau", 1, "with groups: steps between averagings inside a group (1: "
                   "gradients every step, sync SGD; k > 1: parameters every k steps, "
-                  "hierarchical local SGD; tau must be a multiple)"),
+                  "hierarchical local SGD; a round across groups averages inside first)"),
 )
 
 # ---- how: averaging and its optimizer state ---------------------------------------------

@@ -35,7 +35,7 @@ import torch
 
 from ..errors import OptionError
 from ..server.params import PROTOCOLS, ParameterClient, ParameterServer
-from .options import K, SERVERS, STALENESS_LR, parse_staleness_lr
+from .options import GROUP_SIZE, K, SERVERS, STALENESS_LR, parse_staleness_lr
 from .served import Served
 from .traits import Traits
 
@@ -56,7 +56,7 @@ class ParameterServerSGD(Served):
     def traits(cls, opts=None) -> Traits:
         return Traits("server", protocol=cls.protocol, k_all=cls.k_all)
     k_all = True             # K when not given: every worker (else 1)
-    options = (K, STALENESS_LR, SERVERS)
+    options = (K, STALENESS_LR, SERVERS, GROUP_SIZE)
 
     def k_for(self, workers: int) -> int:
         """K: the option, else all workers or 1 (:attr:`k_all`)."""
@@ -103,7 +103,7 @@ class ParameterServerSGD(Served):
                 self.comm, self.shards.slice(self.flat.data, self.rank), optimizer,
                 self.protocol, self.k, self.remote, self.index,
                 parse_staleness_lr(rate) if rate is not None else None)
-        if self.is_worker:
+        if self.leader:
             self.client = ParameterClient(self.comm, self.shards, self.flat.data)
         self.abandoned = 0       # computations cancelled by a newer version
 
@@ -118,13 +118,22 @@ class ParameterServerSGD(Served):
         return self.server.w
 
     def _cancellation(self):
-        return self.client.arrived if self.protocol.drop_stale else None
+        return self.client.arrived if self.protocol.drop_stale and self.client is not None \
+            else None
+
+    def leader_figure(self) -> float:
+        return float(self.abandoned)
+
+    def follow_figure(self, value: float) -> None:
+        self.abandoned = int(value)
 
     def _step(self) -> None:
         """Push this step's gradient (unless a newer version cancelled it) and adopt
         the parameters the protocol sends back."""
         self._check_stepping()
         self.steps += 1
+        if self._following():           # the leader's parameters arrive after the step
+            return
         client, protocol = self.client, self.protocol
         if protocol.drop_stale and client.adopt(wait=False):
             self.abandoned += 1         # computed at a version that is gone: drop it
@@ -146,7 +155,7 @@ class PSSync(ParameterServerSGD):
     """Fully synchronous parameter server: every worker's gradient at w_j (k-sync, K = P)."""
 
     name, protocol = "ps-sync", PROTOCOLS["k-sync"]
-    options = (SERVERS,)
+    options = (SERVERS, GROUP_SIZE)
 
 
 class Async(ParameterServerSGD):
@@ -154,14 +163,14 @@ class Async(ParameterServerSGD):
 
     name, protocol, k_all = "async", PROTOCOLS["k-batch-async"], False
     default_momentum, momentum_caveat = 0.0, STALE_MOMENTUM
-    options = (STALENESS_LR, SERVERS)
+    options = (STALENESS_LR, SERVERS, GROUP_SIZE)
 
 
 class KSync(ParameterServerSGD):
     """The first K workers' gradients at w_j; the others are cancelled."""
 
     name, protocol = "k-sync", PROTOCOLS["k-sync"]
-    options = (K, SERVERS)
+    options = (K, SERVERS, GROUP_SIZE)
 
 
 class KAsync(ParameterServerSGD):
@@ -175,7 +184,7 @@ class KBatchSync(ParameterServerSGD):
     """Any K gradients at w_j (a fast worker may give several); the rest cancelled."""
 
     name, protocol, k_all = "k-batch-sync", PROTOCOLS["k-batch-sync"], False
-    options = (K, SERVERS)
+    options = (K, SERVERS, GROUP_SIZE)
 
 
 class KBatchAsync(ParameterServerSGD):

@@ -61,6 +61,13 @@ class Scheduled(Algorithm):
         if opts.get("group_tau", 1) > 1 and not grouped:
             raise OptionError("group_tau", f"needs groups (group_size > 1), got group_tau "
                               f"{opts['group_tau']} with group_size 1")
+        if opts.get("group_tau", 1) > 1 and opts.get("overlap"):
+            raise OptionError("overlap", "does not combine with group_tau > 1: a round that "
+                              "lands a step late meets ranks of a group that have moved apart")
+        if opts.get("group_tau", 1) > 1 and opts.get("momentum_policy", "local") == "average":
+            raise OptionError("momentum_policy", "average does not combine with group_tau > 1 "
+                              "(the ranks of a group hold different optimizer states between "
+                              "their averagings)")
         if grouped and opts["schedule"] == "budget":
             raise OptionError("schedule", "budget lets each rank take its own number of steps "
                               "per round, which the ranks of a group cannot: use another "
@@ -222,9 +229,9 @@ class Scheduled(Algorithm):
         self._since, self._round_start = state["since"], state["round_start"]
         self._since_inside = state.get("since_inside", 0)
         if state["pending"] is not None:
-            counters = self.comm.bytes_sent, self.comm.comm_time
+            counters = self.peers.bytes_sent, self.peers.comm_time
             self._pending = self.round.start(state["pending"])
-            self.comm.bytes_sent, self.comm.comm_time = counters   # counted before the stop
+            self.peers.bytes_sent, self.peers.comm_time = counters   # counted before the stop
 
     def close(self) -> None:
         self._settle()

@@ -9,11 +9,20 @@ server — is what :meth:`consensus` returns, assembled from the slices.
 
 Subclasses build :attr:`server` (a :class:`~mpisgd.server.protocol.Server`, on server
 ranks) and :attr:`client` (on workers, with ``sync()`` and ``done()``).
+
+With groups (``group_size`` G) the worker ranks form groups of G consecutive
+ranks, each a worker: the group averages its gradients every step, its
+leader (local index 0) alone speaks the protocol with the servers, and
+broadcasts the parameters (and its counters) to the group after every step.
+The servers' links carry every worker's full model whatever the group does,
+so splitting the exchange over the group's ranks would save the servers
+nothing: the leader speaks for it.
 """
 from __future__ import annotations
 
 import torch
 
+from .. import groups
 from ..server.protocol import Shards
 from .base import Algorithm
 
@@ -37,7 +46,12 @@ class Served(Algorithm):
             serving = "rank 0 serves" if servers == 1 else f"ranks 0..{servers - 1} serve"
             raise cls.too_few(opts, f"needs at least {servers + 1} ranks ({serving}, the others "
                                     f"are workers), got {size}")
-        return size - servers
+        group = groups.size_of(opts.get("group_size", 1), node_ranks)
+        if group > 1 and (size - servers) % group:
+            from ..errors import OptionError
+            raise OptionError("group_size", f"must divide the {size - servers} worker ranks "
+                              f"(ranks {servers}..{size - 1}) into equal groups, got {group}")
+        return (size - servers) // group
 
     @classmethod
     def too_few(cls, opts: dict, problem: str) -> ValueError:
@@ -59,11 +73,20 @@ class Served(Algorithm):
 
     @property
     def worker_index(self) -> int:
-        return self.rank - self.server_ranks(self.opts)
+        return (self.rank - self.server_ranks(self.opts)) // self.group_size
 
     @property
     def replica_index(self) -> int:
-        return self.worker_index
+        return self.rank - self.server_ranks(self.opts)
+
+    def group_first(self) -> int:
+        return self.server_ranks(self.opts)
+
+    @property
+    def leader(self) -> bool:
+        """Whether this rank speaks the protocol (every worker; with groups, the first rank
+        of each)."""
+        return self.is_worker and (self.groups is None or self.groups.leader)
 
     def __init__(self, model, optimizer, comm=None, **options):
         super().__init__(model, optimizer, comm, **options)
@@ -71,9 +94,11 @@ class Served(Algorithm):
         self.server = None       # this rank's Server, if it holds a slice
         self.client = None       # this worker's side of the protocol
         self._meeting = False    # inside a rendezvous: collectives are safe
-        first = self.server_ranks(self.opts)
-        self.remote = list(range(max(first, 1), self.size))            # workers that message
-        self.index = {r: r - first for r in range(first, self.size)}   # rank -> worker index
+        first, G = self.server_ranks(self.opts), self.group_size
+        leaders = range(first, self.size, G)                 # one rank per worker speaks
+        self.remote = [r for r in leaders if r >= 1]         # workers that message
+        self.index = {r: (r - first) // G for r in leaders}  # rank -> worker index
+        self._counters = torch.zeros(2, dtype=torch.float64)   # a leader's rounds, its own
 
     def _check_stepping(self) -> None:
         if not self.is_worker:
@@ -82,9 +107,32 @@ class Served(Algorithm):
             raise RuntimeError("finish() has ended this worker's exchanges with the servers")
         self._meeting = False
 
+    def _following(self) -> bool:
+        """A worker rank that is not its group's leader: it takes the leader's parameters."""
+        return self.is_worker and not self.leader
+
+    def _after_step(self) -> None:
+        """With groups, the leader's parameters and counters to the group."""
+        if self.groups is None or not self.is_worker:
+            return
+        self.groups.group.bcast(self.flat.data, 0)
+        c = self._counters
+        c[0], c[1] = self.rounds, self.leader_figure()
+        self.groups.group.bcast(c, 0)
+        if self._following():
+            self.rounds = int(c[0])
+            self.follow_figure(c[1].item())
+
+    def leader_figure(self) -> float:
+        """A figure of the leader's that its followers record too (none here)."""
+        return 0.0
+
+    def follow_figure(self, value: float) -> None:
+        """Take the leader's :meth:`leader_figure`."""
+
     def rendezvous(self) -> None:
         """Drain this worker's messages and meet the servers (and every worker) there."""
-        if self.is_worker and not self.finished:
+        if self.client is not None and not self.finished:
             self.client.sync()
         self._meeting = True
 
@@ -109,7 +157,7 @@ class Served(Algorithm):
 
     def finish(self) -> None:
         """Send the last message (DONE) and drain what the servers still send."""
-        if self.is_worker and not self.finished:
+        if self.client is not None and not self.finished:
             self.client.done()
         super().finish()
 

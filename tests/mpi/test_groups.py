@@ -8,6 +8,8 @@ tests/expected_w.py, and the composition with the groups (gradients
 averaged in a group, a round mixing the groups' means) in the oracle, not
 taken from mpisgd.groups. float64; tolerances as in test_sync.
 """
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -35,6 +37,20 @@ def run(name, steps, momentum=0.0, **options):
     opt = torch.optim.SGD(model.parameters(), lr=ETA, momentum=momentum)
     algo = mpisgd.build(name, model, opt, comm=comm, **options)
     assert algo.replica_index == comm.rank
+    trace = []
+    for step in range(steps):
+        opt.zero_grad()
+        regression_loss(model, comm.rank, step).backward()
+        algo.step()
+        trace.append(algo.flat.data.clone())
+    return algo, trace
+
+
+def run_on(comm, name, steps, **options):
+    """``name`` on the regression problem over ``comm``, rank r drawing replica r's batches."""
+    model = regression_model(x0())
+    opt = torch.optim.SGD(model.parameters(), lr=ETA)
+    algo = mpisgd.build(name, model, opt, comm=comm, **options)
     trace = []
     for step in range(steps):
         opt.zero_grad()
@@ -185,6 +201,68 @@ def test_cooperative_with_an_auxiliary_variable_over_groups_equals_the_oracle():
 
 
 @pytest.mark.mpi(min_size=4)
+@pytest.mark.parametrize("name", ["ps-sync", "k-sync"])
+def test_a_parameter_server_for_one_group_is_sync_sgd_over_its_ranks(name):
+    """Rank 0 serves; ranks 1-3 are one worker of 3 ranks whose leader pushes the group's
+    mean gradient: the server's SGD step on it is sync SGD over those 3 ranks."""
+    comm = MPI.COMM_WORLD
+    if comm.size != 4:
+        pytest.skip("the layout is 1 server + 1 x 3")
+    steps = 5
+    model = regression_model(x0())
+    opt = torch.optim.SGD(model.parameters(), lr=ETA)
+    algo = mpisgd.build(name, model, opt, comm=comm, group_size=3)
+    ours = []
+    if not algo.is_worker:
+        algo.serve()
+    else:
+        assert algo.workers == 1 and algo.replica_index == comm.rank - 1
+        for step in range(steps):
+            opt.zero_grad()
+            regression_loss(model, algo.replica_index, step).backward()
+            algo.step()
+            ours.append(algo.flat.data.clone())
+        algo.finish()
+    final = algo.consensus()
+    algo.close()
+    workers = comm.Split(0 if comm.rank else MPI.UNDEFINED, comm.rank)
+    if workers == MPI.COMM_NULL:
+        return
+    try:
+        sync, theirs = run_on(workers, "sync", steps)
+        for k in range(steps):
+            assert torch.allclose(ours[k], theirs[k], rtol=RTOL, atol=ATOL), k
+        assert torch.allclose(final, theirs[-1], rtol=RTOL, atol=ATOL)
+        sync.close()
+    finally:
+        workers.Free()
+
+
+@pytest.mark.mpi(min_size=4)
+@pytest.mark.parametrize("name", ["async-easgd", "eamsgd", "downpour"])
+def test_an_asynchronous_centre_with_groups_keeps_each_group_one_model(name):
+    """Rank 0 holds the centre and leads group 0 (ranks 0, 1); group 1 is ranks 2, 3: after
+    every step both ranks of a group hold the same parameters and counters."""
+    comm = MPI.COMM_WORLD
+    if comm.size != 4:
+        pytest.skip("the layout is 2 x 2")
+    model = regression_model(x0())
+    opt = torch.optim.SGD(model.parameters(), lr=ETA)
+    algo = mpisgd.build(name, model, opt, comm=comm, group_size=2, center="rank0", tau=2)
+    assert algo.workers == 2 and algo.worker_index == comm.rank // 2
+    for step in range(6):
+        opt.zero_grad()
+        regression_loss(model, comm.rank, step).backward()
+        algo.step()
+        algo.rendezvous()         # the centre's messages drained: collectives are safe
+        mine = torch.cat([algo.flat.data, torch.tensor([algo.rounds], dtype=torch.float64)])
+        everyone = comm.allgather(mine)
+        assert torch.equal(everyone[0], everyone[1]) and torch.equal(everyone[2], everyone[3])
+    algo.finish()
+    algo.close()
+
+
+@pytest.mark.mpi(min_size=4)
 @pytest.mark.parametrize("name, options", [("sync", {}), ("local", {"tau": 3})])
 def test_one_group_of_all_ranks_is_sync_sgd_bitwise(name, options):
     """With momentum, on the classifier: one group of 4 is sync SGD to the bit, and group
@@ -283,7 +361,7 @@ def test_a_checkpoint_with_groups_resumes_bitwise(tmp_path_factory):
         steps(*whole, 0, 8)
         first = make()
         steps(*first, 0, 3)
-        state = first[0].state_dict()
+        state = copy.deepcopy(first[0].state_dict())    # close() must not change it
         first[0].close()
         second = make()
         second[0].load_state_dict(state)
@@ -295,6 +373,34 @@ def test_a_checkpoint_with_groups_resumes_bitwise(tmp_path_factory):
 
 
 @pytest.mark.mpi(min_size=4)
+def test_gradient_accumulation_with_groups_communicates_once_per_step():
+    """local with groups: no_sync() holds the group's gradient mean until the last
+    backward, as DDP's; the step then equals one on the summed gradient."""
+    comm = MPI.COMM_WORLD
+    if comm.size != 4:
+        pytest.skip("the layout is 2 x 2")
+    results = []
+    for accumulate in (True, False):
+        model = classifier()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        algo = mpisgd.build("local", model, opt, comm=comm, group_size=2, tau=2)
+        x, y = classifier_batch(comm.rank, 0, n=6)
+        opt.zero_grad()
+        if accumulate:
+            with algo.no_sync():
+                F.cross_entropy(model(x[:3]), y[:3], reduction="sum").backward()
+            F.cross_entropy(model(x[3:]), y[3:], reduction="sum").backward()
+        else:
+            F.cross_entropy(model(x), y, reduction="sum").backward()
+        before = algo.stats()["bytes_sent"]
+        algo.step()
+        results.append((algo.flat.data.clone(), algo.stats()["bytes_sent"] - before))
+        algo.close()
+    assert torch.allclose(results[0][0], results[1][0], rtol=RTOL, atol=1e-13)
+    assert results[0][1] == results[1][1]
+
+
+@pytest.mark.mpi(min_size=4)
 @pytest.mark.parametrize("name, options, message", [
     ("local", {"group_size": 3}, "group_size must divide the 4 ranks of the job into equal "
                                  "groups, got 3"),
@@ -302,8 +408,12 @@ def test_a_checkpoint_with_groups_resumes_bitwise(tmp_path_factory):
     ("local", {"group_tau": 2}, "group_tau needs groups"),
     ("local", {"group_size": 2, "schedule": "budget"}, "budget lets each rank"),
     ("sync", {"group_size": 2, "compress": "int8"}, "compress does not combine with groups"),
-    ("ps-sync", {"group_size": 2}, "group_size does not apply to algorithm 'ps-sync'"),
+    ("ps-sync", {"group_size": 2}, "group_size must divide the 3 worker ranks"),
     ("easgd", {"group_size": 2, "group_tau": 2}, "group_tau does not apply"),
+    ("gossip", {"group_size": 2, "group_tau": 2, "overlap": True}, "overlap does not combine"),
+    ("local", {"group_size": 2, "group_tau": 2, "momentum_policy": "average"},
+     "momentum_policy average does not combine"),
+    ("local", {"group_size": 2, "group_tau": 2, "fragments": 2}, "fragments does not combine"),
 ])
 def test_bad_groups_are_refused_on_every_rank(name, options, message):
     comm = MPI.COMM_WORLD
