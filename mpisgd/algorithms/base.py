@@ -1,93 +1,37 @@
-"""What every algorithm shares: the spec, flat storage, agreement, counters, the public API.
+"""What every algorithm shares: the public API, its hooks, counters and checkpoints.
 
 An algorithm is made in two steps. :meth:`Algorithm.spec` resolves and
-validates its options, purely (no model, no communicator, no MPI):
-an :class:`AlgorithmSpec`, frozen, that raises
-:class:`~mpisgd.errors.OptionError` naming a bad option. :meth:`AlgorithmSpec.bind`
-then wraps a model and its ``torch.optim`` optimizer (composition, never a
-subclass of the optimizer) on a communicator. Binding, on every rank, in
-this order:
-
-1. :meth:`Algorithm.validate`: what needs the rank count, the optimizer or
-   files (a rank that fails alone, say on a file the others can read, ends
-   every rank with its message, before any other communication);
-2. move parameters and gradients into one :class:`~mpisgd.flat.ParamBuffer`;
-3. agree: one ``allgather`` of a digest of the algorithm, options,
-   :meth:`agreement` (W), parameter shapes and optimizer settings; ranks
-   that differ raise ``ValueError``;
-4. broadcast rank 0's parameters and buffers, so all workers start equal.
+validates its options, purely (no model, no communicator, no MPI): an
+:class:`~mpisgd.algorithms.spec.AlgorithmSpec`, frozen, that raises
+:class:`~mpisgd.errors.OptionError` naming a bad option.
+:meth:`AlgorithmSpec.bind <mpisgd.algorithms.spec.AlgorithmSpec.bind>` then
+wraps a model and its ``torch.optim`` optimizer (composition, never a
+subclass of the optimizer) on a communicator: the constructor runs
+:func:`~mpisgd.algorithms.binding.bind` (checks, agreement, flat buffer,
+communicators, groups, in that order, on every rank), then sets up the
+counters.
 """
 from __future__ import annotations
 
 import abc
 import contextlib
 import math
-import sys
 import time
-import traceback
 import warnings
-from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Mapping
 
 import numpy as np
 import torch
 
 from .._mpi import MPI
 
-from .. import device as placement
 from .. import groups
-from ..comm import Comm, check_reducible
-from ..errors import OptionError, agree, digest, install_abort_hook
-from ..flat import ParamBuffer
-from ..mpienv import check_environment, check_launch
 from ..staging import Spans
 from ..steptimes import StepTimes
-from ..stragglers import Stragglers
+from .binding import bind
 from .options import STRAGGLERS, Option, resolve
+from .spec import AlgorithmSpec, _outside_frame
 from .traits import Traits
-
-
-@dataclass(frozen=True)
-class AlgorithmSpec:
-    """An algorithm and its resolved, validated options; no model, no communicator.
-
-    Made by :func:`mpisgd.spec` (``mpisgd.spec("gossip", topology="ring", tau=2)``);
-    :meth:`bind` makes the algorithm. Equal specs make the same algorithm on
-    any model, so one spec can be bound many times (a study, a test on
-    several communicators).
-    """
-    cls: type
-    options: Mapping
-
-    @property
-    def name(self) -> str:
-        return self.cls.name
-
-    def workers(self, size: int, node_ranks: int | None = None) -> int:
-        """Workers among ``size`` ranks (``node_ranks`` per node, for ``group_size`` node);
-        :class:`~mpisgd.errors.OptionError` if there are none or groups do not fit."""
-        return self.cls.worker_count(size, self.options, node_ranks)
-
-    def replicas(self, size: int, node_ranks: int | None = None) -> int:
-        """Model replicas that train on data of their own (workers times group size)."""
-        return self.workers(size, node_ranks) * groups.size_of(
-            self.options.get("group_size", 1), node_ranks)
-
-    def bind(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, comm=None,
-             device=None) -> "Algorithm":
-        """The algorithm on ``model`` and ``optimizer`` over ``comm`` (default
-        ``MPI.COMM_WORLD``); collective. ``device``: see :func:`mpisgd.build`."""
-        install_abort_hook()    # an exception on one rank will end the job (MPISGD_ABORT=0: not)
-        return self.cls(model, optimizer, comm, device=device, spec=self)
-
-
-def _outside_frame() -> int:
-    """The ``stacklevel`` of the first caller outside the mpisgd package (for warnings)."""
-    frame, level = sys._getframe(1), 1
-    while frame is not None and frame.f_globals.get("__name__", "").startswith("mpisgd."):
-        frame, level = frame.f_back, level + 1
-    return level
 
 
 class Algorithm(abc.ABC):
@@ -148,84 +92,8 @@ class Algorithm(abc.ABC):
         self.opts = dict(spec.options)
         comm = MPI.COMM_WORLD if comm is None else comm
         self.size, self.rank = comm.Get_size(), comm.Get_rank()   # local queries: no traffic
-        self.optimizer = optimizer
-        self.stragglers = None
-        # every rank, unconditionally: the node layout that group_size node needs
-        node_rank, node_ranks = placement.node_layout(comm)
-        nodes = comm.allgather((node_ranks, self.rank - node_rank))
-        self._node_ranks = node_ranks
-        #: G, the ranks per worker (:mod:`mpisgd.groups`; 1: every rank a worker).
-        self.group_size = groups.size_of(self.opts.get("group_size", 1), node_ranks)
-        try:                 # a rank whose files or environment differ must not leave the
-            check_environment()      # others waiting
-            check_launch(MPI.COMM_WORLD.Get_size())
-            if self.opts.get("group_size") == "node":
-                groups.check(self.size, self.group_size,
-                             [n for n, first in dict.fromkeys(nodes)])
-                if any(first % self.group_size for _, first in nodes):
-                    raise OptionError("group_size", "node needs each node's ranks consecutive "
-                                      "(block placement: mpiexec -ppn, srun -m block)")
-            self.worker_count(self.size, self.opts, node_ranks)   # groups that fit the ranks
-            self.validate()
-            if device is not None:
-                device = placement.parse(device)
-                placement.check_available(device)
-            if self.opts["straggler"] or self.opts["comm_delay"]:
-                delays = Stragglers(self.opts["straggler"], self.opts["comm_delay"],
-                                    self.opts["straggler_seed"] or 0, max(self.worker_index, 0),
-                                    shared_comm=self.collective_rounds)
-                delays.check_workers(self.workers)
-                self.stragglers = delays if self.is_worker else None
-        except ValueError as err:
-            agree(comm, err)
-        self.model = model
-        params = list(model.parameters())
-        agree(comm, None, digest({
-            "algorithm": self.name, "options": self.opts, **self.agreement(),
-            "shapes": [list(p.shape) for p in params],
-            "trainable": [p.requires_grad for p in params],
-            "dtype": sorted({str(p.dtype) for p in params}),
-            "device": device or sorted({p.device.type for p in params}),
-            "optimizer": [type(optimizer).__name__] + [
-                {k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups],
-        }))
-        #: Where this rank runs (``device=``: bound from the node-local rank; else ``None``:
-        #: the model's device).
-        self.placement = None
-        failed = None
-        try:         # a device or memory failure on one rank must not leave the others waiting
-            if device is not None:
-                self.placement = placement.bind(comm, device)
-                placement.move(model, optimizer, self.placement.device)
-            mean_inside = self.group_size > 1 and self.opts.get("group_tau", 1) == 1
-            self.flat = ParamBuffer(model, self.bucket_bytes() or
-                                    (self.GROUP_BUCKET if mean_inside else None))
-            check_reducible(self.flat.dtype)
-        except Exception as err:        # noqa: BLE001 - every rank hears it, then raises
-            if isinstance(err, ValueError):
-                failed = err
-            else:                       # not a bad option: this rank shows where it came from
-                failed = f"{type(err).__name__}: {err}"
-                sys.stderr.write("".join(f"[rank {self.rank}] {line}\n"
-                                         for line in traceback.format_exc().splitlines()))
-        agree(comm, failed)
-        self.comm = Comm(comm.Dup() if self.private_comm else comm)
-        self.comm.probe_device_buffers(self.flat.device)   # which operations take device buffers
-        self._telemetry = self.comm.sibling()      # uncounted traffic, in the same posting order
-        self.comm.bcast(self.flat.data, 0)
-        if self.flat.buffers.numel():
-            self.comm.bcast(self.flat.buffers, 0)
-        #: The two-level layout (``None``: every rank a worker).
-        self.groups = groups.Groups(comm, self.group_size, self.flat.data.numel(),
-                                    self.group_first()) if self.group_size > 1 else None
-        for level in self.groups.comms() if self.groups is not None else ():
-            level.device_ops = self.comm.device_ops    # the MPI library's, probed above
-        grouped = self.groups is not None and self.groups.cross is not None
-        #: The Comm the algorithm's rounds run on: the workers' (across groups, with groups).
-        self.peers = self.groups.cross if grouped else self.comm
-        self._peer_telemetry = self.peers.sibling() if grouped else self._telemetry
-        #: What the rounds exchange: the flat parameters (with groups, this rank's block).
-        self.x = self.groups.shard(self.flat.data) if grouped else self.flat.data
+        self.optimizer, self.model = optimizer, model
+        bind(self, comm, device)       # checks, agreement, flat buffer, communicators, groups
         #: With groups, the gradient mean inside the group before every step (or ``None``).
         self.inner = self._inner_mean()
         self.steps = 0       # local optimizer steps taken

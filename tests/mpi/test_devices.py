@@ -175,7 +175,7 @@ def test_sync_staged_bucket_copies_overlap_the_rest_of_backward(monkeypatch):
 def test_a_failure_while_placing_on_one_rank_ends_every_rank(monkeypatch, capfd):
     """Say the GPU of rank 1 is out of memory as the flat buffer is made: every rank raises,
     naming rank 1 (no rank waits forever), and rank 1 shows its traceback."""
-    import mpisgd.algorithms.base as base
+    import mpisgd.algorithms.binding as base
     world = MPI.COMM_WORLD
     real = base.ParamBuffer
 
