@@ -6,14 +6,12 @@ Launch (every rank runs this same code)::
 
 Order of events, on every rank:
 
-1. validate the configuration, load the data, shard it, build the model —
-   no communication; then :func:`~mpisgd.errors.agree` (one allgather) so a
-   problem on any rank ends every rank with its message;
-2. build the algorithm (rank 0's initial parameters are broadcast);
-3. train: worker w's batch at step t depends only on (seed, w, t); at each
-   log point the consensus model is evaluated on the test set (split over
-   the ranks) and rank 0 appends a row to the HDF5 record. ``wall_time``
-   counts training only: the clock is paused during evaluation;
+1. :func:`~mpisgd.app.prepare.prepare`: the configuration, data, shards and
+   model, agreed in one allgather (a problem on any rank ends every rank);
+2. bind the algorithm (rank 0's initial parameters are broadcast);
+3. train: worker w's batch at step t depends only on (seed, w, t); log
+   points, checkpoints and stops (:class:`~mpisgd.app.points.Points`) with
+   the clock paused (``wall_time`` counts training only);
 4. ``finish()``, a last log point, per-rank counters, the final model.
 
 Rank 0 shows progress — a bar on a terminal, or, in a batch log, one line
@@ -22,21 +20,20 @@ ranks are quiet.
 """
 from __future__ import annotations
 
-import time
-
 import torch
 import torch.nn.functional as F
 
-from .. import __version__, checkpoint, data as datasets, device as placement, ops
+from .. import __version__, data as datasets, device as placement, ops
 from ..errors import ConfigError
 from ..mpienv import mpi_library, setting
 from .config import TrainConfig
-from .logpoint import Evaluator, check_finite, log_row, stall_warning, summary_line
-from .pace import Pace, Progress, next_multiple
+from .logpoint import Evaluator, stall_warning, summary_line
+from .pace import Pace, Progress
+from .points import Points
 from .prepare import prepare, threads_for
 from .record import METRICS, RANK_FIELDS, KeptWarnings, RunRecord
 from .report import paid
-from .stops import Interrupted, LossWatch, RunStopped, Signals, StopVote, signal_name
+from .stops import RunStopped, Signals, StopVote
 
 __all__ = ["TrainConfig", "prepare", "run", "summary_line"]
 
@@ -93,96 +90,11 @@ def _run(cfg: TrainConfig, comm, quiet: bool, signals: Signals, kept: KeptWarnin
 
 def _train(cfg, comm, algo, model, opt, data, shards, record, quiet, signals, kept,
            resumed: dict | None) -> dict:
-    rank = comm.Get_rank()
-    device = algo.device
-    cuda = device.type == "cuda"
+    rank, device = comm.Get_rank(), algo.device
     telemetry = algo.telemetry   # every collective of the driver: uncounted, in the algorithm's order
     evaluate = Evaluator(cfg, data, telemetry, device)
     progress = Progress(cfg.steps, f"{cfg.algo} x{algo.workers}", enabled=(rank == 0 and not quiet))
-    watch = LossWatch(device)
-    ckpt_dir = cfg.checkpoint_dir or checkpoint.default_dir(cfg.out)
-    rows = []                    # rank 0: the record's rows, for checkpoints
-    first_loss = None            # the workers' mean loss of step 1 (for the stall check)
-    step = 0
-    paused = 0.0
-    row = {}
-    telemetry.barrier()
-    start = time.perf_counter()
-    base = algo.stats()          # counters from the start barrier (set-up traffic excluded)
-    if resumed is not None:      # the clock, counters and interval go on from the checkpoint
-        step, base, first_loss = resumed["step"], resumed["base"], resumed["first_loss"]
-        start -= resumed["train_time"]
-        watch.load_state_dict(resumed["losses"])
-        rows = [dict(r) for r in resumed["rows"]] if rank == 0 else []
-        progress.update(step)
-    algo.clock = lambda: time.perf_counter() - start - paused     # schedules: training time
-
-    def position() -> int:
-        """The step checkpoints and stops are named by, the same on every rank: rounds x tau
-        under a wall-clock budget (ranks take different numbers of steps), else the step."""
-        return algo.rounds * algo.period if algo.is_worker and algo.rounds_based else step
-
-    next_checkpoint = next_multiple(position(), cfg.checkpoint_every)
-
-    def log_point(point: int, draft: bool = False) -> str | None:
-        """Every rank: evaluate the consensus, rank 0 records; the clock stops meanwhile.
-        Returns the signal any rank received (voted in the log point's Allreduce).
-        ``draft``: the last step's row before ``finish()``, for its checkpoint only (the
-        row a longer run logs there); the record gets the row after ``finish()``."""
-        nonlocal paused, row, first_loss
-        if cuda:                 # training time ends when its kernels have, not when queued
-            torch.cuda.synchronize(device)
-        t_log = time.perf_counter()
-        row, health, vote = log_row(algo, evaluate, point, t_log - start - paused, watch,
-                                       base["bytes_sent"], signals, step)
-        first_loss = row.pop("first_loss", first_loss)
-        if record is not None:
-            if rows and rows[-1]["step"] == point:     # the draft of this point
-                rows.pop()
-            rows.append(row)
-            if not draft:
-                record.log(**row)
-        if not draft:
-            progress.log(row)
-        telemetry.barrier()      # rank 0's record write is not anyone's training time
-        paused += time.perf_counter() - t_log
-        check_finite(cfg, health, point)
-        kept.into(record)        # this point's warnings (--on-nonfinite warn's among them)
-        return signal_name(vote)
-
-    def save(point: int) -> str:
-        """A checkpoint after local step ``point`` (collective); the clock stops meanwhile."""
-        nonlocal paused
-        t0 = time.perf_counter()
-        driver = {"step": step, "base": base, "train_time": t0 - start - paused,
-                  "losses": watch.state_dict(), "first_loss": first_loss}
-        meta = {"config": cfg.resolved(), "rows": rows, "algo": cfg.algo} if rank == 0 else {}
-        path = checkpoint.save(telemetry, ckpt_dir, point,
-                               {"algorithm": algo.state_dict(), "driver": driver}, meta)
-        paused += time.perf_counter() - t0
-        return path
-
-    def stop(name: str, point: int) -> None:
-        path = save(point)
-        raise Interrupted(f"interrupted: {name} at step {point}, checkpoint {path}")
-
-    def last_checkpoint(point: int) -> None:
-        """With ``--checkpoint-every``, the last step is checkpointed too (Lightning's
-        ``save_last``), before ``finish()``: the state and the row a longer run has at
-        ``point``, so ``--resume`` with a larger ``--steps`` extends the run."""
-        if cfg.checkpoint_every is not None:
-            interval = watch.state_dict()
-            log_point(point, draft=True)
-            save(point)
-            watch.load_state_dict(interval)     # the final row reports the interval too
-
-    def checkpoint_due(point: int) -> None:
-        """The periodic checkpoint, if one is due at ``point`` (every rank alike)."""
-        nonlocal next_checkpoint
-        if next_checkpoint is not None and point >= next_checkpoint:
-            save(point)
-            next_checkpoint = next_multiple(point, cfg.checkpoint_every)
-
+    at = Points(cfg, algo, record, evaluate, progress, signals, kept, resumed)
     if algo.is_worker:
         w = algo.replica_index
         stream = datasets.WorkerStream(data.to(device), shards[w], w, cfg.seed, cfg.batch_size)
@@ -190,37 +102,37 @@ def _train(cfg, comm, algo, model, opt, data, shards, record, quiet, signals, ke
         vote = StopVote(telemetry, signals) if algo.collective_rounds else None
         rounds = algo.rounds
         try:
-            while pace.running(step):
-                x, y = stream.batch(step)
+            while pace.running(at.step):
+                x, y = stream.batch(at.step)
                 opt.zero_grad(set_to_none=False)
                 loss = F.cross_entropy(model(x), y)
                 loss.backward()
                 algo.step(loss)
-                step += 1
-                watch.add(loss)
-                point, last = pace.after_step(step, progress)
+                at.step += 1
+                at.watch.add(loss)
+                point, last = pace.after_step(at.step, progress)
                 if last:
                     if vote is not None:
                         vote.close()
                     elif cfg.checkpoint_every is not None:
                         algo.rendezvous()     # a centre checkpoints at a rendezvous only
-                    last_checkpoint(point)
+                    at.last_checkpoint(point)
                     algo.finish()        # draining in-flight messages is training time
                 if point is not None:
                     if not last:
                         algo.rendezvous()    # async algorithms: the centre joins the collectives
-                    received = log_point(point)
+                    received = at.log_point(point)
                     if received and not last:
-                        stop(received, point)
+                        at.stop(received, point)
                     if vote is None and not last:    # a centre: checkpoints at log points
-                        checkpoint_due(point)
+                        at.checkpoint_due(point)
                 if vote is not None and not last:
                     if algo.rounds != rounds:
                         rounds = algo.rounds
                         received = vote.at_round()
                         if received:
-                            stop(received, position())
-                    checkpoint_due(position())
+                            at.stop(received, at.position())
+                    at.checkpoint_due(at.position())
         except RunStopped:       # every rank alike: complete the vote in flight
             if vote is not None:
                 vote.close()
@@ -228,23 +140,22 @@ def _train(cfg, comm, algo, model, opt, data, shards, record, quiet, signals, ke
     else:                        # a dedicated centre: log points come as rendezvous
 
         def meet() -> None:
-            nonlocal step
-            point = min(cfg.steps, (step // cfg.log_every + 1) * cfg.log_every)
-            progress.update(point - step)
-            step = point
+            point = min(cfg.steps, (at.step // cfg.log_every + 1) * cfg.log_every)
+            progress.update(point - at.step)
+            at.step = point
             if point == cfg.steps:            # the workers' last step: its checkpoint
-                return last_checkpoint(point)
-            received = log_point(point)
+                return at.last_checkpoint(point)
+            received = at.log_point(point)
             if received and point < cfg.steps:
-                stop(received, point)
-            checkpoint_due(point)
+                at.stop(received, point)
+            at.checkpoint_due(point)
 
         algo.serve(on_rendezvous=meet)
-        progress.update(cfg.steps - step)
-        log_point(cfg.steps)
-    train_time = time.perf_counter() - start - paused
+        progress.update(cfg.steps - at.step)
+        at.log_point(cfg.steps)
+    train_time = at.train_time()
     progress.close()
-    stats = {k: v - base[k] for k, v in algo.stats().items()}
+    stats = {k: v - at.base[k] for k, v in algo.stats().items()}
     mine = [train_time - stats["comm_time"], stats["comm_time"], stats["wait_time"],
             stats["staging_time"], stats["steps"], stats["bytes_sent"]]
     ranks = telemetry.gather(mine, root=0)
@@ -254,13 +165,13 @@ def _train(cfg, comm, algo, model, opt, data, shards, record, quiet, signals, ke
     algo.close()
     if rank != 0:
         return {}
-    summary = {**row, "path": cfg.out, "workers": algo.workers, "algo": cfg.algo,
+    summary = {**at.row, "path": cfg.out, "workers": algo.workers, "algo": cfg.algo,
                "group_size": algo.group_size,
                "eval_time": evaluate.seconds, "eval_samples": cfg.eval_samples,
                "mpi_path": algo.telemetry.device_path(device),
                "kernels": ops.backend(str(params.device.type)), "device": placement.describe(where),
                "nodes": placement.layout([h for h, _, _ in where], setting("MPISGD_CLUSTER") or ""),
-               "warning": stall_warning(rows, first_loss, data.classes),
+               "warning": stall_warning(at.rows, at.first_loss, data.classes),
                "compression": paid(series, cfg.options.get("compress", ""))}
     with record.edit():          # one new version of the record, completed as a whole
         kept.into(record)

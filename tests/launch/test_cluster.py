@@ -129,7 +129,7 @@ def test_a_study_across_nodes_records_them_and_calibrate_fits_both_levels(tmp_pa
     before = host_state()
     (tmp_path / "grid.yaml").write_text(
         "algo: local\ntau: 2\nmodel: linear\ndata: synthetic:256\nsteps: 8\nbatch_size: 8\n"
-        "grid:\n  ranks: [4, 2]\n")
+        "group_size: node\ngrid:\n  ranks: [4, 2]\n")       # one group per node
     py = [sys.executable, "-m", "mpisgd"]
     done = cluster("--name", "studytest", "up", "--nodes", "2", "--ranks-per-node", "2",
                    "--nic", "1gbit")
@@ -144,20 +144,15 @@ def test_a_study_across_nodes_records_them_and_calibrate_fits_both_levels(tmp_pa
         with h5py.File(tmp_path / "s/runs/ranks-4.h5", "r") as f:
             hosts = [h.decode() for h in f["ranks/host"][()]]
             assert f.attrs["nodes"] == "2 nodes x 2 ranks, NIC 1 Gbit/s (emulated)"
+            assert f.attrs["workers"] == 2 and f.attrs["world_size"] == 4   # node groups
+            inside, across = f["groups/inside_bytes"][()], f["groups/across_bytes"][()]
+        assert (across > 0).all() and (inside > across).all()   # every rank on the NIC, 1/2 each
         assert hosts == ["mpisgd-studytest-n0"] * 2 + ["mpisgd-studytest-n1"] * 2
         with h5py.File(tmp_path / "s/runs/ranks-2.h5", "r") as f:     # a sub-communicator
             assert [h.decode() for h in f["ranks/host"][()]] == ["mpisgd-studytest-n0"] * 2
             assert f.attrs["status"] == "completed"
             assert f.attrs["nodes"] == "1 node x 2 ranks, NIC 1 Gbit/s (emulated)"
-        grouped = cluster("--name", "studytest", "--", *py, "train", "--algo", "local", "--tau",
-                          "2", "--groups", "node", "--model", "linear", "--data", "synthetic:256",
-                          "--steps", "8", "--batch-size", "8", "--out", "g.h5", cwd=tmp_path)
-        assert grouped.returncode == 0, grouped.stdout + grouped.stderr
-        assert "mpisgd: local, 2 workers of 2 ranks, 8 steps" in grouped.stdout   # node groups
-        with h5py.File(tmp_path / "g.h5", "r") as f:
-            assert f.attrs["workers"] == 2 and f.attrs["world_size"] == 4
-            inside, across = f["groups/inside_bytes"][()], f["groups/across_bytes"][()]
-        assert (across > 0).all() and (inside > across).all()   # every rank on the NIC, 1/2 each
+            assert f.attrs["workers"] == 1           # one node: one group of both ranks
         cal = cluster("--name", "studytest", "--", *py, "calibrate", "--out", "net.json",
                       "--sizes", "8,1048576,4194304", cwd=tmp_path)
         assert cal.returncode == 0, cal.stderr

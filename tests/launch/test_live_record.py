@@ -2,7 +2,7 @@
 
 A real second process opens the live record at 30 Hz the way a notebook does
 (``h5py.File(path, "r")``, HDF5's file lock included), reads its attributes and
-rows, holds it 10 ms and closes it, for the whole of six 4-rank runs of 200
+rows, holds it 10 ms and closes it, for the whole of four 4-rank runs of 120
 rows each, one after another in one ``mpisgd study`` launch. Before records
 were published as whole versions, this reader killed 2 runs of 2.
 """
@@ -15,7 +15,7 @@ import numpy as np
 
 from helpers import mpiexec
 
-RUNS, STEPS = 6, 200
+RUNS, STEPS = 4, 120
 GRID = (f"algo: sync\nmodel: linear\ndata: synthetic:512\nsteps: {STEPS}\nlog_every: 1\nbatch_size: 8\n"
         f"grid:\n  seed: {list(range(RUNS))}\n")
 

@@ -76,7 +76,7 @@ def test_a_sweep_runs_as_a_job_array_of_mpi_tasks_and_skips_what_completed(slurm
 
 def test_an_interrupted_task_requeues_and_resumes_from_its_checkpoint(slurm, tmp_path):
     # long enough that the signal (sent after 2 rows, step 400) lands mid-run, with room
-    grid = "algo: local\ntau: 4\nsteps: 12000\nbatch_size: 8\nlog_every: 200\nranks: 2\n"
+    grid = "algo: local\ntau: 4\nsteps: 8000\nbatch_size: 8\nlog_every: 200\nranks: 2\n"
     started = sweep(tmp_path, slurm, grid)
     assert started.returncode == 0, started.stdout + started.stderr
     job = started.stdout.split("submitted as ")[1].split()[0]
@@ -97,7 +97,7 @@ def test_an_interrupted_task_requeues_and_resumes_from_its_checkpoint(slurm, tmp
     wait_for(pending, 60, "the requeue")    # it starts again by itself, cred_expire + 1 s later
     wait_for(lambda: status(record)[0] == "completed", 240, "the resumed task to complete")
     st, world, steps = status(record)
-    assert steps[-1] == 12000 and list(steps) == sorted(set(steps))
+    assert steps[-1] == 8000 and list(steps) == sorted(set(steps))
     log = "".join(p.read_text() for p in (tmp_path / "study" / "logs").iterdir())
     assert "interrupted: SIGUSR1 at step" in log and "(interrupted): srun" in log
     assert "--resume" in log
