@@ -33,7 +33,7 @@ def launch(args, np=NP, timeout=90, script=None, quiet=True):
     return proc, time.monotonic() - t0
 
 
-@pytest.mark.parametrize("args, needle, np", [
+CASES = [
     (["--algo", "nope"], "unknown algorithm 'nope'", 2),
     (["--tua", "3"], "unrecognized arguments: --tua 3", 2),
     (["--algo", "local", "--tau", "0"], "--tau must be a positive integer, got 0", 2),
@@ -52,12 +52,73 @@ def launch(args, np=NP, timeout=90, script=None, quiet=True):
     (["--device", "tpu"], "--device must be auto, cpu, cuda or cuda:N, got 'tpu'", 2),
     pytest.param(["--device", "cuda"], "--device cuda: no GPU is visible on host", 2,
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible")),
-])
-def test_bad_input_one_line(args, needle, np):
+]
+
+
+@pytest.mark.parametrize("args, needle, np", CASES)
+def test_bad_input_one_line(args, needle, np, two_rank_cases):
+    if np == 2:          # answered by one job that ran every 2-rank case in turn
+        codes, output, elapsed = two_rank_cases[tuple(args)]
+        assert codes == [2, 2], codes
+        lines = [ln for ln in output.splitlines() if "mpisgd: error:" in ln]
+        assert len(lines) == 1 and needle in lines[0], output
+        assert "Traceback" not in output
+        assert elapsed < 60
+        return
     proc, elapsed = launch(args, np)
     assert proc.returncode == 2
     assert_one_error_line(proc, needle)
     assert elapsed < 60
+
+
+#: Each rank runs every 2-rank case through ``cli.main`` in turn, in one job (a launch
+#: costs both ranks a torch import: one job instead of 13), its output per case in a file
+#: of its own; the cases fail before any communication, so one cannot disturb the next.
+CASES_SCRIPT = """
+import json, os, sys, tempfile, time
+from mpi4py import MPI
+from mpisgd.app import cli
+cases, out = json.loads(sys.argv[1]), sys.argv[2]
+world = MPI.COMM_WORLD
+results = []
+saved = os.dup(1), os.dup(2)
+for args in cases:
+    world.Barrier()
+    with tempfile.TemporaryFile("w+") as f:      # this case's output, at the descriptors
+        sys.stdout.flush(); sys.stderr.flush()
+        os.dup2(f.fileno(), 1); os.dup2(f.fileno(), 2)
+        t0 = time.monotonic()
+        try:
+            code = cli.main(["train", "--quiet", *args])
+        except SystemExit as err:
+            code = err.code
+        elapsed = time.monotonic() - t0
+        sys.stdout.flush(); sys.stderr.flush()
+        os.dup2(saved[0], 1); os.dup2(saved[1], 2)
+        f.seek(0)
+        results.append((code, f.read(), elapsed))
+gathered = world.gather(results, root=0)
+if world.rank == 0:
+    with open(out, "w") as f:
+        json.dump(gathered, f)
+"""
+
+
+@pytest.fixture(scope="module")
+def two_rank_cases(tmp_path_factory):
+    """args -> (every rank's exit code, all ranks' output, seconds) of each 2-rank case."""
+    import json
+    cases = [list(p.values[0] if hasattr(p, "values") else p[0]) for p in CASES
+             if (p.values[2] if hasattr(p, "values") else p[2]) == 2]
+    out = tmp_path_factory.mktemp("cases") / "results.json"
+    cmd = mpiexec() + ["-n", "2", sys.executable, "-c", CASES_SCRIPT, json.dumps(cases), str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    ranks = json.loads(out.read_text())
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    return {tuple(args): ([r[i][0] for r in ranks], "".join(r[i][1] for r in ranks),
+                          max(r[i][2] for r in ranks))
+            for i, args in enumerate(cases)}
 
 
 def assert_one_error_line(proc, needle):
