@@ -48,16 +48,17 @@ def size_of(value, node_ranks: int | None) -> int:
     return (node_ranks or 1) if value == "node" else value
 
 
-def check(ranks: int, group: int, node_sizes=None) -> int:
-    """The number of groups of ``group`` ranks among ``ranks``; :class:`OptionError` naming
-    ``group_size`` when ``group`` does not divide ``ranks``, or, for ``node`` groups
-    (``node_sizes``: the ranks of each node, in rank order), when nodes differ in size."""
+def check(ranks: int, group: int, node_sizes=None, what: str = "ranks of the job") -> int:
+    """The number of groups of ``group`` ranks among ``ranks`` (``what``: which ranks, for
+    the message); :class:`OptionError` naming ``group_size`` when ``group`` does not divide
+    ``ranks``, or, for ``node`` groups (``node_sizes``: the ranks of each node, in rank
+    order), when nodes differ in size."""
     if node_sizes is not None and len(set(node_sizes)) > 1:
         raise OptionError("group_size", f"node needs the same number of ranks on every node, "
                           f"got {', '.join(map(str, node_sizes))} (give a number instead)")
     if ranks % group:
-        raise OptionError("group_size", f"must divide the {ranks} ranks of the job into equal "
-                          f"groups, got {group}")
+        raise OptionError("group_size", f"must divide the {ranks} {what} into equal groups, "
+                          f"got {group}")
     return ranks // group
 
 

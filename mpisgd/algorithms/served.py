@@ -46,12 +46,8 @@ class Served(Algorithm):
             serving = "rank 0 serves" if servers == 1 else f"ranks 0..{servers - 1} serve"
             raise cls.too_few(opts, f"needs at least {servers + 1} ranks ({serving}, the others "
                                     f"are workers), got {size}")
-        group = groups.size_of(opts.get("group_size", 1), node_ranks)
-        if group > 1 and (size - servers) % group:
-            from ..errors import OptionError
-            raise OptionError("group_size", f"must divide the {size - servers} worker ranks "
-                              f"(ranks {servers}..{size - 1}) into equal groups, got {group}")
-        return (size - servers) // group
+        return groups.check(size - servers, groups.size_of(opts.get("group_size", 1), node_ranks),
+                            what=f"worker ranks (ranks {servers}..{size - 1})")
 
     @classmethod
     def too_few(cls, opts: dict, problem: str) -> ValueError:

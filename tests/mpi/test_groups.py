@@ -19,7 +19,7 @@ import mpisgd
 from mpisgd import reference
 import expected_w
 from helpers import (ATOL, D, RTOL, classifier, classifier_batch, regression_grad,
-                     regression_loss, regression_model)
+                     regression_loss, regression_model, regression_run)
 
 ETA = 0.05
 LAYOUTS = [(2, 2), (1, 4), (4, 1)]      # (groups m, ranks per group G) on 4 ranks
@@ -29,34 +29,11 @@ def x0():
     return torch.linspace(-1.0, 1.0, D, dtype=torch.float64)
 
 
-def run(name, steps, momentum=0.0, **options):
-    """``name`` on the regression problem, rank r drawing replica r's batches; the trace of
-    this rank's parameters after every step, and the algorithm (finished)."""
-    comm = MPI.COMM_WORLD
-    model = regression_model(x0())
-    opt = torch.optim.SGD(model.parameters(), lr=ETA, momentum=momentum)
-    algo = mpisgd.build(name, model, opt, comm=comm, **options)
-    assert algo.replica_index == comm.rank
-    trace = []
-    for step in range(steps):
-        opt.zero_grad()
-        regression_loss(model, comm.rank, step).backward()
-        algo.step()
-        trace.append(algo.flat.data.clone())
-    return algo, trace
-
-
-def run_on(comm, name, steps, **options):
-    """``name`` on the regression problem over ``comm``, rank r drawing replica r's batches."""
-    model = regression_model(x0())
-    opt = torch.optim.SGD(model.parameters(), lr=ETA)
-    algo = mpisgd.build(name, model, opt, comm=comm, **options)
-    trace = []
-    for step in range(steps):
-        opt.zero_grad()
-        regression_loss(model, comm.rank, step).backward()
-        algo.step()
-        trace.append(algo.flat.data.clone())
+def run(name, steps, **options):
+    """``name`` on the regression problem over the world, rank r drawing replica r's
+    batches (tests/helpers.py); the algorithm and this rank's parameters after every step."""
+    algo, trace = regression_run(name, x0(), steps, MPI.COMM_WORLD, ETA, **options)
+    assert algo.replica_index == MPI.COMM_WORLD.rank
     return algo, trace
 
 
@@ -229,7 +206,7 @@ def test_a_parameter_server_for_one_group_is_sync_sgd_over_its_ranks(name):
     if workers == MPI.COMM_NULL:
         return
     try:
-        sync, theirs = run_on(workers, "sync", steps)
+        sync, theirs = regression_run("sync", x0(), steps, workers, ETA)
         for k in range(steps):
             assert torch.allclose(ours[k], theirs[k], rtol=RTOL, atol=ATOL), k
         assert torch.allclose(final, theirs[-1], rtol=RTOL, atol=ATOL)
