@@ -1,24 +1,16 @@
-"""The one place where tensors become MPI buffers.
+"""Tensor communication on one MPI communicator, with byte and time counters: :class:`Comm`.
 
-:class:`Comm` wraps an mpi4py communicator. It hands MPI the tensor's own
-memory (``MPI.buffer.fromaddress(t.data_ptr(), nbytes)``): no copy, no
-pickling, on CPU and for CUDA tensors when the MPI is CUDA-aware. When it is
-not, CUDA tensors are staged through pinned host buffers allocated once per
-tensor and reused; the staging path can be forced on CPU tensors
-(``staging="always"`` or ``MPISGD_STAGING=always``) so that it is tested
-without a GPU. A CUDA tensor goes to MPI only after its stream is
-synchronised.
+MPI gets the tensor's own memory (:mod:`mpisgd.buffers`: no copy, no
+pickling), on CPU and for CUDA tensors where the MPI takes device buffers in
+that operation (:mod:`mpisgd.device_ops`); otherwise CUDA tensors are staged
+through pinned host buffers allocated once per tensor (:mod:`mpisgd.staging`;
+``staging="always"`` or ``MPISGD_STAGING=always`` stages CPU tensors too, so
+that the path is tested without a GPU). Waiting and staging modes, the MPI
+library and its CUDA support are probed by :mod:`mpisgd.mpienv`.
 
 Every nonblocking call returns a :class:`Handle` with ``test()``/``wait()``
 that keeps its buffers alive until completion; starting another operation on
 memory that a pending handle still owns raises ``RuntimeError``.
-
-Waiting and staging modes, the MPI library and its CUDA support are probed by
-:mod:`mpisgd.mpienv`. A CUDA-aware MPI need not take device buffers in every
-operation (Open MPI's CUDA support covers the blocking collectives, not
-``MPI_Iallreduce``, ``MPI_Ialltoall``, ``MPI_Iallgather`` or ``MPI_Ibcast``):
-:meth:`Comm.probe_device_buffers` tries, at start, each operation training
-hands device buffers to (:data:`DEVICE_OPS`) and stages those that fail.
 
 Byte counters use the volume a bandwidth-optimal algorithm moves per rank:
 ``2 (P-1)/P * n`` for an Allreduce of ``n`` bytes (ring reduce-scatter plus
@@ -28,61 +20,21 @@ communication-efficient SGD literature compares.
 """
 from __future__ import annotations
 
-import collections
 import copy
 import os
 import time
-import warnings
 
 import torch
 from ._mpi import MPI
-from .errors import ConfigError
-from .mpienv import cuda_aware, cuda_support, mpi_library, setting, staging_mode, \
-    yield_when_waiting
-from .handles import _IN_FLIGHT, Handle, Handles, PersistentRequests
+from . import buffers, device_ops
+from .buffers import REDUCIBLE, Claims, check_reducible, per_block, reduction
+from .device_ops import DEVICE_OPS
+from .mpienv import cuda_aware, staging_mode, yield_when_waiting
+from .handles import _IN_FLIGHT, Handle, Handles, PersistentRequests, Posting
 from .staging import DeviceBoundary
 
 __all__ = ["Comm", "Handle", "Handles", "PersistentRequests", "DEVICE_OPS", "REDUCIBLE",
            "check_reducible"]
-
-#: The MPI operations training hands tensors to (``p2p``: Isend, Irecv and the persistent
-#: requests of gossip); a CUDA-aware MPI's support is probed per operation.
-DEVICE_OPS = ("Allreduce", "Iallreduce", "Ibcast", "Ireduce", "Iallgather", "Ialltoall",
-              "Ineighbor_allgather", "p2p", "Iallgatherv", "Ireduce_scatter")
-
-_MPI_TYPES: dict = {}     # torch dtype -> MPI datatype, filled on first use (MPI loads lazily)
-
-
-def _mpi_type(dtype: torch.dtype):
-    """The MPI datatype of ``dtype``, or ``None`` (half types travel as bytes)."""
-    if not _MPI_TYPES:
-        _MPI_TYPES.update({torch.float32: MPI.FLOAT, torch.float64: MPI.DOUBLE,
-                           torch.int32: MPI.INT32_T, torch.int64: MPI.INT64_T,
-                           torch.uint8: MPI.UINT8_T})
-    return _MPI_TYPES.get(dtype)
-
-
-REDUCIBLE = (torch.float32, torch.float64)
-
-def check_reducible(dtype: torch.dtype) -> None:
-    """``ValueError`` unless MPI can sum tensors of ``dtype`` (float32, float64)."""
-    if dtype not in REDUCIBLE:
-        raise ValueError(f"parameters of dtype {str(dtype).replace('torch.', '')} cannot be "
-                         "averaged with MPI reductions: keep the model in float32 or float64 "
-                         "(use torch.autocast for lower-precision compute)")
-
-
-def _reduction(op, average: bool):
-    """The MPI op of a reduction (default ``MPI.SUM``); a mean needs a sum."""
-    op = MPI.SUM if op is None else op
-    if average and op != MPI.SUM:
-        raise ValueError("average=True goes with op=MPI.SUM")
-    return op
-
-
-def _block(recv, send):
-    """A gather's receive spec: mpi4py reads an explicit count as the count per block."""
-    return [recv[0], send[1], recv[2]]
 
 
 class Comm:
@@ -122,13 +74,9 @@ class Comm:
         self.comm_time = 0.0   # seconds inside MPI calls made through this object
         self.wait_time = 0.0   # of which blocked in wait()
         self.staging_before = 0.0   # staging seconds of an earlier process (a resumed run)
-        # id(handle) -> the address spans it owns: writes (receives, in-place
-        # collectives) exclude everything; reads (sends) exclude only writes,
-        # so one buffer may go to many ranks at once.
-        self._writes: dict[int, list[tuple[int, int]]] = {}
-        self._reads: dict[int, list[tuple[int, int]]] = {}
+        self.claims = Claims()     # the memory pending operations own (shared by siblings)
         self.boundary = DeviceBoundary()
-        self._queue: collections.deque[Handle] = collections.deque()   # created, not yet posted
+        self.posting = Posting()   # created, not yet posted (shared by siblings)
 
     def sibling(self) -> "Comm":
         """A ``Comm`` on the same communicator with counters of its own (uncounted
@@ -152,21 +100,12 @@ class Comm:
         return handle
 
     def _submit(self, handle: Handle) -> Handle:
-        self._queue.append(handle)
-        self.progress()
-        return handle
+        return self.posting.submit(handle)
 
     def progress(self, upto: Handle | None = None) -> None:
         """Post queued operations, in creation order, whose device data is ready; with
         ``upto``, block until that one is posted."""
-        while self._queue:
-            head = self._queue[0]
-            if not head._ready(block=upto is not None):
-                return
-            self._queue.popleft()
-            head._start()
-            if head is upto:
-                return
+        self.posting.progress(upto)
 
     def link_delay(self, seconds: float) -> None:
         """Spend an injected link delay (``--comm-delay``): asleep, and counted as
@@ -191,138 +130,16 @@ class Comm:
     def flush(self) -> None:
         """Post every queued operation (waiting for its device data). Call it before a raw
         mpi4py collective on this communicator, so that every rank posts in the same order."""
-        if self._queue:
-            self.progress(upto=self._queue[-1])
+        self.posting.flush()
 
     def probe_device_buffers(self, device) -> frozenset:
-        """Start-up test of the operations training hands device buffers to; collective.
-
-        Runs only for a CUDA ``device`` with ``staging`` not ``"always"``. When the MPI
-        cannot read device memory (``MPIX_Query_cuda_support()`` says 0, or the MPI says
-        nothing and ``MPISGD_CUDA_AWARE`` is not 1) nothing is tried: ``auto`` stages
-        every operation, and ``MPISGD_STAGING=never`` or ``MPISGD_CUDA_AWARE=1`` against
-        the query is refused (``ConfigError``, one line, every rank) instead of crashing
-        inside MPI at the first step. Otherwise every rank runs each of
-        :data:`DEVICE_OPS` once on a small device tensor and checks the result; an
-        operation that fails on any rank is staged through host memory (``auto``, with a
-        warning naming it) or refused (``never``). Returns :attr:`device_ops`.
-
-        An algorithm probes its ``Comm`` when it is built on a CUDA model; a ``Comm`` made
-        directly trusts the library's word for every operation until this is called.
-        A probe that fails on some ranks only may leave the others waiting in it (the
-        abort hook ends the job if the failing rank raises).
-        """
-        if torch.device(device).type != "cuda" or self.staging == "always":
-            return self.device_ops
-        said, library = cuda_support()
-        name = f"{mpi_library()} ({library or 'no MPIX_Query_cuda_support'})"
-        if setting("MPISGD_CUDA_AWARE") == "1" and said is False:
-            self._refuse(f"MPISGD_CUDA_AWARE=1, but this MPI says it cannot read device "
-                         f"memory in this run (MPIX_Query_cuda_support() = 0 in {name}): "
-                         "unset it, or enable the MPI's GPU support (MPICH: "
-                         "MPIR_CVAR_ENABLE_GPU=1; Open MPI: a build with CUDA)")
-        if not self.cuda_aware:
-            if self.staging == "never":
-                why = ("MPISGD_CUDA_AWARE=0 says so" if setting("MPISGD_CUDA_AWARE") == "0" else
-                       "MPIX_Query_cuda_support() = 0" if said is False else
-                       "no MPIX_Query_cuda_support; set MPISGD_CUDA_AWARE=1 if it can")
-                self._refuse(f"MPISGD_STAGING=never, but this MPI cannot read device memory "
-                             f"({name}: {why}): unset MPISGD_STAGING to stage through host "
-                             "memory, or use a CUDA-aware MPI")
-            return self.device_ops
-        passed, first = [], None
-        probe = self.sibling()              # uncounted; every operation on device buffers
-        probe.device_ops = frozenset(DEVICE_OPS)
-        for op in DEVICE_OPS:
-            try:
-                passed.append(int(probe._probe(op, device)))
-            except Exception as err:        # noqa: BLE001 - any failure means: do not trust it
-                passed.append(0)
-                first = first or f"{op}: {type(err).__name__}: {err}"
-        if self.size > 1:               # an operation counts if it passed on every rank
-            votes = torch.tensor(passed, dtype=torch.int32)
-            self.mpi.Allreduce(MPI.IN_PLACE, self.spec(votes), op=MPI.MIN)
-            passed = votes.tolist()
-        failed = [op for op, ok in zip(DEVICE_OPS, passed) if not ok]
-        if failed and self.staging == "never":
-            self._refuse(f"MPISGD_STAGING=never, but this MPI ({name}) failed "
-                         f"{', '.join(failed)} on device buffers at start: unset "
-                         "MPISGD_STAGING to stage those through host memory")
-        if failed:
-            warnings.warn(f"the MPI library claims CUDA support but failed {', '.join(failed)} "
-                          "on device buffers at start" + (f" ({first})" if first else "")
-                          + "; those go through host memory (MPISGD_CUDA_AWARE=0 stages "
-                          "everything and skips the test)", RuntimeWarning)
-        self.device_ops = frozenset(op for op, ok in zip(DEVICE_OPS, passed) if ok)
-        return self.device_ops
-
-    def _refuse(self, message: str) -> None:
-        """The same ``ConfigError`` on every rank; rank 0's is the one printed."""
-        err = ConfigError(message)
-        err.echo = self.rank != 0
-        raise err
-
-    def _probe(self, op: str, device) -> bool:
-        """Run ``op`` once, through this ``Comm``'s own operation, on device buffers (every
-        rank alike); whether the result is right. A wrong result is what a library built
-        with CUDA support but run without it gives."""
-        P, r = self.size, self.rank
-        x = torch.full((4,), float(r + 1), device=device)
-        rows = torch.zeros(P, 4, device=device)
-        total = P * (P + 1) / 2
-        ranks = torch.arange(1, P + 1, dtype=torch.float32)[:, None].expand(P, 4)
-        left, right = (r - 1) % P, (r + 1) % P
-        if op == "Allreduce":                       # what allreduce() and blocking rounds use
-            if x.is_cuda:
-                torch.cuda.current_stream(x.device).synchronize()
-            self.mpi.Allreduce(MPI.IN_PLACE, self.spec(x))
-            return bool((x.cpu() == total).all())
-        if op == "Iallreduce":
-            self.iallreduce(x).wait()
-            return bool((x.cpu() == total).all())
-        if op == "Ibcast":
-            self.bcast(x, root=0)
-            return bool((x.cpu() == 1.0).all())
-        if op == "Ireduce":
-            self.ireduce(x, root=0).wait()
-            return r != 0 or bool((x.cpu() == total).all())
-        if op == "Iallgather":
-            self.iallgather(x, rows).wait()
-            return bool((rows.cpu() == ranks).all())
-        if op == "Ialltoall":
-            self.ialltoall(torch.full((P, 4), float(r + 1), device=device), rows).wait()
-            return bool((rows.cpu() == ranks).all())
-        if op == "Iallgatherv":                     # the groups' all-gather of blocks
-            rows[r] = float(r + 1)
-            self.iallgatherv(rows.view(-1), [4] * P).wait()
-            return bool((rows.cpu() == ranks).all())
-        if op == "Ireduce_scatter":                 # the groups' two-level gradient mean
-            self.ireduce_scatter(torch.full((P * 4,), float(r + 1), device=device), x,
-                                 [4] * P).wait()
-            return bool((x.cpu() == total).all())
-        got = torch.zeros(1, 4, device=device)
-        if op == "p2p":
-            received = self.irecv(got[0], left, 77)
-            self.isend(x, right, 77).wait()
-            received.wait()
-        else:                                       # Ineighbor_allgather, on a ring
-            ring = self.mpi.Create_dist_graph_adjacent([left], [right])
-            try:
-                self.ineighbor_allgather(ring, x, got).wait()
-            finally:
-                ring.Free()
-        return bool((got.cpu() == float(left + 1)).all())
+        """Start-up test of the operations training hands device buffers to, staging those
+        that fail (:func:`mpisgd.device_ops.probe`); collective. Returns :attr:`device_ops`."""
+        return device_ops.probe(self, device)
 
     def device_path(self, device) -> str:
-        """How device tensors reach MPI, for the summary line: ``"device buffers"``,
-        ``"host staging"``, or device buffers with the operations staged named; ``""`` on
-        the CPU."""
-        if torch.device(device).type != "cuda":
-            return ""
-        if self.staging == "always" or not self.device_ops:
-            return "host staging"
-        staged = [op for op in DEVICE_OPS if op not in self.device_ops]
-        return "device buffers" + (f" (host staging for {', '.join(staged)})" if staged else "")
+        """How device tensors reach MPI, for the summary line (:func:`mpisgd.device_ops.path`)."""
+        return device_ops.path(self, device)
 
     # ---- buffers -------------------------------------------------------
 
@@ -332,43 +149,10 @@ class Comm:
             return True
         return t.is_cuda and self.staging == "auto" and op not in self.device_ops
 
-    @staticmethod
-    def spec(t: torch.Tensor):
-        """``[buffer, count, datatype]`` over the tensor's own memory (no copy)."""
-        if not t.is_contiguous():
-            raise ValueError("MPI buffers must be contiguous tensors; call .contiguous() first")
-        nbytes = t.numel() * t.element_size()
-        mem = MPI.buffer.fromaddress(t.data_ptr() if nbytes else 0, nbytes)
-        dtype = _mpi_type(t.dtype)
-        if dtype is None:   # half types: fine for point-to-point as raw bytes
-            return [mem, nbytes, MPI.BYTE]
-        return [mem, t.numel(), dtype]
+    spec = staticmethod(buffers.spec)
 
     def _claim(self, t: torch.Tensor, read_only: bool = False) -> tuple[int, int]:
-        """The address span of ``t``; refuses non-contiguous tensors and pending memory
-        (a read, ``read_only``, may share memory with other pending reads)."""
-        if not t.is_contiguous():
-            raise ValueError("MPI buffers must be contiguous tensors; call .contiguous() first")
-        start = t.data_ptr()
-        span = (start, start + t.numel() * t.element_size())
-        owners = (self._writes,) if read_only else (self._writes, self._reads)
-        for s, e in (sp for owner in owners for spans in owner.values() for sp in spans):
-            if span[0] < e and s < span[1]:
-                raise RuntimeError(
-                    "this tensor's memory is still owned by a pending nonblocking MPI "
-                    "operation; call wait() on its Handle before reusing the buffer")
-        return span
-
-    def _own(self, handle: Handle, reads, writes) -> None:
-        """Record the spans a pending ``handle`` reads and writes."""
-        if reads:
-            self._reads[id(handle)] = reads
-        if writes:
-            self._writes[id(handle)] = writes
-
-    def _release(self, handle: Handle) -> None:
-        self._writes.pop(id(handle), None)
-        self._reads.pop(id(handle), None)
+        return self.claims.claim(t, read_only)
 
     def _start(self, op: str, tensors, post, counted_bytes, blocking=False, status=False,
                read_only=False) -> Handle:
@@ -386,39 +170,17 @@ class Comm:
         """
         access = list(read_only) if isinstance(read_only, (list, tuple)) else [read_only] * len(tensors)
         spans = [self._claim(t, a is True) for t, a in zip(tensors, access)]
-        views, copy_back, gate = [], [], []
-        for t, a in zip(tensors, access):
-            ready = self.boundary.ready(t)
-            if self._needs_staging(t, op):
-                host = self.boundary.host_buffer(t)
-                if a != "w":
-                    gate.append(self.boundary.to_host(t, host, after=ready))
-                else:                              # MPI will write the host buffer: not before
-                    gate.append(self.boundary.fence(t))   # earlier copies out of it are done
-                views.append(host)
-                if a is not True:                  # only what MPI writes comes back
-                    copy_back.append((t, host, ready))
-            else:
-                views.append(t)
-                gate.append(ready)                 # MPI touches the device memory itself
+        views, gate, done = self.boundary.route(
+            tensors, access, [self._needs_staging(t, op) for t in tensors],
+            (lambda: handle.status.Get_count(MPI.BYTE)) if status else None)
         self.bytes_sent += counted_bytes
-
-        def done():
-            for t, host, ready in copy_back:
-                if status:                       # a receive: only the bytes that arrived
-                    n = handle.status.Get_count(MPI.BYTE)
-                    if n:
-                        self.boundary.to_device(host.view(torch.uint8)[:n],
-                                                t.reshape(-1).view(torch.uint8)[:n], after=ready)
-                else:
-                    self.boundary.to_device(host, t, after=ready)
 
         # The tensors stay alive too: no new tensor may take a pending one's address (and
         # so its host buffer) until the operation has completed.
         handle = Handle(self, lambda: post(*[self.spec(v) for v in views]), views + list(tensors),
-                        done if copy_back else None, status, gate)
-        self._own(handle, [sp for sp, a in zip(spans, access) if a is True],
-                  [sp for sp, a in zip(spans, access) if a is not True])
+                        done, status, gate)
+        self.claims.own(handle, [sp for sp, a in zip(spans, access) if a is True],
+                        [sp for sp, a in zip(spans, access) if a is not True])
         self._submit(handle)
         if blocking:
             handle.wait()
@@ -436,7 +198,7 @@ class Comm:
         ``MPI_Allreduce`` (often a faster algorithm), or, when waits yield
         (:func:`mpisgd.mpienv.yield_when_waiting`), an ``MPI_Iallreduce`` waited politely.
         """
-        op = _reduction(op, average)
+        op = reduction(op, average)
         if self.size == 1:
             return self._nothing(t)
         if average:
@@ -465,7 +227,7 @@ class Comm:
         if t.is_cuda or self._needs_staging(t, "Allreduce"):
             self.iallreduce(t, average, blocking=True, op=op)
             return t
-        op = _reduction(op, average)
+        op = reduction(op, average)
         self._claim(t)
         if self.size == 1:
             return t
@@ -531,7 +293,7 @@ class Comm:
         """Nonblocking Allgather: row r of ``recv`` (size x len(send)) gets rank r's ``send``."""
         nbytes = send.numel() * send.element_size()
         return self._start("Iallgather", [send, recv],
-                           lambda s, r: [self.mpi.Iallgather(s, _block(r, s))],
+                           lambda s, r: [self.mpi.Iallgather(s, per_block(r, s))],
                            (self.size - 1) * nbytes, read_only=(True, "w"))
 
     def iallgatherv(self, t: torch.Tensor, counts) -> Handle:
@@ -581,7 +343,7 @@ class Comm:
         outdegree = graph.Get_dist_neighbors_count()[1]
         nbytes = send.numel() * send.element_size()
         return self._start("Ineighbor_allgather", [send, recv],
-                           lambda s, r: [graph.Ineighbor_allgather(s, _block(r, s))],
+                           lambda s, r: [graph.Ineighbor_allgather(s, per_block(r, s))],
                            outdegree * nbytes, read_only=(True, "w"))
 
     def persistent(self, graph, send: torch.Tensor, recv: torch.Tensor, dests, sources,

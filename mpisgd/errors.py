@@ -139,7 +139,7 @@ def abort_on_exception(comm, on_error=None) -> None:
 
     1. calls ``on_error(exc)``, if given (first, so that it can tell an echo):
        the command line's notes the reason beside the run record
-       (:func:`mpisgd.app.record.note_failure`) and returns ``False`` when
+       (:func:`mpisgd.app.sidecars.note_failure`) and returns ``False`` when
        another rank's failure was noted first;
     2. prints the traceback, each line prefixed ``[rank r]`` — unless
        ``on_error`` returned ``False``: that failure is an echo of the first

@@ -1,6 +1,7 @@
 """Operations in flight: :class:`Handle` (one nonblocking MPI operation and the memory it
-owns), :class:`Handles` (several as one, and what follows them: :meth:`Handle.all`) and
-:class:`PersistentRequests` (persistent point-to-point requests between fixed peers).
+owns), :class:`Handles` (several as one, and what follows them: :meth:`Handle.all`),
+:class:`PersistentRequests` (persistent point-to-point requests between fixed peers) and
+:class:`Posting` (the order they are handed to MPI).
 
 A :class:`~mpisgd.comm.Comm` makes them; they keep their buffers alive until the
 operation completes, post in the order they were created, and wait politely or
@@ -8,6 +9,7 @@ spin as the Comm was told (:mod:`mpisgd.mpienv`).
 """
 from __future__ import annotations
 
+import collections
 import os
 import time
 
@@ -20,6 +22,37 @@ from ._mpi import MPI
 #: that memory (a nonblocking collective cannot be freed or cancelled, MPI-3.1 sec. 5.12);
 #: it stays here, until the process ends, unless someone waits for it.
 _IN_FLIGHT: dict[int, "Handle"] = {}
+
+
+class Posting:
+    """The operations of one communicator created and not yet posted: collectives must
+    match on every rank, so they are posted in creation order, each once its device
+    data is ready (:mod:`mpisgd.staging`)."""
+
+    def __init__(self):
+        self.queue: collections.deque[Handle] = collections.deque()
+
+    def submit(self, handle: "Handle") -> "Handle":
+        self.queue.append(handle)
+        self.progress()
+        return handle
+
+    def progress(self, upto: "Handle | None" = None) -> None:
+        """Post queued operations, in order, whose device data is ready; with ``upto``,
+        block until that one is posted."""
+        while self.queue:
+            head = self.queue[0]
+            if not head._ready(block=upto is not None):
+                return
+            self.queue.popleft()
+            head._start()
+            if head is upto:
+                return
+
+    def flush(self) -> None:
+        """Post every queued operation (waiting for its device data)."""
+        if self.queue:
+            self.progress(upto=self.queue[-1])
 
 
 class Handle:
@@ -80,7 +113,7 @@ class Handle:
     def _complete(self) -> None:
         self.done = True
         _IN_FLIGHT.pop(id(self), None)
-        self._owner._release(self)
+        self._owner.claims.release(self)
         if self._finish is not None:
             self._finish()
         self._keep = self._requests = self._finish = None
@@ -191,8 +224,8 @@ class PersistentRequests:
         the sources flagged in ``recv_from``; the handle completes them."""
         owner = self.owner
         rows = [j for j, on in enumerate(recv_from) if on]
-        reads = [owner._claim(self.send, read_only=True)]
-        writes = [owner._claim(self.recv[j]) for j in rows]
+        reads = [owner.claims.claim(self.send, read_only=True)]
+        writes = [owner.claims.claim(self.recv[j]) for j in rows]
         ready = owner.boundary.ready(self.send)
         gate = [owner.boundary.to_host(self.send, self._send_host, after=ready)] if self.staged \
             else [ready]
@@ -209,7 +242,7 @@ class PersistentRequests:
                 owner.boundary.to_device(self._recv_host[j], self.recv[j], after=ready)
 
         handle = Handle(owner, post, [self], done if self.staged else None, gate=gate)
-        owner._own(handle, reads, writes)
+        owner.claims.own(handle, reads, writes)
         return owner._submit(handle)
 
     def free(self) -> None:

@@ -175,6 +175,42 @@ class DeviceBoundary:
             done = self.spans.close(start, stream)
         torch.cuda.current_stream(t.device).wait_event(done)
 
+    def route(self, tensors, access, staged, arrived=None):
+        """How ``tensors`` reach one MPI operation: ``(views, gate, done)``.
+
+        ``views``: what MPI gets (the tensor, or its host buffer where ``staged``);
+        ``gate``: the events its post waits for; ``done``: the copy back of what MPI
+        wrote into host buffers, on completion (``None``: nothing to copy). ``access``
+        per tensor: ``True`` (MPI only reads it), ``False`` (reads and writes) or
+        ``"w"`` (only writes it: a receive, not copied out first; ``arrived()`` the
+        bytes that came, when a message may be shorter than its buffer).
+        """
+        views, gate, back = [], [], []
+        for t, a, stage in zip(tensors, access, staged):
+            ready = self.ready(t)
+            if stage:
+                host = self.host_buffer(t)
+                if a != "w":
+                    gate.append(self.to_host(t, host, after=ready))
+                else:                              # MPI will write the host buffer: not before
+                    gate.append(self.fence(t))     # earlier copies out of it are done
+                views.append(host)
+                if a is not True:                  # only what MPI writes comes back
+                    back.append((t, host, ready))
+            else:
+                views.append(t)
+                gate.append(ready)                 # MPI touches the device memory itself
+
+        def done():
+            for t, host, ready in back:
+                n = arrived() if arrived is not None else None
+                if n is None:
+                    self.to_device(host, t, after=ready)
+                elif n:                            # a receive: only the bytes that arrived
+                    self.to_device(host.view(torch.uint8)[:n],
+                                   t.reshape(-1).view(torch.uint8)[:n], after=ready)
+        return views, gate, done if back else None
+
     def copy_seconds(self, block: bool = True) -> float:
         """Seconds the side streams spent copying so far (CUDA timing events).
 

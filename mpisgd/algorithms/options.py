@@ -25,7 +25,7 @@ from typing import Any, Callable
 from ..compress.codecs import parse as parse_codec
 from ..errors import OptionError
 from ..groups import parse as parse_group_size
-from ..stragglers import parse_comm, parse_compute
+from ..delays import parse_comm, parse_compute
 
 __all__ = ["Option", "OptionError", "coerce", "resolve"]
 

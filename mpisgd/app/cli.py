@@ -5,7 +5,7 @@ line, ``mpisgd: error: <message>``, once: rank 0 prints an error every rank
 raised alike (:attr:`~mpisgd.errors.ConfigError.echo`), naming the rank where
 it was another rank's. An exception during training prints the failing
 rank's traceback, notes its reason beside the run record
-(:func:`~mpisgd.app.record.note_failure`) and aborts the whole MPI job.
+(:func:`~mpisgd.app.sidecars.note_failure`) and aborts the whole MPI job.
 """
 from __future__ import annotations
 
@@ -215,13 +215,13 @@ def parser() -> argparse.ArgumentParser:
 def _train(args) -> int:
     from .._mpi import MPI
     from ..errors import abort_on_exception, agree
-    from . import record, train
+    from . import sidecars, train
     from .config import from_sources
     comm = MPI.COMM_WORLD
     cfg = None
 
     def note(exc) -> bool:      # the reason reaches the record; False: another rank's came first
-        return not (cfg and cfg.out) or record.note_failure(cfg.out, comm.Get_rank(), exc)
+        return not (cfg and cfg.out) or sidecars.note_failure(cfg.out, comm.Get_rank(), exc)
 
     abort_on_exception(comm, note)     # from here, an unexpected error on one rank ends the job
     if comm.Get_rank() != 0:

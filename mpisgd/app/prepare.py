@@ -19,7 +19,7 @@ from .._mpi import MPI
 from ..errors import ConfigError, agree, digest
 from ..mpienv import check_environment, check_launch
 from .config import TrainConfig
-from .record import claim
+from .sidecars import claim
 
 
 def threads_for(comm, requested: int | None) -> int:
@@ -37,7 +37,7 @@ def _default_out(algo: str) -> str:
 
 def writable(path: str, overwrite: bool = False, resume: bool = False) -> str:
     """``path`` if rank 0 can create the run record there and may: the record is then this
-    run's, locked (:func:`~mpisgd.app.record.claim`). ``ConfigError`` naming --out if not:
+    run's, locked (:func:`~mpisgd.app.sidecars.claim`). ``ConfigError`` naming --out if not:
     a directory, not writable, an existing file without --overwrite or --resume, or a
     record another job is writing."""
     if os.path.isdir(path):

@@ -5,7 +5,8 @@ are skipped, the interrupted resume from their newest checkpoint, the rest
 run from the start. Tasks that ask for the same ranks, cores and time limit
 form one job array (``DIR/jobs/GROUP.sbatch`` with its task list
 ``GROUP.tasks``, one name per line, line i + 1 for array index i), submitted
-with the scheduler's own command (``sbatch``, ``qsub``, ``bsub``). Each
+with the scheduler's own command (``sbatch``, ``qsub``, ``bsub``; each batch
+system is one object of :mod:`mpisgd.app.batch`). Each
 array task runs ``python -m mpisgd.app.sweep DIR NAME --launcher L``
 (:func:`run_task`), which reads the task's state off its files at the
 moment it starts (a resubmitted array does not redo what completed
@@ -38,11 +39,11 @@ import sys
 
 from ..errors import ConfigError
 from . import grid
+from .batch import SYSTEMS, Array
 from .grid import Task
 
-SCHEDULERS = ("slurm", "pbs", "lsf", "local")
-SUBMIT = {"slurm": ["sbatch", "--parsable"], "pbs": ["qsub"], "lsf": ["bsub"]}
-SUFFIX = {"slurm": "sbatch", "pbs": "pbs", "lsf": "bsub"}
+#: ``--scheduler``: a batch system (:mod:`mpisgd.app.batch`), or ``local``: here, one by one.
+SCHEDULERS = (*SYSTEMS, "local")
 
 
 def plan(grid_file: str, out: str) -> list[Task]:
@@ -63,40 +64,21 @@ def groups(tasks: list[Task]) -> dict[str, list[Task]]:
 
 def script(scheduler: str, out: str, group: str, tasks: list[Task], parallel: int | None = None) -> str:
     """The job-array script of one group of tasks (same ranks, cores, time limit)."""
-    t, n = tasks[0], len(tasks)
+    if scheduler not in SYSTEMS:
+        raise ConfigError(f"--scheduler must be one of {', '.join(SCHEDULERS)}, got {scheduler!r}")
+    system, t, n = SYSTEMS[scheduler], tasks[0], len(tasks)
     out = os.path.abspath(out)
     listing = os.path.join(out, "jobs", f"{group}.tasks")
     python = shlex.quote(sys.executable)
     run = f'exec {python} -m mpisgd.app.sweep {shlex.quote(out)} "$TASK" --launcher {scheduler}'
-    logs = os.path.join(out, "logs")
-    if scheduler == "slurm":
-        warn = max(10, min(120, t.seconds // 10))
-        head = [f"#SBATCH --job-name=mpisgd-{group}",
-                f"#SBATCH --array=0-{n - 1}" + (f"%{parallel}" if parallel else ""),
-                f"#SBATCH --ntasks={t.ranks}", f"#SBATCH --cpus-per-task={t.cpus}",
-                f"#SBATCH --time={t.time}", f"#SBATCH --signal=USR1@{warn}",
-                "#SBATCH --requeue", "#SBATCH --open-mode=append",
-                f"#SBATCH --output={logs}/%x-%A_%a.out"]
-        index = "$((SLURM_ARRAY_TASK_ID + 1))"
-    elif scheduler == "pbs":
-        head = [f"#PBS -N mpisgd-{group}"[:236], *([f"#PBS -J 0-{n - 1}"] if n > 1 else []),
-                f"#PBS -l select={t.ranks}:ncpus={t.cpus}:mpiprocs=1",
-                f"#PBS -l walltime={t.time}", "#PBS -j oe", f"#PBS -o {logs}/", "#PBS -r y"]
-        index = "$(( ${PBS_ARRAY_INDEX:-0} + 1 ))"
-    elif scheduler == "lsf":
-        h, m, _ = t.time.split(":")
-        head = [f'#BSUB -J "mpisgd-{group}[1-{n}]' + (f"%{parallel}" if parallel else "") + '"',
-                f"#BSUB -n {t.ranks}", f"#BSUB -W {int(h)}:{m}", f"#BSUB -o {logs}/%J_%I.out",
-                "#BSUB -wa USR1", "#BSUB -wt 2", '#BSUB -Q "3"']
-        index = "${LSB_JOBINDEX:-1}"
-    else:
-        raise ConfigError(f"--scheduler must be one of {', '.join(SCHEDULERS)}, got {scheduler!r}")
+    head = system.header(Array(f"mpisgd-{group}", n, t.ranks, t.cpus, t.time, t.seconds,
+                               os.path.join(out, "logs"), parallel))
     return "\n".join([
         "#!/bin/bash", f"# mpisgd sweep: {n} tasks of {t.ranks} ranks, {t.cpus} cores each, "
         f"time limit {t.time}; the task names are in {listing}", *head,
         "set -euo pipefail", f"cd {shlex.quote(out)}",
         f"export OMP_NUM_THREADS={t.cpus}",
-        f'TASK=$(sed -n "{index}p" {shlex.quote(listing)})', run, ""])
+        f'TASK=$(sed -n "{system.index}p" {shlex.quote(listing)})', run, ""])
 
 
 def submit(scheduler: str, out: str, tasks: list[Task], parallel: int | None = None,
@@ -108,17 +90,17 @@ def submit(scheduler: str, out: str, tasks: list[Task], parallel: int | None = N
     for group, members in groups(tasks).items():
         with open(os.path.join(out, "jobs", f"{group}.tasks"), "w", encoding="utf-8") as f:
             f.write("".join(f"{t.name}\n" for t in members))
-        path = os.path.join(out, "jobs", f"{group}.{SUFFIX[scheduler]}")
+        path = os.path.join(out, "jobs", f"{group}.{SYSTEMS[scheduler].suffix}")
         with open(path, "w", encoding="utf-8") as f:
             f.write(script(scheduler, out, group, members, parallel))
         if dry_run:
             submitted.append(path)
             continue
-        command = [*SUBMIT[scheduler], *(extra or [])]
+        command = [*SYSTEMS[scheduler].submit_argv, *(extra or [])]
         if shutil.which(command[0]) is None:
             raise ConfigError(f"--scheduler {scheduler}: no {command[0]} on PATH (the script is "
                               f"written: {path}; --dry-run writes without submitting)")
-        if scheduler == "lsf":          # bsub reads the script's #BSUB lines from its stdin
+        if SYSTEMS[scheduler].stdin:    # bsub reads the script's #BSUB lines from its stdin
             with open(path, encoding="utf-8") as f:
                 done = subprocess.run(command, stdin=f, capture_output=True, text=True)
         else:
@@ -142,9 +124,9 @@ def mpiexec() -> str:
 
 def launcher(kind: str, ranks: int) -> list[str]:
     """The command that starts ``ranks`` ranks under ``kind``."""
-    if kind == "slurm":
-        from ..mpienv import srun_mpi
-        return ["srun", f"--mpi={os.environ.get('SRUN_MPI') or srun_mpi()}", "-n", str(ranks)]
+    system = SYSTEMS.get(kind)
+    if system is not None and system.launch is not None:
+        return system.launch(ranks)
     command = [mpiexec()]
     version = subprocess.run([command[0], "--version"], capture_output=True, text=True).stdout
     if "Open MPI" in version or "OpenRTE" in version:
@@ -173,8 +155,9 @@ def run_task(out: str, name: str, kind: str) -> int:
     for sig in (signal.SIGTERM, signal.SIGUSR1):  # the ranks stop and checkpoint; this process
         signal.signal(sig, lambda *_: None)       # stays to requeue (a handler, not SIG_IGN:
     rc = subprocess.run(command).returncode       # the launcher gets the default back)
-    if rc == 3 and kind == "slurm" and os.environ.get("SLURM_JOB_ID"):
-        subprocess.run(["scontrol", "requeue", os.environ["SLURM_JOB_ID"]])
+    requeue = SYSTEMS[kind].requeue if kind in SYSTEMS else None
+    if rc == 3 and requeue is not None and requeue():     # interrupted, checkpointed
+        subprocess.run(requeue())
     return rc
 
 
@@ -203,7 +186,7 @@ def main(grid_file: str, out: str, scheduler: str, parallel: int | None = None,
     for (group, members), job in zip(groups(left).items(), ids):
         verb = "written" if dry_run else f"submitted as {job}"
         print(f"mpisgd sweep: {group}: {len(members)} tasks, {verb}"
-              + (f" ({os.path.join(out, 'jobs', group + '.' + SUFFIX[scheduler])})" if not dry_run else ""))
+              + (f" ({os.path.join(out, 'jobs', group + '.' + SYSTEMS[scheduler].suffix)})" if not dry_run else ""))
     return 0
 
 

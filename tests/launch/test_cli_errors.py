@@ -154,7 +154,7 @@ def test_existing_or_locked_record_is_refused(tmp_path):
     proc, _ = launch(["--steps", "5", "--out", str(out)])
     assert proc.returncode == 2
     assert_one_error_line(proc, f"--out {out} exists; give --overwrite to replace it")
-    code = (f"from mpisgd.app import record; record.lock({str(out)!r}); "
+    code = (f"from mpisgd.app import sidecars; sidecars.lock({str(out)!r}); "
             "print('held', flush=True); input()")
     other = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, text=True, cwd=ROOT)

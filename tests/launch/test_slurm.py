@@ -9,6 +9,7 @@ stop at its end. Needs root (apt-get, munged, slurmd): CI runs as root; a
 user's machine without root and without a Slurm skips, saying so.
 """
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -54,11 +55,24 @@ def wait_for(check, timeout, what):
         time.sleep(0.5)
 
 
+def finished(env, job, timeout=300):
+    """Wait for ``job`` (every task of an array) to end; its final state. Polled every 0.5 s:
+    ``sbatch --wait`` polls at growing intervals up to 10 s, a third of these tests' time."""
+    def state():
+        out = subprocess.run(["scontrol", "-o", "show", "job", job], env=env,
+                             capture_output=True, text=True).stdout
+        return re.findall(r"JobState=(\S+)", out)
+    wait_for(lambda: not {"PENDING", "RUNNING", "COMPLETING", "CONFIGURING"} & set(state()),
+             timeout, f"job {job} to end")
+    return set(state())
+
+
 def test_a_sweep_runs_as_a_job_array_of_mpi_tasks_and_skips_what_completed(slurm, tmp_path):
     grid = "algo: local\nsteps: 12\nbatch_size: 16\nranks: 2\ntau: 4\ngrid:\n  seed: [0, 1]\n"
-    done = sweep(tmp_path, slurm, grid, "--submit-arg=--wait")
+    done = sweep(tmp_path, slurm, grid)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "2 tasks in study: 2 pending" in done.stdout and "2 tasks, submitted as" in done.stdout
+    assert finished(slurm, done.stdout.split("submitted as ")[1].split()[0]) == {"COMPLETED"}
     finals = {}
     for seed in (0, 1):
         path = tmp_path / "study" / "runs" / f"seed-{seed}.h5"
@@ -108,13 +122,15 @@ def test_the_slurm_job_script_runs_one_world(slurm, tmp_path):
         os.path.join(ROOT, ".venv")) else None
     if not (tmp_path / ".venv").exists():
         pytest.skip("jobs/slurm.sbatch activates .venv; this checkout has none")
-    done = subprocess.run(["sbatch", "--wait", "--ntasks-per-node=2", "--job-name=t",
+    done = subprocess.run(["sbatch", "--parsable", "--ntasks-per-node=2", "--job-name=t",
                            os.path.join(ROOT, "jobs", "slurm.sbatch"), "--steps", "10",
                            "--algo", "local", "--tau", "2"],
-                          cwd=tmp_path, env=slurm, capture_output=True, text=True, timeout=300)
-    job = done.stdout.split()[-1]
+                          cwd=tmp_path, env=slurm, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    job = done.stdout.strip().split(";")[0]
+    states = finished(slurm, job)
     log = (tmp_path / f"t-{job}.out").read_text()
-    assert done.returncode == 0, done.stdout + done.stderr + log
+    assert states == {"COMPLETED"}, log
     st, world, steps = status(tmp_path / "runs" / f"t-{job}.h5")
     assert (st, world, steps[-1]) == ("completed", 2, 10)
     assert "local, 2 workers, 10 steps" in log

@@ -1,6 +1,7 @@
 """Comm under mpiexec: closed forms on COMM_WORLD and on a Dup of it (STYLE 3, 11)."""
 import pytest
 import torch
+from mpisgd import device_ops
 from mpisgd.comm import DEVICE_OPS, Comm
 
 
@@ -115,8 +116,8 @@ def test_each_probe_is_right_on_host_buffers(comm, op):
     Comm's own operations: right on every rank, at every size (the probe of a CUDA-aware
     MPI must not fail for a reason of its own)."""
     c = Comm(comm)
-    assert c._probe(op, "cpu") is True
-    assert comm.allgather(c._probe(op, "cpu")) == [True] * comm.Get_size()
+    assert device_ops.works(c, op, "cpu") is True
+    assert comm.allgather(device_ops.works(c, op, "cpu")) == [True] * comm.Get_size()
 
 
 def test_an_mpi_that_cannot_read_device_memory_is_refused_or_staged(comm, monkeypatch):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from mpisgd.app import prepare, record, train
+from mpisgd.app import prepare, record, sidecars, train
 from mpisgd.app.config import from_sources
 from mpisgd.errors import ConfigError
 
@@ -24,12 +24,12 @@ def test_existing_record_is_refused_unless_overwrite_or_resume(tmp_path):
     new(path).log(**ROW)
     with pytest.raises(ConfigError, match=rf"^--out {path} exists; give --overwrite to replace "
                                           r"it, --resume CHECKPOINT to continue its run"):
-        record.claim(path)
-    record.claim(path, resume=True)                   # a continuation expects it
+        sidecars.claim(path)
+    sidecars.claim(path, resume=True)                   # a continuation expects it
     assert os.path.exists(path)
-    open(path + record.FAILED, "w").write("rank 1: OSError: old")
-    record.claim(path, overwrite=True)                # the old run's rows and failure go
-    assert not os.path.exists(path) and not os.path.exists(path + record.FAILED)
+    open(path + sidecars.FAILED, "w").write("rank 1: OSError: old")
+    sidecars.claim(path, overwrite=True)                # the old run's rows and failure go
+    assert not os.path.exists(path) and not os.path.exists(path + sidecars.FAILED)
 
 
 def test_prepare_refuses_an_existing_out_before_training(tmp_path):
@@ -45,7 +45,7 @@ def test_prepare_refuses_an_existing_out_before_training(tmp_path):
 
 def hold(path, then="time.sleep(60)"):
     """Another process holding the record's lock: it prints 'held' once it has it."""
-    code = (f"import time; from mpisgd.app import record; record.lock({str(path)!r}); "
+    code = (f"import time; from mpisgd.app import sidecars; sidecars.lock({str(path)!r}); "
             f"print('held', flush=True); {then}")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "held"
@@ -58,7 +58,7 @@ def test_a_record_another_job_writes_is_refused_naming_it(tmp_path):
     try:
         with pytest.raises(ConfigError, match=rf"^--out {path} is being written by another job "
                                               rf"\(pid {other.pid} on .*\); wait for it"):
-            record.claim(path, overwrite=True)
+            sidecars.claim(path, overwrite=True)
         with pytest.raises(ConfigError, match="being written by another job"):
             new(path)
     finally:
@@ -71,12 +71,12 @@ def test_a_record_another_job_writes_is_refused_naming_it(tmp_path):
 def test_lock_file_goes_when_its_holder_exits(tmp_path):
     path = str(tmp_path / "run.h5")
     hold(path, then="").wait()
-    assert not os.path.exists(path + record.LOCK)
-    record.lock(path)
-    record.lock(path)             # once per process
-    assert "pid %d on" % os.getpid() in open(path + record.LOCK).read()
-    record.unlock(path)
-    assert not os.path.exists(path + record.LOCK)
+    assert not os.path.exists(path + sidecars.LOCK)
+    sidecars.lock(path)
+    sidecars.lock(path)             # once per process
+    assert "pid %d on" % os.getpid() in open(path + sidecars.LOCK).read()
+    sidecars.unlock(path)
+    assert not os.path.exists(path + sidecars.LOCK)
 
 
 def test_continuation_starts_from_the_checkpoints_rows(tmp_path):
@@ -96,9 +96,9 @@ def test_continuation_starts_from_the_checkpoints_rows(tmp_path):
 def test_first_noted_failure_is_the_status(tmp_path):
     path = str(tmp_path / "run.h5")
     rec = new(path)
-    assert record.failure(path) is None
-    assert record.note_failure(path, 2, ValueError("bad batch")) is True
-    assert record.note_failure(path, 3, RuntimeError("peer died")) is False   # an echo
+    assert sidecars.failure(path) is None
+    assert sidecars.note_failure(path, 2, ValueError("bad batch")) is True
+    assert sidecars.note_failure(path, 3, RuntimeError("peer died")) is False   # an echo
     assert record.read(path)["attrs"]["status"] == "failed: rank 2: ValueError: bad batch"
     rec.fail("RuntimeError: rank 0's consequence")
     assert record.read(path)["attrs"]["status"] == "failed: rank 2: ValueError: bad batch"
@@ -108,7 +108,7 @@ def test_first_noted_failure_is_the_status(tmp_path):
 def test_a_completed_record_ignores_a_late_note(tmp_path):
     path = str(tmp_path / "run.h5")
     new(path)._status("completed")
-    record.note_failure(path, 1, OSError("after the end"))
+    sidecars.note_failure(path, 1, OSError("after the end"))
     assert record.read(path)["attrs"]["status"] == "completed"
 
 

@@ -6,8 +6,9 @@ import time
 import numpy as np
 import pytest
 
-from mpisgd.stragglers import (CommDelay, Compute, Constant, Exponential, Pareto, ShiftedExponential,
-                               Stragglers, parse_comm, parse_compute, wait)
+from mpisgd.delays import (CommDelay, Compute, Constant, Exponential, Pareto, ShiftedExponential,
+                           parse_comm, parse_compute)
+from mpisgd.stragglers import Stragglers, wait
 
 N = 20000
 
