@@ -133,18 +133,17 @@ class CenterAlgorithm(Served):
     def shared(self) -> torch.Tensor:
         return self.server.center
 
-    def _step(self) -> None:
+    def _step(self) -> int:
         """One local step; in every tau-th an exchange with the centre."""
         self._check_stepping()
-        self.steps += 1
         if self._following():           # the leader's parameters arrive after the step
-            return
+            return 0
         self.center.progress()
         exchange = self.schedule.communicate(self.steps)
         if exchange:
             self._round_delay()
         self.local_step(exchange)
-        self.rounds += exchange
+        return int(exchange)
 
     def local_step(self, exchange: bool) -> None:
         raise NotImplementedError
@@ -180,7 +179,7 @@ class EAMSGD(AsyncEASGD):
 
     name = "eamsgd"
     tensors = ("velocity",)
-    owns_momentum, default_momentum = True, 0.0     # its momentum is delta
+    owns_momentum = True        # its momentum is delta
     options = AsyncEASGD.options + (DELTA,)
 
     def validate(self):
@@ -225,10 +224,6 @@ class Downpour(CenterAlgorithm):
 
     name = "downpour"
     tensors = ("anchor",)
-    default_momentum = 0.0
-    momentum_caveat = ("each worker's momentum runs on across its pulls of the centre and "
-                       "adds to every push, which collapses training (the EASGD paper's "
-                       "DOWNPOUR pushes plain SGD steps): use --momentum 0")
 
     def __init__(self, model, optimizer, comm=None, **options):
         super().__init__(model, optimizer, comm, **options)

@@ -20,14 +20,12 @@ import time
 import warnings
 from types import MappingProxyType
 
-import numpy as np
 import torch
 
 from .._mpi import MPI
 
 from .. import groups
-from ..staging import Spans
-from ..steptimes import StepTimes
+from ..steptimes import StepClock
 from .binding import bind
 from .options import STRAGGLERS, Option, resolve
 from .spec import AlgorithmSpec, _outside_frame
@@ -49,11 +47,6 @@ class Algorithm(abc.ABC):
     options: tuple[Option, ...] = ()
     is_worker = True
     owns_momentum = False    # True: the algorithm applies its own momentum (the optimizer's is 0)
-    #: ``mpisgd train``'s ``--momentum`` when not given (the run record stores the value used).
-    default_momentum = 0.9
-    #: Why ``default_momentum`` is 0, where it is for a reason: ``mpisgd train`` warns with it
-    #: when a momentum > 0 is given.
-    momentum_caveat = ""
     private_comm = False     # True: communicate on a Dup of comm (point-to-point with ANY_SOURCE)
     collective_rounds = True  # rounds are collectives: every rank draws the same comm delay
 
@@ -96,22 +89,19 @@ class Algorithm(abc.ABC):
         bind(self, comm, device)       # checks, agreement, flat buffer, communicators, groups
         #: With groups, the gradient mean inside the group before every step (or ``None``).
         self.inner = self._inner_mean()
-        self.steps = 0       # local optimizer steps taken
-        self.rounds = 0      # communication rounds taken
+        self.steps = 0       # local optimizer steps taken (counted by step())
+        self.rounds = 0      # communication rounds taken (step() adds what _step() returns)
         self.finished = False
-        self._stepped = None  # when the last step() returned (the next step's compute starts)
-        self._entered = None  # when the last step() was called
-        self.step_times = StepTimes(self.rank)     # per step: compute and wall (mpisgd.steptimes)
-        # on a GPU a step's compute is the device's time (CUDA events): the host only
-        # launches the kernels, and reaches step() long before they have run
-        self._device_clock = Spans() if self.flat.device.type == "cuda" else None
-        self._stepped_mark = None   # the event recorded as the last step() returned
+        #: Each step's compute and wall time, with the injected delay (:mod:`mpisgd.steptimes`).
+        self.timer = StepClock(self.rank, self.flat.device, self.stragglers)
+        #: The losses given to :meth:`step` since a schedule last read them
+        #: (:class:`~mpisgd.losses.LossWindow`), where one does (AdaComm); else ``None``.
+        self.losses = None
         #: The clock schedules read: seconds of training, from the end of construction;
         #: the training driver sets its own, which starts at its start barrier and
         #: stops during log points.
         built = time.perf_counter()
         self.clock = lambda: time.perf_counter() - built
-        self._loss_sum, self._loss_count, self._loss_first = None, 0, None
 
     # ---- hooks for subclasses -----------------------------------------
 
@@ -160,9 +150,10 @@ class Algorithm(abc.ABC):
         warnings.warn(message, UserWarning, stacklevel=_outside_frame())
 
     @abc.abstractmethod
-    def _step(self) -> None:
+    def _step(self) -> int:
         """One local step and whatever communication follows it (:meth:`step` calls it,
-        after the injected compute delay); counts :attr:`steps` and :attr:`rounds`."""
+        after the injected compute delay and with :attr:`steps` counting this step);
+        returns how many rounds it started (0 or 1, more for fragments)."""
 
     # ---- the public API ----------------------------------------------
 
@@ -218,40 +209,17 @@ class Algorithm(abc.ABC):
         step first spends it, as if the gradient had taken that much longer
         (see :meth:`_cancellation`); subclasses implement :meth:`_step`.
         """
-        if loss is not None:
-            loss = loss.detach().double() if torch.is_tensor(loss) else float(loss)
-            if self._loss_sum is None:
-                self._loss_sum = self._loss_first = loss
-            else:
-                self._loss_sum = self._loss_sum + loss
-            self._loss_count += 1
-        now = time.perf_counter()
-        compute = now - self._stepped if self._stepped is not None else 0.0
-        interval = now - self._entered if self._entered is not None else np.nan
-        if self.stragglers is not None:
-            if self.flat.device.type == "cuda":   # the delay follows this step's kernels, as on
-                torch.cuda.current_stream(self.flat.device).synchronize()   # a slower GPU
-                compute = time.perf_counter() - (self._stepped or now)
-            drawn = self.stragglers.compute(compute, record=False)
-            self.stragglers.spend(drawn, self._cancellation())
-            compute += drawn        # what the step stands for, a cancelled one whole
-            self.step_times.add(compute, interval)
-        elif self._device_clock is not None and self._stepped_mark is not None:
-            self._device_clock.close(self._stepped_mark, self._stream(),
-                                     then=lambda seconds: self.step_times.add(seconds, interval))
-            self._device_clock.collect()      # the steps whose kernels have run, no sync
-        else:
-            self.step_times.add(compute, interval)
-        self._entered = now
+        if loss is not None and self.losses is not None:
+            self.losses.add(loss)
+        self.timer.enter(self._cancellation)
         if self.inner is not None:
             self.inner.synchronize()
-        self._step()
+        self.steps += 1
+        self.rounds += self._step()
         if self.inner is not None:
             self.inner.reset()
         self._after_step()
-        self._stepped = time.perf_counter()
-        if self._device_clock is not None:
-            self._stepped_mark = Spans.mark(self._stream())
+        self.timer.leave()
 
     def no_sync(self):
         """Accumulate gradients locally (no communication) inside this block, as DDP's: with
@@ -262,23 +230,6 @@ class Algorithm(abc.ABC):
 
     def _after_step(self) -> None:
         """After :meth:`_step`, every worker (with groups, a group's leader speaks for it)."""
-
-    def _stream(self):
-        return torch.cuda.current_stream(self.flat.device)
-
-    def _step_times(self) -> StepTimes:
-        """:attr:`step_times` with every step's device time in (waits for the device)."""
-        if self._device_clock is not None:
-            self._device_clock.collect(block=True)
-        return self.step_times
-
-    def take_loss(self) -> tuple[float, int, float]:
-        """The sum, count and first of the losses given to :meth:`step` since the last call."""
-        if self._loss_sum is None:
-            return 0.0, 0, 0.0
-        out = float(self._loss_sum), self._loss_count, float(self._loss_first)
-        self._loss_sum, self._loss_count, self._loss_first = None, 0, None
-        return out
 
     def _cancellation(self):
         """A cheap ``() -> bool`` that ends an injected compute delay early (the work is
@@ -383,8 +334,8 @@ class Algorithm(abc.ABC):
 
     def state_dict(self) -> dict:
         """Everything a continuation needs on this rank, between two steps: the flat
-        parameters and buffers, the optimizer's state, the counters, the loss reported
-        since the last round, the injected delays' random streams. Tensors, numbers,
+        parameters and buffers, the optimizer's state, the counters, the step times,
+        the injected delays' random streams. Tensors, numbers,
         strings and containers of them only (a checkpoint loads with
         ``torch.load(weights_only=True)``). Subclasses add theirs to ``super()``'s.
 
@@ -394,8 +345,7 @@ class Algorithm(abc.ABC):
         state = {"params": self.flat.data, "buffers": self.flat.buffers,
                  "optimizer": self.optimizer.state_dict(),
                  "steps": self.steps, "rounds": self.rounds,
-                 "loss": [self._loss_sum, self._loss_count, self._loss_first],
-                 "comm": self.comm.counters(), "step_times": self._step_times().state_dict()}
+                 "comm": self.comm.counters(), "step_times": self.timer.collected().state_dict()}
         if self.groups is not None:
             state["group_comms"] = [c.counters() for c in self.groups.comms()]
         if self.stragglers is not None:
@@ -409,9 +359,7 @@ class Algorithm(abc.ABC):
             self.flat.buffers.copy_(state["buffers"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.steps, self.rounds = state["steps"], state["rounds"]
-        self._loss_sum, self._loss_count, self._loss_first = state["loss"]
-        if "step_times" in state:
-            self.step_times.load_state_dict(state["step_times"])
+        self.timer.times.load_state_dict(state["step_times"])
         comms = [self.comm] + (list(self.groups.comms()) if self.groups is not None else [])
         for comm, saved in zip(comms, [state["comm"]] + state.get("group_comms", [])):
             comm.load_counters(saved)
@@ -429,7 +377,7 @@ class Algorithm(abc.ABC):
 
     def worker_series(self) -> dict:
         """This worker's figures for the run record, ``{"group/name": number}``."""
-        out = self._step_times().series()
+        out = self.timer.collected().series()
         if self.groups is not None:     # bytes per level: inside the group, across groups
             inside, across = (c.bytes_sent for c in self.groups.comms())
             out.update({"groups/inside_bytes": inside, "groups/across_bytes": across})

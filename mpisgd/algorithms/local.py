@@ -131,17 +131,16 @@ class LocalSGD(Scheduled):
     def make_outer(self):
         return None if streams(self.opts) else super().make_outer()   # per fragment there
 
-    def _step(self) -> None:
+    def _step(self) -> int:
         if self.streaming is None:
             return super()._step()
         self.finished = False
-        self.steps += 1
         self.optimizer.step()
         landed = self.streaming.landed
         started = self.streaming.after_step(self.steps)
         self._gather_if(landed)
-        self.rounds += started
         self._since = 0 if started else self._since + 1
+        return started
 
     def _gather_if(self, landed: int) -> None:
         """With groups, the group's blocks of x after rounds landed (each rank streams its own)."""

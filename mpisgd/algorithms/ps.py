@@ -41,11 +41,6 @@ from .traits import Traits
 
 
 #: Why the families that apply stale gradients default to ``momentum=0`` (``mpisgd train``).
-STALE_MOMENTUM = ("the server applies stale gradients through this momentum, which can hold "
-                  "the model at chance (Dutta et al. run plain SGD on the server): use "
-                  "--momentum 0, or damp stale gradients with --staleness-lr C,ETA_MAX")
-
-
 class ParameterServerSGD(Served):
     """The family's common worker step; subclasses set :attr:`protocol`
     (a :class:`~mpisgd.server.params.Protocol`)."""
@@ -131,21 +126,20 @@ class ParameterServerSGD(Served):
         """Push this step's gradient (unless a newer version cancelled it) and adopt
         the parameters the protocol sends back."""
         self._check_stepping()
-        self.steps += 1
         if self._following():           # the leader's parameters arrive after the step
-            return
+            return 0
         client, protocol = self.client, self.protocol
         if protocol.drop_stale and client.adopt(wait=False):
             self.abandoned += 1         # computed at a version that is gone: drop it
-            return
+            return 0
         self._round_delay()
         client.push(self.flat.flat_grad())
-        self.rounds += 1
         if protocol.drop_stale:         # k-sync: wait for the next version (it cancels the
             client.adopt(wait=protocol.wait_version)   # slower workers); else go on at this one
         else:
             client.reply()
         client.settle()                 # the gradient buffer is the next backward's
+        return 1
 
     def worker_series(self) -> dict:
         return {**super().worker_series(), "workers/abandoned": self.abandoned}
@@ -162,7 +156,6 @@ class Async(ParameterServerSGD):
     """Asynchronous SGD: every gradient updates w at once, stale ones too (K = 1)."""
 
     name, protocol, k_all = "async", PROTOCOLS["k-batch-async"], False
-    default_momentum, momentum_caveat = 0.0, STALE_MOMENTUM
     options = (STALENESS_LR, SERVERS, GROUP_SIZE)
 
 
@@ -177,7 +170,6 @@ class KAsync(ParameterServerSGD):
     """The first K distinct workers' gradients, stale ones too; no cancelling."""
 
     name, protocol = "k-async", PROTOCOLS["k-async"]
-    default_momentum, momentum_caveat = 0.0, STALE_MOMENTUM
 
 
 class KBatchSync(ParameterServerSGD):
@@ -191,7 +183,6 @@ class KBatchAsync(ParameterServerSGD):
     """Any K gradients, stale ones too; each push is answered at once with the current w."""
 
     name, protocol, k_all = "k-batch-async", PROTOCOLS["k-batch-async"], False
-    default_momentum, momentum_caveat = 0.0, STALE_MOMENTUM
 
 
 FAMILY = (PSSync, Async, KSync, KAsync, KBatchSync, KBatchAsync)

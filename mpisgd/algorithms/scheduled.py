@@ -41,6 +41,7 @@ import torch
 from .. import schedule as schedules
 from . import outer, state
 from ..errors import OptionError
+from ..losses import LossWindow
 from .base import Algorithm
 from .rounds import Average, Round
 
@@ -98,6 +99,8 @@ class Scheduled(Algorithm):
         self.inside = Average(self.groups.group, self.flat.data, self.flat.buffers) \
             if self.groups is not None and self.opts.get("group_tau", 1) > 1 else None
         self._since_inside = 0     # local steps since the group last averaged
+        if self.schedule.needs_stats:       # the round's losses, for its report
+            self.losses = LossWindow(self.flat.device)
 
     @abc.abstractmethod
     def make_round(self) -> Round:
@@ -115,13 +118,13 @@ class Scheduled(Algorithm):
     def rounds_based(self) -> bool:
         return self.schedule.rounds_based
 
-    def _step(self) -> None:
+    def _step(self) -> int:
         """One local step; a round when the schedule says so; the next step's learning rate."""
         self.finished = False
-        self.steps += 1
         self._since += 1
         now = self.clock()
-        if self.schedule.communicate(self.steps, now):
+        rounds = int(self.schedule.communicate(self.steps, now))
+        if rounds:
             pending = self._post_report(now) if self.schedule.needs_stats else None
             self._round(local_step=True)
             self._since = 0
@@ -141,6 +144,7 @@ class Scheduled(Algorithm):
             scale = self.schedule.lr_scale(self.steps)
             for group, lr in zip(self.optimizer.param_groups, self._base_lr):
                 group["lr"] = lr * scale
+        return rounds
 
     def _local_step(self) -> None:
         self.optimizer.step()
@@ -153,7 +157,8 @@ class Scheduled(Algorithm):
             self._since_inside = 0
 
     def _round(self, local_step: bool) -> None:
-        """A round (with this step's local update, if ``local_step``), then the state policy."""
+        """Round :attr:`rounds` (with this step's local update, if ``local_step``), then the
+        state policy; the caller counts it."""
         r = self.round
         if r.simultaneous:
             self._round_delay()
@@ -175,7 +180,6 @@ class Scheduled(Algorithm):
                 self._pending = pending
             else:
                 self._finish_round(pending)
-        self.rounds += 1
         self.state.after_round()
 
     def _finish_round(self, pending) -> None:
@@ -196,7 +200,7 @@ class Scheduled(Algorithm):
     def _post_report(self, now: float):
         """Start gathering every worker's report on the round that ends now."""
         r = self._report
-        r[0], r[1], r[2] = self.take_loss()
+        r[0], r[1], _, r[2] = self.losses.take()
         r[3], r[4], r[5] = self._since, now - self._round_start, now
         return self.comm.iallgather(r, self._reports)
 
@@ -206,6 +210,7 @@ class Scheduled(Algorithm):
         self._settle()
         if self.final_round and not self.finished and self._since:
             self._round(local_step=False)
+            self.rounds += 1
             self._settle()
         super().finish()
 
@@ -217,6 +222,7 @@ class Scheduled(Algorithm):
                 "round": self.round.state_dict(), "since": self._since,
                 "since_inside": self._since_inside,
                 "outer": self.outer.state_dict() if self.outer is not None else None,
+                "losses": self.losses.state_dict() if self.losses is not None else None,
                 "round_start": self._round_start,
                 "pending": self.rounds - 1 if self._pending is not None else None}
 
@@ -228,6 +234,8 @@ class Scheduled(Algorithm):
             self.outer.load_state_dict(state["outer"])
         self._since, self._round_start = state["since"], state["round_start"]
         self._since_inside = state.get("since_inside", 0)
+        if self.losses is not None:
+            self.losses.load_state_dict(state["losses"])
         if state["pending"] is not None:
             counters = self.peers.bytes_sent, self.peers.comm_time
             self._pending = self.round.start(state["pending"])

@@ -125,13 +125,12 @@ class SyncSGD(Algorithm):
         """
         self.mean.synchronize()
 
-    def _step(self) -> None:
+    def _step(self) -> int:
         """Average the gradients (if :meth:`synchronize` has not), then the optimizer step."""
         self.mean.synchronize()
         self.optimizer.step()
         self.mean.reset()
-        self.steps += 1
-        self.rounds += 1
+        return 1
 
     @property
     def replicas_identical(self) -> bool:

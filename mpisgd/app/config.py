@@ -17,16 +17,28 @@ from ..algorithms.options import coerce
 from ..errors import ConfigError, OptionError
 
 
+#: ``--momentum`` when not given (the run record stores the value used).
+MOMENTUM = 0.9
+_STALE = ("the server applies stale gradients through this momentum, which can hold the model "
+          "at chance (Dutta et al. run plain SGD on the server): use --momentum 0, or damp "
+          "stale gradients with --staleness-lr C,ETA_MAX")
+#: Where the default is 0, and why: the warning given with a momentum > 0 ("" for eamsgd,
+#: whose momentum is its own --delta).
+ZERO_MOMENTUM = {
+    "async": _STALE, "k-async": _STALE, "k-batch-async": _STALE, "eamsgd": "",
+    "downpour": "each worker's momentum runs on across its pulls of the centre and adds to "
+                "every push, which collapses training (the EASGD paper's DOWNPOUR pushes "
+                "plain SGD steps): use --momentum 0"}
+
+
+def default_momentum(algo: str) -> float:
+    """``--momentum`` when not given for ``--algo algo``."""
+    return 0.0 if algo in ZERO_MOMENTUM else MOMENTUM
+
+
 def _momentum_help() -> str:
-    """``--momentum``'s help: the default of :attr:`Algorithm.default_momentum` and the
-    algorithms whose own default differs, from the registry."""
-    usual = algorithms.Algorithm.default_momentum
-    others: dict[float, list[str]] = {}
-    for name, cls in algorithms.ALGORITHMS.items():
-        if cls.default_momentum != usual:
-            others.setdefault(cls.default_momentum, []).append(name)
-    return (f"SGD momentum (default {usual:g}; "
-            + "; ".join(f"{m:g} for {', '.join(names)}" for m, names in others.items()) + ")")
+    """``--momentum``'s help: the usual default, and the algorithms whose default is 0."""
+    return f"SGD momentum (default {MOMENTUM:g}; 0 for {', '.join(ZERO_MOMENTUM)})"
 
 
 @dataclass
@@ -103,14 +115,13 @@ class TrainConfig:
             need(self.steps is None, "epochs", "used without --steps", self.epochs)
         need(self.batch_size >= 1, "batch-size", "a positive integer", self.batch_size)
         need(self.lr > 0, "lr", "positive", self.lr)
-        cls = algorithms.ALGORITHMS.get(self.algo, algorithms.Algorithm)   # unknown: refused below
         given = self.momentum is not None
         if not given:            # the algorithm's default, recorded as the value
-            self.momentum = cls.default_momentum
+            self.momentum = default_momentum(self.algo)
         need(0 <= self.momentum < 1, "momentum", "in [0, 1)", self.momentum)
-        if given and self.momentum > 0 and cls.momentum_caveat:
+        if given and self.momentum > 0 and ZERO_MOMENTUM.get(self.algo):
             warnings.warn(f"--momentum {self.momentum:g} with --algo {self.algo}: "
-                          f"{cls.momentum_caveat}", UserWarning, stacklevel=2)
+                          f"{ZERO_MOMENTUM[self.algo]}", UserWarning, stacklevel=2)
         need(not self.nesterov or self.momentum > 0, "nesterov", "used with --momentum > 0",
              self.nesterov)
         need(self.weight_decay >= 0, "weight-decay", "non-negative", self.weight_decay)

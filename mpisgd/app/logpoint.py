@@ -70,7 +70,9 @@ def log_row(algo, evaluate, step, wall, watch, bytes_before, signals, local_step
     step of its first non-finite loss, -1 for non-finite parameters, 0: fine) and its
     signal vote (:func:`~mpisgd.app.stops.vote_code`). One Allreduce carries it all,
     the per-rank figures in one-hot slots."""
+    from_start = watch.first_step == 0
     loss_sum, seen, bad, first = watch.take(local_step)
+    first = first if from_start else 0.0
     if not bad and not algo.finite():
         bad = -1
     size, me = algo.telemetry.size, algo.telemetry.rank

@@ -16,7 +16,8 @@ import torch
 from .. import checkpoint
 from .logpoint import check_finite, log_row
 from .pace import next_multiple
-from .stops import Interrupted, LossWatch, signal_name
+from ..losses import LossWindow
+from .stops import Interrupted, signal_name
 
 
 class Points:
@@ -31,7 +32,7 @@ class Points:
         self.cfg, self.algo, self.record = cfg, algo, record
         self.evaluate, self.progress, self.signals, self.kept = evaluate, progress, signals, kept
         self.telemetry = algo.telemetry   # every collective: uncounted, in the algorithm's order
-        self.watch = LossWatch(algo.device)
+        self.watch = LossWindow(algo.device)
         self.ckpt_dir = cfg.checkpoint_dir or checkpoint.default_dir(cfg.out)
         self.rank0 = record is not None
         self.rows = []             # rank 0: the record's rows, for checkpoints

@@ -9,15 +9,14 @@
   vote at log points, in the log point's own Allreduce. Every rank then
   stops after the same step, a checkpoint is written, and the job exits with
   :data:`EXIT_INTERRUPTED`. A second signal ends the process at once.
-* **Divergence.** Each step's loss is kept (a reference: no kernel, no host
-  sync); at a log point each rank finds its first non-finite loss among them and
+* **Divergence.** Each step's loss is kept (a
+  :class:`~mpisgd.losses.LossWindow`: no kernel, no host sync); at a log point each rank finds its first non-finite loss among them and
   checks its parameters for non-finite values, and the flags travel in the
   log point's Allreduce: every rank stops within one log interval, with
   :data:`EXIT_DIVERGED`.
 """
 from __future__ import annotations
 
-import math
 import os
 import signal
 
@@ -131,42 +130,3 @@ def signal_name(code: float) -> str | None:
     return SIGNALS[int(code) - 1] if code > 0 else None
 
 
-class LossWatch:
-    """The losses of one log interval, for their sum and their first non-finite one.
-
-    :meth:`add` keeps a reference to the step's (detached) loss tensor: no
-    kernel and no host synchronisation per step (cheaper than summing into
-    an accumulator). :meth:`take` at a log point stacks them (one kernel,
-    one copy to the host) and returns (sum, count, the local step of the
-    first non-finite loss, 1-based, or 0, the first step's loss if this
-    interval holds it, else 0), then starts the next interval.
-    """
-
-    def __init__(self, device=None):
-        self.device = device       # where the step losses are (a resumed interval goes there)
-        self.losses: list[torch.Tensor] = []
-        self.first_step = 0        # the local step before losses[0]
-
-    def add(self, loss: torch.Tensor) -> None:
-        self.losses.append(loss.detach())
-
-    def take(self, next_step: int) -> tuple[float, int, int, float]:
-        n = len(self.losses)
-        total, bad, first = 0.0, 0, 0.0
-        if n:
-            losses = torch.stack(self.losses).double().cpu()
-            total = losses.sum().item()
-            if not math.isfinite(total):
-                bad = self.first_step + int((~torch.isfinite(losses)).nonzero()[0].item()) + 1
-            if self.first_step == 0:
-                first = losses[0].item()
-        self.losses, self.first_step = [], next_step
-        return total, n, bad, first
-
-    def state_dict(self) -> dict:
-        losses = torch.stack(self.losses).cpu() if self.losses else torch.zeros(0)
-        return {"losses": losses, "first_step": self.first_step}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.losses = list(state["losses"].to(self.device).unbind())
-        self.first_step = state["first_step"]

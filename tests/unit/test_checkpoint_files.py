@@ -8,7 +8,7 @@ from mpi4py import MPI
 
 from mpisgd import checkpoint, streams
 from mpisgd.app.config import TrainConfig
-from mpisgd.app.stops import LossWatch
+from mpisgd.losses import LossWindow
 from mpisgd.comm import Comm
 from mpisgd.errors import ConfigError
 from mpisgd.schedule import AdaComm, TimeVarying
@@ -122,20 +122,21 @@ def test_schedules_and_delays_continue_from_their_state():
     assert s2.comm() == s1.comm() and s2.summary() == s1.summary()
 
 
-def test_loss_watch_finds_the_first_non_finite_step_and_survives_a_checkpoint():
-    w = LossWatch()
+def test_loss_window_finds_the_first_non_finite_step_and_survives_a_checkpoint():
+    w = LossWindow()
     for v in (1.0, 2.0, 3.0):
         w.add(torch.tensor(v))
     assert w.take(3) == (6.0, 3, 0, 1.0)
-    for v in (1.0, float("nan"), float("inf")):
+    for v in (4.0, float("nan"), float("inf")):
         w.add(torch.tensor(v))
     total, n, bad, first = w.take(6)
-    assert n == 3 and bad == 5 and total != total and first == 0.0   # step 1 was earlier
+    assert n == 3 and bad == 5 and total != total and first == 4.0   # the window's first
     w.add(torch.tensor(0.5))
-    w2 = LossWatch()
+    w.add(2.5)                                   # a number, as Algorithm.step(loss) takes
+    w2 = LossWindow()
     w2.load_state_dict(w.state_dict())
     w2.add(torch.tensor(float("nan")))
-    assert w2.take(8)[1:] == (2, 8, 0.0)
+    assert w2.take(9)[1:] == (3, 9, 0.5)
 
 
 def _prepare(tmp_path, **flags):

@@ -5,7 +5,7 @@ import warnings
 import pytest
 
 from mpisgd import ALGORITHMS
-from mpisgd.app.config import TrainConfig, from_sources
+from mpisgd.app.config import TrainConfig, default_momentum, from_sources
 
 #: The server or the centre applies stale gradients or pushes: plain SGD, as in the papers
 #: (Dutta et al. 2018; DOWNPOUR as the EASGD paper runs it). eamsgd's momentum is --delta.
@@ -22,7 +22,7 @@ def resolved(**flags) -> TrainConfig:
 def test_default_momentum_of_each_algorithm(algo):
     cfg = resolved(algo=algo)
     expected = 0.0 if algo in PLAIN_SGD else 0.9
-    assert ALGORITHMS[algo].default_momentum == expected
+    assert default_momentum(algo) == expected
     assert cfg.momentum == expected and cfg.resolved()["momentum"] == expected   # recorded
 
 
