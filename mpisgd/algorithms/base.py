@@ -48,6 +48,9 @@ class Algorithm(abc.ABC):
     is_worker = True
     owns_momentum = False    # True: the algorithm applies its own momentum (the optimizer's is 0)
     private_comm = False     # True: communicate on a Dup of comm (point-to-point with ANY_SOURCE)
+    #: True: the algorithm averages gradients itself, in two levels with groups (sync);
+    #: else with groups the group's ranks average theirs before every step (``inner``).
+    own_gradient_mean = False
     collective_rounds = True  # rounds are collectives: every rank draws the same comm delay
 
     @classmethod
@@ -87,8 +90,6 @@ class Algorithm(abc.ABC):
         self.size, self.rank = comm.Get_size(), comm.Get_rank()   # local queries: no traffic
         self.optimizer, self.model = optimizer, model
         bind(self, comm, device)       # checks, agreement, flat buffer, communicators, groups
-        #: With groups, the gradient mean inside the group before every step (or ``None``).
-        self.inner = self._inner_mean()
         self.steps = 0       # local optimizer steps taken (counted by step())
         self.rounds = 0      # communication rounds taken (step() adds what _step() returns)
         self.finished = False
@@ -125,9 +126,6 @@ class Algorithm(abc.ABC):
         with the options before any communication."""
         return {}
 
-    #: Bucket size of the gradient mean inside a group (DDP's 25 MB).
-    GROUP_BUCKET = 25e6
-
     def bucket_bytes(self) -> float | None:
         """Bucket size for the flat buffer (``None``: one bucket)."""
         return None
@@ -135,14 +133,6 @@ class Algorithm(abc.ABC):
     def group_first(self) -> int:
         """The first rank in a group (the ranks before it serve)."""
         return 0
-
-    def _inner_mean(self):
-        """The gradient mean inside the group every step (groups with ``group_tau`` 1)."""
-        if self.groups is None or self.groups.group is None or self.opts.get("group_tau", 1) > 1:
-            return None
-        from .gradients import GradientMean
-        overlap = self.flat.device.type != "cuda" or MPI.Query_thread() >= MPI.THREAD_SERIALIZED
-        return GradientMean(self.groups.group, self.flat, overlap)
 
     @staticmethod
     def warn(message: str) -> None:

@@ -18,7 +18,7 @@
    rounds run on (``peers``) and what they exchange (``x``, this rank's block).
 
 It sets on ``algo``: ``stragglers``, ``group_size``, ``placement``, ``flat``, ``comm``,
-``groups``, ``peers`` and ``x`` (and the private ``_node_ranks``, ``_telemetry``,
+``groups``, ``peers``, ``x`` and ``inner`` (and the private ``_node_ranks``, ``_telemetry``,
 ``_peer_telemetry``).
 """
 from __future__ import annotations
@@ -35,6 +35,10 @@ from ..errors import OptionError, agree, digest
 from ..flat import ParamBuffer
 from ..mpienv import check_environment, check_launch
 from ..stragglers import Stragglers
+from .gradients import GradientMean
+
+#: Bucket size of the gradient mean inside a group (DDP's 25 MB).
+GROUP_BUCKET = 25e6
 
 
 def bind(algo, comm, device) -> None:
@@ -90,7 +94,7 @@ def bind(algo, comm, device) -> None:
             placement.move(model, optimizer, algo.placement.device)
         mean_inside = algo.group_size > 1 and algo.opts.get("group_tau", 1) == 1
         algo.flat = ParamBuffer(model, algo.bucket_bytes() or
-                                (algo.GROUP_BUCKET if mean_inside else None))
+                                (GROUP_BUCKET if mean_inside else None))
         check_reducible(algo.flat.dtype)
     except Exception as err:        # noqa: BLE001 - every rank hears it, then raises
         if isinstance(err, ValueError):
@@ -117,3 +121,8 @@ def bind(algo, comm, device) -> None:
     algo._peer_telemetry = algo.peers.sibling() if grouped else algo._telemetry
     # What the rounds exchange: the flat parameters (with groups, this rank's block).
     algo.x = algo.groups.shard(algo.flat.data) if grouped else algo.flat.data
+    # With groups (``group_tau`` 1), the gradient mean inside the group before every step.
+    algo.inner = None
+    if mean_inside and algo.groups.group is not None and not algo.own_gradient_mean:
+        overlap = algo.flat.device.type != "cuda" or MPI.Query_thread() >= MPI.THREAD_SERIALIZED
+        algo.inner = GradientMean(algo.groups.group, algo.flat, overlap)

@@ -63,6 +63,7 @@ class SyncSGD(Algorithm):
     """
 
     name = "sync"
+    own_gradient_mean = True     # in two levels with groups
     options = (BUCKET_MB, OVERLAP.but(default=True), *COMPRESS, GROUP_SIZE)
 
     @classmethod
@@ -109,9 +110,6 @@ class SyncSGD(Algorithm):
 
     def bucket_bytes(self):
         return self.opts["bucket_mb"] * 1e6
-
-    def _inner_mean(self):
-        return None              # the mean is this algorithm's own (two levels with groups)
 
     def no_sync(self):
         """Accumulate gradients locally (no communication) inside this block."""
