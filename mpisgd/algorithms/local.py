@@ -24,8 +24,8 @@ with the schedule and the state policy (:class:`~mpisgd.algorithms.scheduled.Sch
 
 ``outer`` (DiLoCo, SlowMo: :mod:`mpisgd.algorithms.outer`) steps the average
 as a pseudo-gradient. ``fragments``, ``fragment_delay`` and ``compress``
-switch the round to the pseudo-gradient path of
-:mod:`mpisgd.algorithms.streaming`: F staggered fragments, each exchange
+make the round the stepwise pseudo-gradient round of
+:mod:`mpisgd.algorithms.streaming` (``Fragmented``): F staggered fragments, each exchange
 overlapped with D steps, optionally compressed with error feedback
 (:mod:`mpisgd.compress`); F = 1, D = 0 without compression is this
 algorithm's plain round.
@@ -42,11 +42,10 @@ Example::
 from __future__ import annotations
 
 from ..errors import OptionError
-from .base import Algorithm
 from .options import COMPRESS, GROUPS, MOMENTUM_POLICY, OUTER, SCHEDULE, STREAMING, TAU
 from .rounds import Average
 from .scheduled import Scheduled
-from .streaming import Streaming
+from .streaming import Fragmented
 from .traits import Traits
 
 
@@ -101,16 +100,18 @@ class LocalSGD(Scheduled):
                               f"fragment's round lands before its next one), got "
                               f"{opts['fragment_delay']}")
 
-    def __init__(self, model, optimizer, comm=None, **options):
-        super().__init__(model, optimizer, comm, **options)
-        self.streaming = None
-        if streams(self.opts):       # with groups: this rank's block, across the groups
-            flat = self.flat
-            lo = self.groups.blocks[self.groups.local][0] if self.groups is not None else 0
-            self.streaming = Streaming(
-                self.peers, self.x, flat.buffers, self.opts,
-                [(a - lo, b - lo) for a, b in flat.offsets], [p.shape for p in flat.params],
-                self._compressor(), self.stragglers.comm if self.stragglers is not None else None)
+    def make_round(self):
+        """The plain round, or with fragments, a delay or compression the stepwise
+        :class:`~mpisgd.algorithms.streaming.Fragmented` round (with groups, on this
+        rank's block, across the groups)."""
+        if not streams(self.opts):
+            return Average(self.peers, self.x, self.flat.buffers)
+        flat = self.flat
+        lo = self.groups.blocks[self.groups.local][0] if self.groups is not None else 0
+        return Fragmented(self.peers, self.x, flat.buffers, self.opts,
+                          [(a - lo, b - lo) for a, b in flat.offsets], [p.shape for p in flat.params],
+                          self._compressor(),
+                          self.stragglers.comm if self.stragglers is not None else None)
 
     def _compressor(self):
         """``(buf, shapes) -> CompressedMean`` for ``--compress`` (``None``: plain means)."""
@@ -125,61 +126,8 @@ class LocalSGD(Scheduled):
             return cm
         return make
 
-    def make_round(self) -> Average:
-        return Average(self.peers, self.x, self.flat.buffers)
-
     def make_outer(self):
         return None if streams(self.opts) else super().make_outer()   # per fragment there
-
-    def _step(self) -> int:
-        if self.streaming is None:
-            return super()._step()
-        self.finished = False
-        self.optimizer.step()
-        landed = self.streaming.landed
-        started = self.streaming.after_step(self.steps)
-        self._gather_if(landed)
-        self._since = 0 if started else self._since + 1
-        return started
-
-    def _gather_if(self, landed: int) -> None:
-        """With groups, the group's blocks of x after rounds landed (each rank streams its own)."""
-        if self.groups is not None and self.streaming.landed != landed:
-            self.groups.gather(self.flat.data)
-
-    def finish(self) -> None:
-        """Final synchronisation: average once more unless the last step ended a round.
-
-        Afterwards every worker holds the consensus model, so saving
-        ``model.state_dict()`` on any rank saves the model PR-SGD outputs.
-        With fragments: the rounds in flight land, then one round of every fragment.
-        """
-        if self.streaming is None:
-            return super().finish()
-        if not self.finished:
-            landed = self.streaming.landed
-            self.rounds += self.streaming.flush(self.steps)
-            self._gather_if(landed)
-        Algorithm.finish(self)
-
-    def state_dict(self) -> dict:
-        # the exchanges in flight complete first: the base state's byte counters see them
-        streaming = self.streaming.state_dict() if self.streaming is not None else None
-        out = super().state_dict()
-        if streaming is not None:
-            out["streaming"] = streaming
-        return out
-
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        if self.streaming is not None:
-            self.streaming.load_state_dict(state["streaming"])
-
-    def worker_series(self) -> dict:
-        out = super().worker_series()
-        if self.streaming is not None:
-            out.update(self.streaming.series())
-        return out
 
     @property
     def replicas_identical(self) -> bool:

@@ -50,6 +50,9 @@ class Round(abc.ABC):
 
     #: The local step runs between :meth:`start` and :meth:`finish` (from the same x).
     simultaneous = False
+    #: The round keeps its own staggered timing, asked after every step
+    #: (:class:`~mpisgd.algorithms.streaming.Fragmented`); else the schedule says when.
+    stepwise = False
 
     @property
     def averaged(self) -> torch.Tensor | None:
@@ -75,6 +78,10 @@ class Round(abc.ABC):
     def state_dict(self) -> dict:
         """What the round keeps between rounds besides x (auxiliaries, a centre), for a
         checkpoint; :meth:`load_state_dict` copies it back in place."""
+        return {}
+
+    def series(self) -> dict:
+        """This worker's figures of the round for the run record (``{"group/name": number}``)."""
         return {}
 
     def load_state_dict(self, state: dict) -> None:

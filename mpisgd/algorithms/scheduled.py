@@ -29,6 +29,12 @@ round (hierarchical local SGD, Lin et al. 2020): a round then starts from
 the group's average, and rounds every tau steps give torch's
 ``HierarchicalModelAverager`` with periods {G: group_tau, P: tau}.
 
+A *stepwise* round (``stepwise``: local SGD's fragments,
+:class:`~mpisgd.algorithms.streaming.Fragmented`) keeps its own staggered
+timing: after each local step it lands the fragments due and starts the
+next (``after_step``), and :meth:`finish` flushes it; the schedule then only
+gives the period.
+
 A new algorithm of this kind is a preset: its options, :meth:`make_round`,
 and what it outputs (:meth:`consensus`), as ``local.py`` shows.
 """
@@ -121,6 +127,8 @@ class Scheduled(Algorithm):
     def _step(self) -> int:
         """One local step; a round when the schedule says so; the next step's learning rate."""
         self.finished = False
+        if self.round.stepwise:
+            return self._stepwise()
         self._since += 1
         now = self.clock()
         rounds = int(self.schedule.communicate(self.steps, now))
@@ -149,6 +157,20 @@ class Scheduled(Algorithm):
     def _local_step(self) -> None:
         self.optimizer.step()
         self._since_inside += 1
+
+    def _stepwise(self) -> int:
+        """One local step, then what a stepwise round lands and starts after it (with
+        groups, each rank's block of x: the group's blocks gathered after a landing)."""
+        self._local_step()
+        landed = self.round.landed
+        started = self.round.after_step(self.steps)
+        self._gather_if(landed)
+        self._since = 0 if started else self._since + 1
+        return started
+
+    def _gather_if(self, landed: int) -> None:
+        if self.groups is not None and self.round.landed != landed:
+            self.groups.gather(self.flat.data)
 
     def _average_inside(self) -> None:
         """Average the parameters inside the group (``group_tau`` > 1), if they have moved."""
@@ -206,7 +228,14 @@ class Scheduled(Algorithm):
 
     def finish(self) -> None:
         """Apply a round still in flight; with :attr:`final_round`, one more round unless
-        the last step ended one. Afterwards :meth:`consensus` is final."""
+        the last step ended one (a stepwise round: the rounds in flight, then one of
+        every fragment). Afterwards :meth:`consensus` is final."""
+        if self.round.stepwise:
+            if self.final_round and not self.finished:
+                landed = self.round.landed
+                self.rounds += self.round.flush(self.steps)
+                self._gather_if(landed)
+            return super().finish()
         self._settle()
         if self.final_round and not self.finished and self._since:
             self._round(local_step=False)
@@ -217,9 +246,11 @@ class Scheduled(Algorithm):
     def state_dict(self) -> dict:
         """Adds the schedule's position, the round's own state and, for a deferred round
         in flight, its number: a continuation posts it again (x has not changed since
-        its start, so the same exchange follows)."""
+        its start, so the same exchange follows). The round's state first: a stepwise
+        round completes its exchanges in flight there, which the counters then see."""
+        round_state = self.round.state_dict()
         return {**super().state_dict(), "schedule": self.schedule.state_dict(),
-                "round": self.round.state_dict(), "since": self._since,
+                "round": round_state, "since": self._since,
                 "since_inside": self._since_inside,
                 "outer": self.outer.state_dict() if self.outer is not None else None,
                 "losses": self.losses.state_dict() if self.losses is not None else None,
@@ -245,6 +276,9 @@ class Scheduled(Algorithm):
         self._settle()
         self.round.close()
         super().close()
+
+    def worker_series(self) -> dict:
+        return {**super().worker_series(), **self.round.series()}
 
     def series(self, train_time: float) -> dict:
         out = super().series(train_time)

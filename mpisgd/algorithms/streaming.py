@@ -64,11 +64,13 @@ class Fragment:
         self.compressor = compressor
         self.pending = None                      # (posted at step, handle or None once exchanged)
         self.synced = 0                          # the step x last became the anchor (alpha 0)
-        self.round = None                        # its round's index in Streaming.round_bytes
+        self.round = None                        # its round's index in Fragmented.round_bytes
 
 
-class Streaming:
-    """The fragments of one flat buffer and their staggered rounds.
+class Fragmented:
+    """The fragments of one flat buffer and their staggered rounds: a *stepwise* round,
+    which :class:`~mpisgd.algorithms.scheduled.Scheduled` asks after every local step
+    (:meth:`after_step`) instead of asking its schedule, and flushes at the end.
 
     ``comm``: the algorithm's :class:`~mpisgd.comm.Comm`; ``buffers``: floating buffers
     averaged with fragment 0; ``compressor(buf, shapes)``: makes a fragment's compressed
@@ -94,6 +96,12 @@ class Streaming:
         self._deadlines: dict[int, float] = {}
         self.round_bytes: list[float] = []       # bytes of each fragment round, in order
         self.landed = 0                          # rounds applied to x so far
+
+    #: The round protocol of :mod:`mpisgd.algorithms.rounds` (a stepwise round).
+    simultaneous, stepwise, averaged = False, True, None
+
+    def close(self) -> None:
+        """Nothing to free (plain collectives)."""
 
     def due(self, step: int) -> list[int]:
         """Fragments whose round starts after local step ``step``."""

@@ -100,7 +100,7 @@ def test_streaming_fragments_over_groups_equal_the_oracle(m, G, fragments, tau, 
     extra = {"outer": outer[0], "outer_lr": outer[1], "outer_momentum": outer[2]} if outer else {}
     algo, trace = run("local", steps, group_size=G, tau=tau, fragments=fragments,
                       fragment_delay=delay, fragment_alpha=alpha, **extra)
-    assert algo.streaming is not None
+    assert algo.round.stepwise
     _, oracle = reference.streaming(x0(), regression_grad, ETA, 4, steps, tau, fragments, delay,
                                     alpha, outer, trace=True, group=G)
     check(trace, oracle, steps)
@@ -116,7 +116,7 @@ def test_a_compressed_exchange_across_groups_is_exact_when_the_codec_is():
         pytest.skip("the layout is 2 x 2")
     steps, tau = 9, 3
     algo, trace = run("local", steps, group_size=2, tau=tau, compress="topk:1.0")
-    assert algo.streaming is not None and algo.streaming.fragments[0].compressor is not None
+    assert algo.round.stepwise and algo.round.fragments[0].compressor is not None
     _, oracle = reference.cooperative(x0(), regression_grad, ETA, expected_w.average(2), steps,
                                       tau=tau, trace=True, group=2)
     check(trace, oracle, steps)

@@ -37,10 +37,10 @@ def test_one_fragment_without_delay_is_local_sgd(comm, tau, monkeypatch):
     round) equals the plain round at every step and after the final round."""
     steps = 3 * tau + 1
     plain, want = run(steps, comm, tau=tau)
-    assert plain.streaming is None
+    assert not plain.round.stepwise
     monkeypatch.setattr(local, "streams", lambda opts: True)
     stream, got = run(steps, comm, tau=tau)
-    assert stream.streaming is not None and stream.rounds == plain.rounds
+    assert stream.round.stepwise and stream.rounds == plain.rounds
     for k in range(steps):
         assert torch.allclose(got[k], want[k], rtol=RTOL, atol=ATOL), k
     plain.finish()
@@ -62,7 +62,7 @@ def test_fragments_equal_the_oracle(comm, fragments, tau, delay, alpha, outer):
     extra = {"outer": outer[0], "outer_lr": outer[1], "outer_momentum": outer[2]} if outer else {}
     algo, trace = run(steps, comm, tau=tau, fragments=fragments, fragment_delay=delay,
                       fragment_alpha=alpha, **extra)
-    assert algo.streaming is not None
+    assert algo.round.stepwise
     _, oracle = reference.streaming(x0(), regression_grad, ETA, comm.size, steps, tau,
                                     fragments, delay, alpha, outer, trace=True)
     for k in range(steps):
@@ -76,7 +76,7 @@ def test_peak_round_bytes_fall_by_the_number_of_fragments(comm):
     steps, tau = 6, 3
     one, _ = run(steps, comm, tau=tau, fragments=1, fragment_delay=1)
     three, _ = run(steps, comm, tau=tau, fragments=3, fragment_delay=1)
-    s1, s3 = one.streaming.series(), three.streaming.series()
+    s1, s3 = one.round.series(), three.round.series()
     if comm.size > 1:
         assert s1["streaming/round_bytes_max"] == 2 * (comm.size - 1) / comm.size * D * 8
         assert s3["streaming/round_bytes_max"] == s1["streaming/round_bytes_max"] / 3
@@ -94,7 +94,7 @@ def test_checkpoint_with_a_fragment_in_flight_continues_identically(comm, compre
     reference_run, want = run(steps, comm, **opts)
     want_bytes = reference_run.comm.bytes_sent
     first, _ = run(stop, comm, **opts)              # fragment 1 posted at step 6, lands at 8
-    assert first.streaming.in_flight
+    assert first.round.in_flight
     state = first.state_dict()                      # completes the exchange (not the round)
     second, _ = run(0, comm, **opts)
     second.load_state_dict(state)
@@ -104,7 +104,7 @@ def test_checkpoint_with_a_fragment_in_flight_continues_identically(comm, compre
         second.step()
         assert torch.allclose(second.flat.data, want[step], rtol=RTOL, atol=ATOL), step
     assert second.comm.bytes_sent == want_bytes           # the exchange in flight counted once
-    assert second.streaming.round_bytes == reference_run.streaming.round_bytes
+    assert second.round.round_bytes == reference_run.round.round_bytes
     reference_run.finish()
     second.finish()
     assert torch.equal(second.flat.data, reference_run.flat.data)
@@ -128,7 +128,7 @@ def test_a_round_landed_at_the_last_step_needs_no_final_round(comm, outer):
 @pytest.mark.parametrize("compress", ["fp16", "int8", "topk:0.5", "powersgd:1"])
 def test_a_compressed_round_counts_all_its_bytes(comm, compress):
     algo, _ = run(8, comm, tau=2, fragments=2, compress=compress)
-    figures = algo.streaming.series()
+    figures = algo.round.series()
     rounds = figures["compress/rounds"]
     assert rounds == algo.rounds == 8
     assert figures["streaming/round_bytes_mean"] * rounds == pytest.approx(
