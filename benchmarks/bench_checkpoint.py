@@ -12,7 +12,7 @@ the MLP, CIFAR-shaped for ResNet-20, batch 32 per rank):
   parameters alone (the limit: the same bytes, no checkpoint protocol);
 * **non-finite check**: a training step (zero_grad, forward, backward,
   ``algo.step``) that hands its loss to the driver's
-  :class:`~mpisgd.app.stops.LossWatch` against the same step summing the loss
+  :class:`~mpisgd.losses.LossWindow` against the same step summing the loss
   into one scalar as the driver did before, interleaved trial by trial; plus
   the log point's pass over the parameters (a float64 sum) amortised
   over 20 steps. Goal: under 1%.
@@ -28,7 +28,7 @@ from mpi4py import MPI
 
 import mpisgd
 from mpisgd import checkpoint, models
-from mpisgd.app.stops import LossWatch
+from mpisgd.losses import LossWindow
 from mpisgd.comm import Comm
 from common import arguments, count, interleaved, machine, parse
 
@@ -85,7 +85,7 @@ for name in args.models.split(","):
             raw.append(time.perf_counter() - t0)
         size = os.path.getsize(os.path.join(root, f"{name}-{algo_name}-0", f"step-{1:08d}",
                                             f"rank-{comm.rank:05d}.pt"))
-        watch = LossWatch()
+        watch = LossWindow()
         total = torch.zeros((), dtype=torch.float64)
 
         def steps(check: bool):

@@ -36,7 +36,6 @@ import bisect
 import statistics
 import time
 
-import numpy as np
 import torch
 from mpi4py import MPI
 

@@ -21,7 +21,8 @@ import tempfile
 
 import h5py
 
-from mpisgd.app.record import METRICS, RunRecord, unlock
+from mpisgd.app.record import METRICS, RunRecord
+from mpisgd.app.sidecars import unlock
 from common import arguments, count, counts, interleaved, machine, parse
 
 parser = arguments(__doc__)

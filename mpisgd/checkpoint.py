@@ -30,7 +30,7 @@ import torch
 from . import storage, streams
 from .errors import ConfigError, StorageError
 
-FORMAT = 1
+FORMAT = 2
 #: Options a continuation may change: they do not change the math of the steps taken.
 SAFE_TO_CHANGE = ("steps", "epochs", "log_every", "eval_samples", "out", "threads", "overwrite",
                   "checkpoint_every", "checkpoint_dir", "resume", "on_nonfinite", "device",

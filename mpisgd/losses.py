@@ -34,19 +34,21 @@ class LossWindow:
         n = len(self.losses)
         total, bad, first = 0.0, 0, 0.0
         if n:
-            if len({t.device for t in self.losses}) == 1:
-                losses = torch.stack(self.losses).double().cpu()
-            else:                  # numbers given beside device tensors
-                losses = torch.stack([t.double().cpu() for t in self.losses])
+            losses = self._stacked()
             total, first = losses.sum().item(), losses[0].item()
             if not math.isfinite(total):
                 bad = self.first_step + int((~torch.isfinite(losses)).nonzero()[0].item()) + 1
         self.losses, self.first_step = [], next_step
         return total, n, bad, first
 
+    def _stacked(self) -> torch.Tensor:
+        """The window's losses as one float64 host tensor (one copy from the device)."""
+        if len({t.device for t in self.losses}) == 1:
+            return torch.stack([t.double() for t in self.losses]).cpu()
+        return torch.stack([t.double().cpu() for t in self.losses])   # numbers beside device tensors
+
     def state_dict(self) -> dict:
-        losses = torch.stack([t.double().cpu() for t in self.losses]) if self.losses \
-            else torch.zeros(0)
+        losses = self._stacked() if self.losses else torch.zeros(0, dtype=torch.float64)
         return {"losses": losses, "first_step": self.first_step}
 
     def load_state_dict(self, state: dict) -> None:

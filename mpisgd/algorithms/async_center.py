@@ -135,7 +135,6 @@ class CenterAlgorithm(Served):
 
     def _step(self) -> int:
         """One local step; in every tau-th an exchange with the centre."""
-        self._check_stepping()
         if self._following():           # the leader's parameters arrive after the step
             return 0
         self.center.progress()

@@ -199,6 +199,7 @@ class Algorithm(abc.ABC):
         step first spends it, as if the gradient had taken that much longer
         (see :meth:`_cancellation`); subclasses implement :meth:`_step`.
         """
+        self._check_step()
         if loss is not None and self.losses is not None:
             self.losses.add(loss)
         self.timer.enter(self._cancellation)
@@ -217,6 +218,9 @@ class Algorithm(abc.ABC):
         if self.inner is not None:
             return self.inner.no_sync()
         return contextlib.nullcontext()
+
+    def _check_step(self) -> None:
+        """Before a step is counted: raise if this rank may not step now."""
 
     def _after_step(self) -> None:
         """After :meth:`_step`, every worker (with groups, a group's leader speaks for it)."""

@@ -25,6 +25,9 @@ Where the centre lives (``center``):
 * ``"rank0"``: rank 0 holds c (and trains); a round broadcasts c, each rank
   computes its e_i, and an ``Ireduce`` sums them into rank 0's c.
 
+``compress`` (replicated centre) sends the e_i compressed with error
+feedback (:class:`~mpisgd.compress.CompressedMean`): c += m mean_i D(C(e_i + r_i)).
+
 The preset: an :class:`~mpisgd.algorithms.rounds.Elastic` round under a
 schedule (:class:`~mpisgd.algorithms.scheduled.Scheduled`).
 
@@ -43,10 +46,12 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import OptionError
 from .base import Algorithm
-from .options import CENTER, ELASTIC, GROUP_SIZE, OUTER, SCHEDULE, TAU
+from .options import CENTER, COMPRESS, ELASTIC, GROUP_SIZE, OUTER, SCHEDULE, TAU
 from .rounds import Elastic
 from .scheduled import Scheduled
+from .streaming import shapes_within
 from .traits import Traits
 
 
@@ -98,7 +103,14 @@ class EASGD(Scheduled):
     """
 
     name = "easgd"
-    options = (TAU, *ELASTIC, CENTER, *SCHEDULE, *OUTER, GROUP_SIZE)
+    options = (TAU, *ELASTIC, CENTER, *SCHEDULE, *OUTER, *COMPRESS, GROUP_SIZE)
+
+    @classmethod
+    def check(cls, opts: dict) -> None:
+        super().check(opts)
+        if opts["compress"] != "none" and opts["center"] != "replicated":
+            raise OptionError("compress", f"needs center replicated (the e_i's compressed "
+                              f"mean lands on every rank), got center {opts['center']}")
 
     @classmethod
     def traits(cls, opts=None) -> Traits | None:
@@ -110,7 +122,10 @@ class EASGD(Scheduled):
 
     def make_round(self) -> Elastic:
         alpha = checked_moving_rate(self, all_in_round=True)
-        return Elastic(self.peers, self.x, alpha, self.opts["center"])
+        make, (offsets, shapes) = self.compressor(), self.layout()
+        compressed = None if make is None else \
+            (lambda e: make(e, shapes_within(offsets, shapes, 0, e.numel())))
+        return Elastic(self.peers, self.x, alpha, self.opts["center"], compressed)
 
     @property
     def alpha(self) -> float:

@@ -106,25 +106,10 @@ class LocalSGD(Scheduled):
         rank's block, across the groups)."""
         if not streams(self.opts):
             return Average(self.peers, self.x, self.flat.buffers)
-        flat = self.flat
-        lo = self.groups.blocks[self.groups.local][0] if self.groups is not None else 0
-        return Fragmented(self.peers, self.x, flat.buffers, self.opts,
-                          [(a - lo, b - lo) for a, b in flat.offsets], [p.shape for p in flat.params],
-                          self._compressor(),
+        offsets, shapes = self.layout()
+        return Fragmented(self.peers, self.x, self.flat.buffers, self.opts, offsets, shapes,
+                          self.compressor(),
                           self.stragglers.comm if self.stragglers is not None else None)
-
-    def _compressor(self):
-        """``(buf, shapes) -> CompressedMean`` for ``--compress`` (``None``: plain means)."""
-        if self.opts["compress"] == "none":
-            return None
-        from ..compress import CompressedMean
-
-        def make(buf, shapes):
-            cm = CompressedMean(self.peers, buf, self.opts["compress"], shapes,
-                                self.opts["error_feedback"])
-            cm.calibrate(self._peer_telemetry)
-            return cm
-        return make
 
     def make_outer(self):
         return None if streams(self.opts) else super().make_outer()   # per fragment there

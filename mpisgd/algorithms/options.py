@@ -270,7 +270,8 @@ STREAMING = (
 # ---- compressed exchanges (mpisgd.compress) -----------------------------------------------
 COMPRESS = (
     Option("compress", "none", "compress what is averaged (sync: gradient buckets; local: the "
-           "pseudo-gradient): none, fp16, bf16, int8, topk:RATIO or powersgd:RANK", str,
+           "pseudo-gradient; easgd: the elastic differences): none, fp16, bf16, int8, "
+           "topk:RATIO or powersgd:RANK", str,
            parse=parse_codec),
     Option("error_feedback", True, "carry each round's compression error into the next",
            bool, must="true or false"),

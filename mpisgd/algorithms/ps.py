@@ -40,7 +40,6 @@ from .served import Served
 from .traits import Traits
 
 
-#: Why the families that apply stale gradients default to ``momentum=0`` (``mpisgd train``).
 class ParameterServerSGD(Served):
     """The family's common worker step; subclasses set :attr:`protocol`
     (a :class:`~mpisgd.server.params.Protocol`)."""
@@ -122,10 +121,9 @@ class ParameterServerSGD(Served):
     def follow_figure(self, value: float) -> None:
         self.abandoned = int(value)
 
-    def _step(self) -> None:
+    def _step(self) -> int:
         """Push this step's gradient (unless a newer version cancelled it) and adopt
         the parameters the protocol sends back."""
-        self._check_stepping()
         if self._following():           # the leader's parameters arrive after the step
             return 0
         client, protocol = self.client, self.protocol

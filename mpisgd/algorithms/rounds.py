@@ -163,19 +163,30 @@ class Elastic(Round):
       (:func:`mpisgd.ops.elastic`), then one ``Iallreduce`` of the e_i;
     * ``"rank0"``: rank 0 holds c; a round broadcasts it, each rank forms
       its e_i, and an ``Ireduce`` sums them into rank 0's c.
+
+    ``compressed(buf)`` (replicated centre): makes the
+    :class:`~mpisgd.compress.CompressedMean` that sends the e_i instead of the
+    Allreduce; c += m mean_i D(C(e_i + r_i)), the same on every rank (each
+    decodes the same data), x_i -= e_i exact, the error r_i fed back.
     """
 
     simultaneous = True
 
-    def __init__(self, comm, x: torch.Tensor, alpha: float, center: str = "replicated"):
+    def __init__(self, comm, x: torch.Tensor, alpha: float, center: str = "replicated",
+                 compressed=None):
         self.comm, self.x, self.alpha = comm, x, alpha
         self.replicated = center == "replicated"
         self.holds = self.replicated or comm.rank == 0        # c itself, not a scratch copy
         self.center = x.clone() if self.holds else torch.empty_like(x)
         self._diff = torch.empty_like(x)
+        self.mean = compressed(self._diff) if compressed is not None else None
 
     def start(self, k: int = 0) -> Handles:
         x, c, e = self.x, self.center, self._diff
+        if self.mean is not None:
+            ops.elastic(x, c, e, self.alpha)          # e_i, and x_i -= e_i (exact)
+            m = self.comm.size                        # c += m * the compressed mean of the e_i
+            return Handle.all(self.mean.start(), finish=lambda: c.add_(e, alpha=m))
         if self.replicated:
             ops.elastic(x, c, e, self.alpha)          # e_i, and x_i -= e_i
             summed = self.comm.iallreduce(e)          # sum_i e_i ...
@@ -186,7 +197,24 @@ class Elastic(Round):
         return Handle.all(summed, finish=(lambda: c.add_(e)) if self.holds else None)
 
     def state_dict(self) -> dict:
-        return {"center": self.center} if self.holds else {}
+        out = {"center": self.center} if self.holds else {}
+        if self.mean is not None:
+            out["compressor"] = self.mean.state_dict()
+        return out
+
+    def load_state_dict(self, state: dict) -> None:
+        state = dict(state)
+        saved = state.pop("compressor", None)
+        super().load_state_dict(state)
+        if saved is not None:
+            self.mean.load_state_dict(saved)
+
+    def series(self) -> dict:
+        """With compression, its counters (``compress/...``, :func:`mpisgd.compress.series`)."""
+        if self.mean is None:
+            return {}
+        from ..compress import series
+        return series([self.mean])
 
     @property
     def averaged(self) -> torch.Tensor | None:

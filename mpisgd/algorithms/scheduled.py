@@ -116,6 +116,26 @@ class Scheduled(Algorithm):
         """The outer step after each round (``--outer``; ``None``: none)."""
         return outer.make(self.opts, self.round.averaged)
 
+    def layout(self) -> tuple[list, list]:
+        """Where the model's tensors lie in x: each one's (start, end) from x's start (with
+        groups, this rank's block: tensors outside it lie outside 0..len(x)) and shapes."""
+        lo = self.groups.blocks[self.groups.local][0] if self.groups is not None else 0
+        return [(a - lo, b - lo) for a, b in self.flat.offsets], [p.shape for p in self.flat.params]
+
+    def compressor(self):
+        """``(buf, shapes) -> CompressedMean`` over the peers for ``--compress`` (calibrated
+        on their telemetry: collective), or ``None`` without compression."""
+        if self.opts.get("compress", "none") == "none":
+            return None
+        from ..compress import CompressedMean
+
+        def make(buf, shapes):
+            cm = CompressedMean(self.peers, buf, self.opts["compress"], shapes,
+                                self.opts["error_feedback"])
+            cm.calibrate(self._peer_telemetry)
+            return cm
+        return make
+
     @property
     def period(self) -> int:
         return self.schedule.period(self.steps)
@@ -143,6 +163,8 @@ class Scheduled(Algorithm):
             self._round_start = self.clock()
             self.schedule.round_done(self.steps, self._round_start, stats,
                                      self.optimizer.param_groups[0]["lr"])
+            if not self.schedule.needs_stats:    # a budget fixed by its first round: no
+                self.losses = None               # report, no window to keep growing
         else:
             self._local_step()
             self._settle()
@@ -230,8 +252,8 @@ class Scheduled(Algorithm):
         """Apply a round still in flight; with :attr:`final_round`, one more round unless
         the last step ended one (a stepwise round: the rounds in flight, then one of
         every fragment). Afterwards :meth:`consensus` is final."""
-        if self.round.stepwise:
-            if self.final_round and not self.finished:
+        if self.round.stepwise:              # its own final rounds (Fragmented.flush)
+            if not self.finished:
                 landed = self.round.landed
                 self.rounds += self.round.flush(self.steps)
                 self._gather_if(landed)
@@ -260,12 +282,14 @@ class Scheduled(Algorithm):
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.schedule.load_state_dict(state["schedule"])
+        if not self.schedule.needs_stats:
+            self.losses = None
         self.round.load_state_dict(state["round"])
         if self.outer is not None:
             self.outer.load_state_dict(state["outer"])
         self._since, self._round_start = state["since"], state["round_start"]
         self._since_inside = state.get("since_inside", 0)
-        if self.losses is not None:
+        if self.losses is not None and state["losses"] is not None:
             self.losses.load_state_dict(state["losses"])
         if state["pending"] is not None:
             counters = self.peers.bytes_sent, self.peers.comm_time

@@ -96,7 +96,7 @@ class Served(Algorithm):
         self.index = {r: (r - first) // G for r in leaders}  # rank -> worker index
         self._counters = torch.zeros(2, dtype=torch.float64)   # a leader's rounds, its own
 
-    def _check_stepping(self) -> None:
+    def _check_step(self) -> None:
         if not self.is_worker:
             raise RuntimeError(f"rank {self.rank} is a dedicated server: call serve(), not step()")
         if self.finished:

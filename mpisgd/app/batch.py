@@ -74,8 +74,8 @@ def _srun(ranks: int) -> list[str]:
 
 
 def _scontrol_requeue() -> list[str]:
-    return ["scontrol", "requeue", os.environ["SLURM_JOB_ID"]] if "SLURM_JOB_ID" in os.environ \
-        else []
+    job = os.environ.get("SLURM_JOB_ID")
+    return ["scontrol", "requeue", job] if job else []
 
 
 SLURM = BatchSystem("slurm", "sbatch", ("sbatch", "--parsable"), _slurm,

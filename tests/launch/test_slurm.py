@@ -62,8 +62,10 @@ def finished(env, job, timeout=300):
         out = subprocess.run(["scontrol", "-o", "show", "job", job], env=env,
                              capture_output=True, text=True).stdout
         return re.findall(r"JobState=(\S+)", out)
-    wait_for(lambda: not {"PENDING", "RUNNING", "COMPLETING", "CONFIGURING"} & set(state()),
-             timeout, f"job {job} to end")
+    def ended():
+        now = set(state())
+        return bool(now) and not {"PENDING", "RUNNING", "COMPLETING", "CONFIGURING"} & now
+    wait_for(ended, timeout, f"job {job} to end")
     return set(state())
 
 

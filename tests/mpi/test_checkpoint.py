@@ -69,6 +69,7 @@ BITWISE = {
     "local-momentum-average": dict(algo="local", tau=3, momentum_policy="average"),
     "easgd": dict(algo="easgd", tau=2),
     "easgd-rank0": dict(algo="easgd", tau=2, center="rank0"),
+    "easgd-int8": dict(algo="easgd", tau=2, compress="int8"),
     "gossip": dict(algo="gossip", topology="ring"),
     "gossip-overlap": dict(algo="gossip", topology="ring", tau=3, overlap=True),
     "cooperative": dict(algo="cooperative", topology="ring", tau=2),

@@ -51,6 +51,44 @@ def test_easgd_equals_the_simultaneous_oracle(comm, center, tau):
     assert algo.rounds == steps // tau
 
 
+@pytest.mark.mpi(min_size=2)
+def test_compressed_easgd_equals_the_oracle_when_the_codec_is_exact(comm):
+    """top-k with ratio 1 sends every e_i: the compressed round is the plain one."""
+    size, rank, tau, steps = comm.size, comm.rank, 2, 8
+    algo, trace, centres = run_easgd(steps, comm, tau=tau, compress="topk:1.0")
+    assert algo.round.mean is not None
+    _, oracle = reference.cooperative(x0(), regression_grad, ETA,
+                                      expected_w.w_alpha(size, algo.alpha), steps, tau=tau, v=1,
+                                      trace=True, simultaneous=True)
+    for k in range(steps):
+        assert torch.allclose(trace[k], oracle[k][:, rank], rtol=RTOL, atol=ATOL), k
+        assert torch.allclose(centres[k], oracle[k][:, size], rtol=RTOL, atol=ATOL), k
+    algo.close()
+
+
+@pytest.mark.mpi(min_size=2)
+def test_int8_easgd_keeps_one_centre_sends_less_and_stays_close():
+    """A lossy codec: every rank decodes the same data, so c stays one value everywhere;
+    int8 sends at most half the Allreduce's bytes of this float64 model of a few elements
+    (an eighth plus a scale per block); the error is fed back, so the centre stays near
+    the exact run's."""
+    comm = MPI.COMM_WORLD
+    steps, tau = 12, 2
+    exact, _, exact_c = run_easgd(steps, comm, tau=tau)
+    lossy, _, lossy_c = run_easgd(steps, comm, tau=tau, compress="int8")
+    mine = lossy.round.center.clone()
+    everyone = comm.allgather(mine)
+    assert all(torch.equal(c, mine) for c in everyone)
+    figures = lossy.worker_series()
+    assert figures["compress/rounds"] == steps // tau
+    assert 0 < figures["compress/bytes"] <= 0.5 * figures["compress/dense_bytes"]
+    assert lossy.stats()["bytes_sent"] < exact.stats()["bytes_sent"]
+    assert torch.allclose(lossy_c[-1], exact_c[-1], atol=0.05)
+    assert not torch.equal(lossy_c[-1], exact_c[-1])          # it is lossy
+    exact.close()
+    lossy.close()
+
+
 def test_simultaneous_oracle_is_the_papers_rule():
     """The matrix form written out element-wise: x_i - eta g_i - alpha (x_i - c); c + alpha sum (x_i - c)."""
     m, alpha, steps = 3, 0.2, 4
@@ -79,6 +117,7 @@ def test_easgd_warns_outside_the_stability_region():
     ({"alpha": 1.5}, "alpha must be in"),
     ({"center": "dedicated"}, "center must be one of replicated, rank0"),
     ({"tau": 0}, "tau must be a positive integer"),
+    ({"center": "rank0", "compress": "int8"}, "compress needs center replicated"),
 ])
 def test_easgd_bad_options(options, message):
     model = regression_model(x0())

@@ -149,4 +149,12 @@ def test_prsgd_algorithm3_rounds_beat_algorithm1_with_a_slow_worker():
     assert steps[1] < 0.5 * min(fast), steps              # the slow worker stepped less
     assert min(fast) >= 6 * a3.rounds                     # the others about tau = 8 per round
     assert a1.steps == 8 * rounds
+    assert a3.losses is None       # the budget fixed by the first round: no loss window kept
+
+
+@pytest.mark.mpi(min_size=2)
+def test_adacomm_keeps_only_the_losses_of_the_round_in_flight():
+    problem = Problem(WORLD.size)
+    _, algo = train(problem, rounds=3, tau=4, schedule="adacomm", adacomm_interval=1e6)
+    assert algo.losses is not None and len(algo.losses.losses) == 0   # taken by the round
 
