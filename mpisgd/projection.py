@@ -36,7 +36,13 @@ node on the fabric at once (``inter`` level, its bandwidth shared by R):
 * ``sync``: ``T = E[max_{mG} C] + RS_intra(n, G) + AR_inter(n/G, m; R) + AG_intra(n, G)
   + d + c0``;
 * ``local`` (``easgd``, ...): ``T = (E[max_m sum_tau max_G C] + tau AR_intra(n, G)
-  + AR_inter(n/G, m; R) + AG_intra(n, G) + d) / tau + c0``.
+  + AR_inter(n/G, m; R) + AG_intra(n, G) + d) / tau + c0``;
+* hierarchical local SGD (``group_tau`` T1 > 1): the ranks of a group meet only
+  when they average parameters, every T1 steps and before each round, so
+  ``T = (E[max_m sum_segments max_G sum_segment C] + a AR_intra(n, G) +
+  AR_inter(n/G, m; R) + AG_intra(n, G) + d) / tau + c0``, the segments of T1
+  steps between meetings (exact when T1 divides tau) and a the averagings
+  per round (tau / T1 when it divides).
 
 c0 is what the model leaves out on the machine the records came from
 (Python around each step, wake-ups): :func:`fit_overhead` takes it as the
@@ -238,8 +244,6 @@ def _two_levels(w: Workload, m: int, net: Network, rng, kind) -> dict:
     if kind.family != "lockstep":
         raise ValueError(f"no two-level model for --algo {w.algo} (a {kind.family} family; "
                          "the lock-step ones have it)")
-    if int(w.options.get("group_tau") or 1) > 1:
-        raise ValueError("no two-level model for group_tau > 1 (hierarchical local SGD)")
     n, G = w.nbytes, w.group
     intra, inter = net.level("intra"), net.level("inter")
     across = 2 * inter.ring(n / G, m, sharing=max(w.ranks_per_node, 1)) if m > 1 else 0.0
@@ -249,13 +253,31 @@ def _two_levels(w: Workload, m: int, net: Network, rng, kind) -> dict:
         compute = w.compute.order(m * G, m * G)
         return {"step": compute + comm, "compute": compute, "comm": comm,
                 "bytes": (G - 1) / G * n + 2 * (m - 1) / m * n / G + (G - 1) / G * n}
-    tau = w.tau
-    inside = 2 * intra.ring(n, G)              # the gradient mean in the group, every step
+    tau, every = w.tau, int(w.options.get("group_tau") or 1)
+    inside = 2 * intra.ring(n, G)   # an Allreduce in the group: of gradients or parameters
     trials = max(200, 400_000 // (m * G * tau))
-    compute = float(w.compute.draw(rng, (trials, m, tau, G)).max(3).sum(2).max(1).mean())
-    comm = tau * inside + across + gather + w.link_delay
+    draws = w.compute.draw(rng, (trials, m, tau, G))
+    if every == 1:                  # the group's gradient mean every step
+        averages = tau
+        compute = float(draws.max(3).sum(2).max(1).mean())
+    else:                           # hierarchical: the group meets every `every` steps
+        averages = _inside_averages(tau, every)
+        cuts = list(range(0, tau, every)) + [tau]
+        segments = np.add.reduceat(draws, cuts[:-1], axis=2)        # (trials, m, segments, G)
+        compute = float(segments.max(3).sum(2).max(1).mean())
+    comm = averages * inside + across + gather + w.link_delay
     return {"step": (compute + comm) / tau, "compute": compute / tau, "comm": comm / tau,
-            "bytes": 2 * (G - 1) / G * n + (2 * (m - 1) / m * n / G + (G - 1) / G * n) / tau}
+            "bytes": (averages * 2 * (G - 1) / G * n + 2 * (m - 1) / m * n / G
+                      + (G - 1) / G * n) / tau}
+
+
+def _inside_averages(tau: int, every: int) -> float:
+    """Parameter averagings inside a group per round of hierarchical local SGD: one every
+    ``every`` steps, and one before each round that does not fall on such a step (the
+    mean over lcm(tau, every) steps, where the pattern repeats)."""
+    span = math.lcm(tau, every)
+    rounds = span // tau
+    return (span // every + sum(1 for r in range(1, rounds + 1) if r * tau % every)) / rounds
 
 
 def simulate_server(dist, p: int, k: int, algo: str, service_in: float, service_out: float,

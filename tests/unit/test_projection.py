@@ -63,6 +63,38 @@ def test_local_in_groups_pays_the_group_mean_every_step_and_the_blocks_every_tau
         model_step(Workload("gossip", m, n, Empirical([0.02]), group=G), m, TWO_LEVELS)
 
 
+@pytest.mark.parametrize("tau, every, averages", [(8, 4, 2), (8, 3, 10 / 3), (8, 8, 1),
+                                                   (4, 8, 1), (6, 4, 2)])
+def test_hierarchical_local_pays_the_group_average_every_group_tau_steps(tau, every, averages):
+    """Inside every ``every`` steps and before each round that is not on such a step:
+    (8, 3) over 24 steps averages at 3, 6, ..., 21 and before the rounds at 8, 16, 24."""
+    n, m, G = 1e6, 4, 2
+    w = Workload("local", m, n, Empirical([0.02]),
+                 {"tau": tau, "group_size": G, "group_tau": every}, group=G, ranks_per_node=G)
+    inside = (G - 1) * 2e-6 + (G - 1) / G * n * 1e-10
+    across = 2 * ((m - 1) * 50e-6 + (m - 1) / m * (n / G) * 8e-9 * G)
+    got = model_step(w, m, TWO_LEVELS)
+    assert got["step"] == pytest.approx(
+        (tau * 0.02 + averages * 2 * inside + across + inside) / tau, rel=1e-9)
+    assert got["bytes"] == pytest.approx(
+        (averages * 2 * (G - 1) / G * n + 2 * (m - 1) / m * n / G + (G - 1) / G * n) / tau)
+
+
+def test_fewer_meetings_inside_a_group_wait_less_for_its_slowest_rank():
+    """Random compute: a group that meets every step waits for its slowest rank every step
+    (sum of maxima); meeting every tau steps, once per round (maximum of sums)."""
+    n, m, G, tau = 0.0, 2, 4, 8
+    steps = {}
+    for every in (1, 2, 8):
+        w = Workload("local", m, n, Exponential(0.01),
+                     {"tau": tau, "group_size": G, "group_tau": every}, group=G,
+                     ranks_per_node=G)
+        steps[every] = model_step(w, m, FREE)["compute"]
+    assert steps[1] > steps[2] > steps[8]
+    assert steps[1] >= 0.97 * 0.01 * H(G)      # at least E[max_G C] a step (Monte Carlo)
+    assert steps[8] >= 0.97 * 0.01             # at least the mean step
+
+
 @pytest.mark.parametrize("p, k", [(3, 1), (3, 2), (8, 1), (8, 5), (256, 16), (1024, 1024)])
 def test_k_sync_with_exponential_compute_is_the_order_statistic(p, k):
     mu = 0.05
