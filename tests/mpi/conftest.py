@@ -1,4 +1,8 @@
-"""The communicators every distributed test runs on (mpi4py's own test pattern)."""
+"""The communicators every distributed test runs on (mpi4py's own test pattern), and a
+directory every rank shares."""
+import shutil
+import tempfile
+
 import pytest
 from mpi4py import MPI
 
@@ -14,3 +18,14 @@ def comm(request):
         dup = MPI.COMM_WORLD.Dup()
         yield dup
         dup.Free()
+
+
+@pytest.fixture
+def shared_dir():
+    """A fresh directory, the same on every rank (made by rank 0), removed afterwards."""
+    comm = MPI.COMM_WORLD
+    path = comm.bcast(tempfile.mkdtemp(prefix="mpisgd-test-") if comm.rank == 0 else None)
+    yield path
+    comm.Barrier()
+    if comm.rank == 0:
+        shutil.rmtree(path, ignore_errors=True)

@@ -6,7 +6,6 @@ real files in a directory every rank shares.
 """
 import os
 import signal
-import tempfile
 import threading
 
 import h5py
@@ -21,13 +20,6 @@ from mpisgd.app.stops import EXIT_DIVERGED, EXIT_INTERRUPTED, Diverged, Interrup
 from mpisgd.errors import ConfigError
 
 STEPS, EVERY, LOG = 24, 12, 6
-
-
-@pytest.fixture
-def shared_dir():
-    comm = MPI.COMM_WORLD
-    path = comm.bcast(tempfile.mkdtemp(prefix="mpisgd-ckpt-") if comm.rank == 0 else None)
-    yield path
 
 
 def _run(out, **flags):

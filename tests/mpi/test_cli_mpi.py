@@ -1,7 +1,6 @@
 """The training driver end to end under mpiexec: the run record's schema, and report."""
 import json
 import os
-import tempfile
 
 import h5py
 import numpy as np
@@ -12,13 +11,6 @@ from mpi4py import MPI
 from mpisgd.app import cli, train
 from mpisgd.app.config import from_sources
 from mpisgd.app.record import METRICS, RANK_FIELDS
-
-
-@pytest.fixture
-def shared_dir():
-    comm = MPI.COMM_WORLD
-    path = comm.bcast(tempfile.mkdtemp(prefix="mpisgd-test-") if comm.rank == 0 else None)
-    yield path
 
 
 def _train(shared_dir, name, **flags):

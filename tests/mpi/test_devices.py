@@ -52,7 +52,7 @@ def run(family: str, device, monkeypatch, staging: str) -> torch.Tensor:
     comm = group(ranks)
     if ranks is not None and comm.size != ranks:
         comm.Free()
-        pytest.skip(f"needs an even number of ranks (pairs of a centre and a worker)")
+        pytest.skip("needs an even number of ranks (pairs of a centre and a worker)")
     model = regression_model(torch.linspace(-1.0, 1.0, D, dtype=torch.float64))
     opt = torch.optim.SGD(model.parameters(), lr=ETA)
     algo = mpisgd.build(name, model, opt, comm=comm, device=device, **options)

@@ -11,7 +11,6 @@ float64 throughout: the tolerance covers summation order only.
 """
 import pytest
 import torch
-from mpi4py import MPI
 
 import mpisgd
 from mpisgd import reference

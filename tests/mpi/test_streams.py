@@ -9,7 +9,6 @@ zeros included) are one stream: one key, one domain, one caller.
 """
 import collections
 import os
-import tempfile
 
 import numpy as np
 import pytest
@@ -38,9 +37,9 @@ def test_every_family_is_here():
 
 
 @pytest.mark.mpi(min_size=3)
-def test_no_two_streams_of_any_run_draw_the_same_numbers():
+def test_no_two_streams_of_any_run_draw_the_same_numbers(shared_dir):
     comm = MPI.COMM_WORLD
-    tmp = comm.bcast(tempfile.mkdtemp(prefix="mpisgd-streams-") if comm.rank == 0 else None)
+    tmp = shared_dir
     made = []
     for algo, flags in RUNS.items():
         cfg = from_sources(None, dict(algo=algo, steps=4, log_every=4, batch_size=8, threads=1,

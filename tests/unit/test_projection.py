@@ -1,13 +1,12 @@
 """The projection's models against closed forms they must reproduce exactly (REFERENCES.md),
 the alpha-beta fit, and the project command on real single-process records."""
 import itertools
-import json
 
 import numpy as np
 import pytest
 from mpi4py import MPI
 
-from mpisgd.app import cli, project as app_project, record, train
+from mpisgd.app import cli, record, train
 from mpisgd.app.config import from_sources
 from mpisgd.network import Network, fit
 from mpisgd.projection import (Empirical, Exponential, Workload, fit_overhead, model_step,
