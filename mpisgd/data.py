@@ -11,6 +11,8 @@ A dataset spec names where the data comes from:
   and ``test_batch``) in DIR, normalised per channel.
 * ``hdf5:FILE``: datasets ``x`` (N x ...) and ``y`` (N integer labels), and
   optionally ``x_test``/``y_test``; without them a seeded 10% is held out.
+* ``mnist:DIR``: the four IDX files of MNIST, Fashion-MNIST, KMNIST or an
+  EMNIST split, gzipped or not (:mod:`mpisgd.idx`).
 
 A worker's stream depends only on (seed, worker index, step), never on its
 rank or on timing: worker w draws its batch at step t from its shard, walking
@@ -216,14 +218,20 @@ def load(spec: str) -> Dataset:
         if n < 1:
             raise ConfigError(f"--data synthetic:N needs N >= 1, got {n}")
         parts = _synthetic(n)
-    elif kind in ("cifar10", "hdf5"):
+    elif kind in ("cifar10", "hdf5", "mnist"):
         if not arg:
             raise ConfigError(f"--data {kind}:PATH needs a path")
-        if not os.path.exists(arg):
-            raise ConfigError(f"--data {spec}: no such {'directory' if kind == 'cifar10' else 'file'}: {arg}")
-        parts = _cifar10(arg) if kind == "cifar10" else _hdf5(arg)
+        directory = kind != "hdf5"
+        if not (os.path.isdir(arg) if directory else os.path.exists(arg)):
+            raise ConfigError(f"--data {spec}: no such {'directory' if directory else 'file'}: {arg}")
+        if kind == "mnist":
+            from . import idx
+            parts = idx.load(arg)
+        else:
+            parts = _cifar10(arg) if kind == "cifar10" else _hdf5(arg)
     else:
-        raise ConfigError(f"--data must be digits, synthetic[:N], cifar10:DIR or hdf5:FILE, got {spec!r}")
+        raise ConfigError(f"--data must be digits, synthetic[:N], cifar10:DIR, mnist:DIR or "
+                          f"hdf5:FILE, got {spec!r}")
     x, y, xt, yt = (torch.from_numpy(np.ascontiguousarray(a)) for a in parts)
     if len(y) == 0 or len(yt) == 0:
         raise ConfigError(f"--data {spec}: the {'training' if len(y) == 0 else 'test'} set is empty")

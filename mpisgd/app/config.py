@@ -73,7 +73,7 @@ class TrainConfig:
     HELP = {
         "algo": f"algorithm: {', '.join(algorithms.ALGORITHMS)}",
         "model": "linear, mlp, cnn or resnet20",
-        "data": "digits, synthetic[:N], cifar10:DIR or hdf5:FILE",
+        "data": "digits, synthetic[:N], cifar10:DIR, mnist:DIR or hdf5:FILE",
         "steps": "local steps per worker (default 300 unless --epochs)",
         "epochs": "passes over the training set by all workers together",
         "batch_size": "mini-batch size per worker",

@@ -38,6 +38,7 @@ CASES = [
     (["--tua", "3"], "unrecognized arguments: --tua 3", 2),
     (["--algo", "local", "--tau", "0"], "--tau must be a positive integer, got 0", 2),
     (["--data", "hdf5:/no/such/file.h5"], "no such file: /no/such/file.h5", 2),
+    (["--data", "mnist:/"], "--data mnist:/: needs one file of training images named", 2),
     (["--data", "synthetic:1"], "2 workers but only 1 training samples", 2),
     (["--out", "/"], "--out / is a directory", 2),
     (["--algo", "async-easgd", "--steps", "5"], "--center dedicated needs at least 2 ranks", 1),
