@@ -50,6 +50,7 @@ class TrainConfig:
     steps: int | None = None
     epochs: float | None = None
     batch_size: int = 32
+    accumulate: int = 1
     lr: float = 0.05
     momentum: float | None = None      # None: the algorithm's default_momentum (validate)
     nesterov: bool = False
@@ -77,6 +78,8 @@ class TrainConfig:
         "steps": "local steps per worker (default 300 unless --epochs)",
         "epochs": "passes over the training set by all workers together",
         "batch_size": "mini-batch size per worker",
+        "accumulate": "micro-batches of --batch-size per step: gradients summed locally, "
+                      "communication once, after the last (a step of N x batch-size samples)",
         "lr": "learning rate",
         "momentum": _momentum_help(),
         "nesterov": "Nesterov momentum",
@@ -114,6 +117,7 @@ class TrainConfig:
             need(self.epochs > 0, "epochs", "positive", self.epochs)
             need(self.steps is None, "epochs", "used without --steps", self.epochs)
         need(self.batch_size >= 1, "batch-size", "a positive integer", self.batch_size)
+        need(self.accumulate >= 1, "accumulate", "a positive integer", self.accumulate)
         need(self.lr > 0, "lr", "positive", self.lr)
         given = self.momentum is not None
         if not given:            # the algorithm's default, recorded as the value

@@ -82,11 +82,13 @@ def prepare(cfg: TrainConfig, comm):
             raise ConfigError(f"--model {cfg.model} does not fit --data {cfg.data} "
                               f"(inputs of shape {tuple(data.input_shape)}): {err}") from None
         if cfg.epochs is not None:
-            cfg.steps = max(1, math.ceil(cfg.epochs * len(data.y_train) / (workers * cfg.batch_size)))
+            cfg.steps = max(1, math.ceil(cfg.epochs * len(data.y_train)
+                                         / (workers * cfg.batch_size * cfg.accumulate)))
         cfg.steps = cfg.steps or 300
         cfg.log_every = cfg.log_every or max(1, cfg.steps // 20)
         cfg.eval_samples = min(len(data.y_test), cfg.eval_samples or
-                               math.ceil(workers * cfg.log_every * cfg.batch_size / 4))
+                               math.ceil(workers * cfg.log_every * cfg.batch_size
+                                         * cfg.accumulate / 4))
         if comm.Get_rank() == 0:
             cfg.out = writable(cfg.out or _default_out(cfg.algo), cfg.overwrite, bool(cfg.resume))
         storage.check_dir(cfg.checkpoint_dir or checkpoint.default_dir(  # every rank writes there

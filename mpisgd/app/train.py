@@ -21,11 +21,11 @@ ranks are quiet.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from .. import __version__, data as datasets, device as placement, ops
 from ..errors import ConfigError
 from ..mpienv import mpi_library, setting
+from .accumulate import gradient
 from .config import TrainConfig
 from .logpoint import Evaluator, stall_warning, summary_line
 from .pace import Pace, Progress
@@ -103,10 +103,8 @@ def _train(cfg, comm, algo, model, opt, data, shards, record, quiet, signals, ke
         rounds = algo.rounds
         try:
             while pace.running(at.step):
-                x, y = stream.batch(at.step)
                 opt.zero_grad(set_to_none=False)
-                loss = F.cross_entropy(model(x), y)
-                loss.backward()
+                loss = gradient(model, stream, algo, at.step, cfg.accumulate)
                 algo.step(loss)
                 at.step += 1
                 at.watch.add(loss)

@@ -318,3 +318,25 @@ def test_a_run_whose_loss_never_moves_is_flagged_in_the_summary_and_the_record(s
     assert learned["warning"] == ""
     with h5py.File(good, "r") as f:
         assert "warnings" not in f.attrs
+
+
+@pytest.mark.mpi(min_size=3)
+@pytest.mark.parametrize("algo, extra", [("sync", {}), ("local", {"tau": 3}), ("ps-sync", {})])
+def test_accumulating_4_batches_of_8_is_one_step_of_32(shared_dir, algo, extra):
+    """--accumulate 4 --batch-size 8 against --batch-size 32 (the same samples in the same
+    order): the same model to float32 rounding, the same rounds and bytes; the first three
+    backward passes of a step communicate nothing."""
+    comm = MPI.COMM_WORLD
+    flags = dict(algo=algo, steps=12, log_every=6, model="mlp", **extra)
+    out1, _ = _train(shared_dir, f"{algo}-32", batch_size=32, **flags)
+    out4, _ = _train(shared_dir, f"{algo}-8x4", batch_size=8, accumulate=4, **flags)
+    if comm.rank != 0:
+        return
+    with h5py.File(out1, "r") as a, h5py.File(out4, "r") as b:
+        np.testing.assert_allclose(b["final"]["params"][()], a["final"]["params"][()],
+                                   rtol=1e-4, atol=1e-6)
+        for k in ("rounds", "bytes_sent", "step"):
+            np.testing.assert_array_equal(b["metrics"][k][()], a["metrics"][k][()])
+        np.testing.assert_allclose(b["metrics"]["train_loss"][()], a["metrics"]["train_loss"][()],
+                                   rtol=1e-5)
+        assert json.loads(b.attrs["config"])["accumulate"] == 4

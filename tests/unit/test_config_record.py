@@ -48,6 +48,7 @@ def test_missing_config_file():
     ({"steps": 5, "epochs": 1.0}, "--epochs must be used without --steps"),
     ({"seed": -1}, "--seed must be a non-negative integer, got -1"),
     ({"eval_samples": 0}, "--eval-samples must be a positive integer, got 0"),
+    ({"accumulate": 0}, "--accumulate must be a positive integer, got 0"),
     ({"lr": -0.1}, "--lr must be positive, got -0.1"),
     ({"bucket_mb": "inf"}, "--bucket-mb must be a finite number, got 'inf'"),
     ({"algo": "easgd", "center": "dedicated"}, "--center must be one of replicated, rank0"),
