@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from .. import algorithms, device as placement, models
 from ..algorithms.options import coerce
 from ..errors import ConfigError, OptionError
+from . import lr as lr_schedules
 
 
 #: ``--momentum`` when not given (the run record stores the value used).
@@ -36,6 +37,16 @@ def default_momentum(algo: str) -> float:
     return 0.0 if algo in ZERO_MOMENTUM else MOMENTUM
 
 
+def _sets_lr(algo: str, options: dict) -> str | None:
+    """Why ``--algo algo`` with ``options`` sets the local rate itself (``None``: it does not)."""
+    from ..algorithms.ps import FAMILY
+    if algo in {cls.name for cls in FAMILY}:
+        return "the server steps the model with its own copy of the optimizer"
+    if options.get("schedule") == "time-varying":
+        return "--schedule time-varying sets the rate itself (PR-SGD Algorithm 2's lr_exp)"
+    return None
+
+
 def _momentum_help() -> str:
     """``--momentum``'s help: the usual default, and the algorithms whose default is 0."""
     return f"SGD momentum (default {MOMENTUM:g}; 0 for {', '.join(ZERO_MOMENTUM)})"
@@ -52,6 +63,10 @@ class TrainConfig:
     batch_size: int = 32
     accumulate: int = 1
     lr: float = 0.05
+    lr_schedule: str = "constant"
+    warmup: int = 0
+    lr_min: float = 0.0
+    lr_gamma: float = 0.1
     momentum: float | None = None      # None: the algorithm's default_momentum (validate)
     nesterov: bool = False
     weight_decay: float = 0.0
@@ -80,7 +95,12 @@ class TrainConfig:
         "batch_size": "mini-batch size per worker",
         "accumulate": "micro-batches of --batch-size per step: gradients summed locally, "
                       "communication once, after the last (a step of N x batch-size samples)",
-        "lr": "learning rate",
+        "lr": "learning rate (the base rate of --lr-schedule)",
+        "lr_schedule": "constant, cosine, linear (to --lr-min over the run, after the warmup) or "
+                       "step:E1,E2,... (times --lr-gamma at each epoch listed)",
+        "warmup": "steps of linear warmup from lr/warmup to lr",
+        "lr_min": "the rate cosine and linear end at",
+        "lr_gamma": "the factor of each step:E milestone",
         "momentum": _momentum_help(),
         "nesterov": "Nesterov momentum",
         "weight_decay": "L2 weight decay",
@@ -119,6 +139,10 @@ class TrainConfig:
         need(self.batch_size >= 1, "batch-size", "a positive integer", self.batch_size)
         need(self.accumulate >= 1, "accumulate", "a positive integer", self.accumulate)
         need(self.lr > 0, "lr", "positive", self.lr)
+        need(self.warmup >= 0, "warmup", "a whole number of steps >= 0", self.warmup)
+        need(0 <= self.lr_min < self.lr, "lr-min", f"in [0, --lr {self.lr:g})", self.lr_min)
+        need(0 < self.lr_gamma <= 1, "lr-gamma", "in (0, 1]", self.lr_gamma)
+        lr_schedules.check(self, _sets_lr(self.algo, self.options))
         given = self.momentum is not None
         if not given:            # the algorithm's default, recorded as the value
             self.momentum = default_momentum(self.algo)

@@ -85,7 +85,8 @@ def log_row(algo, evaluate, step, wall, watch, bytes_before, signals, local_step
     test_loss, test_error = evaluate(params, algo.consensus_buffers())
     row = {"step": step, "wall_time": wall, "train_loss": sums[0].item() / max(sums[1].item(), 1),
            "test_loss": test_loss, "test_error": test_error, "rounds": sums[3].item() / algo.replicas,
-           "bytes_sent": sums[2].item(), "consensus_distance": algo.consensus_distance()}
+           "bytes_sent": sums[2].item(), "consensus_distance": algo.consensus_distance(),
+           "lr": algo.optimizer.param_groups[0]["lr"]}
     if sums[4].item():       # the workers' mean loss of step 1 (the interval that holds it)
         row["first_loss"] = sums[4].item() / algo.replicas
     return row, sums[5:5 + size].tolist(), max(sums[5 + size:].tolist())

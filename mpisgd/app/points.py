@@ -28,8 +28,8 @@ class Points:
     """
 
     def __init__(self, cfg, algo, record, evaluate, progress, signals, kept,
-                 resumed: dict | None):
-        self.cfg, self.algo, self.record = cfg, algo, record
+                 resumed: dict | None, rates=None):
+        self.cfg, self.algo, self.record, self.rates = cfg, algo, record, rates
         self.evaluate, self.progress, self.signals, self.kept = evaluate, progress, signals, kept
         self.telemetry = algo.telemetry   # every collective: uncounted, in the algorithm's order
         self.watch = LossWindow(algo.device)
@@ -48,10 +48,19 @@ class Points:
             self.first_loss = resumed["first_loss"]
             self.start -= resumed["train_time"]
             self.watch.load_state_dict(resumed["losses"])
+            if rates is not None:                # made at the base rate, now where it was
+                rates.load_state_dict(resumed["lr"])
             self.rows = [dict(r) for r in resumed["rows"]] if self.rank0 else []
             self.progress.update(self.step)
         algo.clock = self.train_time       # schedules read training time
         self.next_checkpoint = next_multiple(self.position(), cfg.checkpoint_every)
+
+    def stepped(self, loss) -> None:
+        """After a local step: count it, keep its loss, set the next step's rate."""
+        self.step += 1
+        self.watch.add(loss)
+        if self.rates is not None:
+            self.rates.step()
 
     def train_time(self) -> float:
         """Seconds of training so far (log points and checkpoints excluded)."""
@@ -93,7 +102,8 @@ class Points:
         """A checkpoint after local step ``point`` (collective); the clock stops meanwhile."""
         t0 = time.perf_counter()
         driver = {"step": self.step, "base": self.base, "train_time": t0 - self.start - self.paused,
-                  "losses": self.watch.state_dict(), "first_loss": self.first_loss}
+                  "losses": self.watch.state_dict(), "first_loss": self.first_loss,
+                  "lr": self.rates.state_dict() if self.rates is not None else None}
         meta = {"config": self.cfg.resolved(), "rows": self.rows, "algo": self.cfg.algo} \
             if self.rank0 else {}
         path = checkpoint.save(self.telemetry, self.ckpt_dir, point,

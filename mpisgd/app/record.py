@@ -10,7 +10,7 @@ Layout:
 * ``/metrics/<name>``: 1-D datasets of equal length, one row per log point:
   ``step``, ``wall_time``, ``train_loss``, ``test_loss``, ``test_error``,
   ``rounds``, ``bytes_sent``, ``consensus_distance`` (mean over workers of
-  ||x_i - xbar||^2);
+  ||x_i - xbar||^2), ``lr`` (rank 0's rate for the step after the row);
 * ``/ranks/<name>``: one value per rank: ``compute_time``, ``comm_time``,
   ``wait_time``, ``staging_time`` (device copies of the host staging, CUDA
   events), ``steps``, ``bytes_sent``; and the strings ``host`` and ``device``
@@ -71,7 +71,7 @@ from .. import storage, streams
 from .sidecars import failure, lock, stamp
 
 METRICS = ("step", "wall_time", "train_loss", "test_loss", "test_error", "rounds", "bytes_sent",
-           "consensus_distance")
+           "consensus_distance", "lr")
 RANK_FIELDS = ("compute_time", "comm_time", "wait_time", "staging_time", "steps", "bytes_sent")
 INTERRUPTED = "failed: the job ended before the run completed (killed or timed out)"
 

@@ -9,14 +9,14 @@ Order of events, on every rank:
 1. :func:`~mpisgd.app.prepare.prepare`: the configuration, data, shards and
    model, agreed in one allgather (a problem on any rank ends every rank);
 2. bind the algorithm (rank 0's initial parameters are broadcast);
-3. train: worker w's batch at step t depends only on (seed, w, t); log
-   points, checkpoints and stops (:class:`~mpisgd.app.points.Points`) with
-   the clock paused (``wall_time`` counts training only);
+3. train: worker w's batch at step t depends only on (seed, w, t), the rate
+   on t (:mod:`~mpisgd.app.lr`); log points, checkpoints and stops
+   (:class:`~mpisgd.app.points.Points`), the clock paused (``wall_time`` counts
+   training only);
 4. ``finish()``, a last log point, per-rank counters, the final model.
 
-Rank 0 shows progress — a bar on a terminal, or, in a batch log, one line
-per log point at most every 10 s — and prints a one-line summary; other
-ranks are quiet.
+Rank 0 shows progress (a bar on a terminal; in a batch log, one line per log
+point at most every 10 s) and a one-line summary; other ranks are quiet.
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ import torch
 from .. import __version__, data as datasets, device as placement, ops
 from ..errors import ConfigError
 from ..mpienv import mpi_library, setting
+from . import lr as lr_schedules
 from .accumulate import gradient
 from .config import TrainConfig
 from .logpoint import Evaluator, stall_warning, summary_line
@@ -64,6 +65,7 @@ def _run(cfg: TrainConfig, comm, quiet: bool, signals: Signals, kept: KeptWarnin
         algo = cfg.spec.bind(model, opt, comm, device=cfg.device)
     except ValueError as err:    # raised on every rank alike, before any message
         raise err if isinstance(err, ConfigError) else ConfigError(str(err)) from None
+    rates = lr_schedules.scheduler(opt, cfg, algo, len(data.y_train))   # at the base rate
     meta, state = resume or (None, None)
     if state is not None:
         algo.load_state_dict(state["algorithm"])
@@ -73,8 +75,8 @@ def _run(cfg: TrainConfig, comm, quiet: bool, signals: Signals, kept: KeptWarnin
         record = RunRecord(cfg.out, cfg.resolved(), size, algo.workers, mpi_library(), __version__,
                            rows=rows)
     try:
-        return _train(cfg, comm, algo, model, opt, data, shards, record, quiet, signals, kept,
-                      {**state["driver"], "rows": meta["rows"]} if state else None)
+        return _train(cfg, comm, algo, model, opt, rates, data, shards, record, quiet, signals,
+                      kept, {**state["driver"], "rows": meta["rows"]} if state else None)
     except RunStopped as err:    # on every rank alike, at the same point: close collectively
         algo.close()
         if record is not None:
@@ -88,13 +90,13 @@ def _run(cfg: TrainConfig, comm, quiet: bool, signals: Signals, kept: KeptWarnin
         raise
 
 
-def _train(cfg, comm, algo, model, opt, data, shards, record, quiet, signals, kept,
+def _train(cfg, comm, algo, model, opt, rates, data, shards, record, quiet, signals, kept,
            resumed: dict | None) -> dict:
     rank, device = comm.Get_rank(), algo.device
     telemetry = algo.telemetry   # every collective of the driver: uncounted, in the algorithm's order
     evaluate = Evaluator(cfg, data, telemetry, device)
     progress = Progress(cfg.steps, f"{cfg.algo} x{algo.workers}", enabled=(rank == 0 and not quiet))
-    at = Points(cfg, algo, record, evaluate, progress, signals, kept, resumed)
+    at = Points(cfg, algo, record, evaluate, progress, signals, kept, resumed, rates)
     if algo.is_worker:
         w = algo.replica_index
         stream = datasets.WorkerStream(data.to(device), shards[w], w, cfg.seed, cfg.batch_size)
@@ -106,8 +108,7 @@ def _train(cfg, comm, algo, model, opt, data, shards, record, quiet, signals, ke
                 opt.zero_grad(set_to_none=False)
                 loss = gradient(model, stream, algo, at.step, cfg.accumulate)
                 algo.step(loss)
-                at.step += 1
-                at.watch.add(loss)
+                at.stepped(loss)
                 point, last = pace.after_step(at.step, progress)
                 if last:
                     if vote is not None:

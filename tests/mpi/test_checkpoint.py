@@ -62,6 +62,8 @@ BITWISE = {
     "easgd": dict(algo="easgd", tau=2),
     "easgd-rank0": dict(algo="easgd", tau=2, center="rank0"),
     "easgd-int8": dict(algo="easgd", tau=2, compress="int8"),
+    "local-cosine-accumulate": dict(algo="local", tau=4, lr_schedule="cosine", warmup=3,
+                                    accumulate=2),
     "gossip": dict(algo="gossip", topology="ring"),
     "gossip-overlap": dict(algo="gossip", topology="ring", tau=3, overlap=True),
     "cooperative": dict(algo="cooperative", topology="ring", tau=2),

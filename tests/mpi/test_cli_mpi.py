@@ -340,3 +340,20 @@ def test_accumulating_4_batches_of_8_is_one_step_of_32(shared_dir, algo, extra):
         np.testing.assert_allclose(b["metrics"]["train_loss"][()], a["metrics"]["train_loss"][()],
                                    rtol=1e-5)
         assert json.loads(b.attrs["config"])["accumulate"] == 4
+
+
+@pytest.mark.mpi(min_size=2)
+def test_the_rate_schedule_is_recorded_at_every_row(shared_dir):
+    """--lr-schedule cosine --warmup 5: each row's lr is the rate of the step after it."""
+    from mpisgd.app import lr
+    comm = MPI.COMM_WORLD
+    out, _ = _train(shared_dir, "cosine", algo="local", tau=2, steps=40, log_every=10,
+                    lr=0.1, lr_schedule="cosine", warmup=5, lr_min=0.01)
+    if comm.rank != 0:
+        return
+    with h5py.File(out, "r") as f:
+        steps, rates = f["metrics"]["step"][()], f["metrics"]["lr"][()]
+    f = lr.factor("cosine", 40, 5, 0.1)
+    np.testing.assert_allclose(rates, [0.1 * f(int(s)) for s in steps], rtol=1e-9)
+    assert rates[-1] == pytest.approx(0.01)
+

@@ -202,7 +202,7 @@ def test_cifar10_pickle_batches(tmp_path):
 
 @pytest.mark.parametrize("spec, message", [
     ("hdf5:/no/such.h5", "no such file"), ("cifar10:/no/dir", "no such directory"),
-    ("mnist", "--data must be"), ("synthetic:x", "integer N"),
+    ("imagenet", "--data must be"), ("mnist", r"--data mnist:PATH needs a path"), ("synthetic:x", "integer N"),
 ])
 def test_bad_data_specs(spec, message):
     with pytest.raises(ConfigError, match=message):

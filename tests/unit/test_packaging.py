@@ -57,7 +57,7 @@ def record(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("rec") / "run.h5")
     rec = RunRecord(path, {"algo": "sync"}, 2, 2, "none", "0")
     rec.log(step=1, wall_time=0.1, train_loss=1.0, test_loss=1.0, test_error=0.5, rounds=1,
-            bytes_sent=8, consensus_distance=0.0)
+            bytes_sent=8, consensus_distance=0.0, lr=0.05)
     rec.complete({k: [0, 0] for k in RANK_FIELDS}, [0.0])
     return path
 
