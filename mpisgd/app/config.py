@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from .. import algorithms, device as placement, models
 from ..algorithms.options import coerce
 from ..errors import ConfigError, OptionError
-from . import lr as lr_schedules
+from . import lr as lr_schedules, optimizers
 
 
 #: ``--momentum`` when not given (the run record stores the value used).
@@ -62,6 +62,7 @@ class TrainConfig:
     epochs: float | None = None
     batch_size: int = 32
     accumulate: int = 1
+    optimizer: str = "sgd"
     lr: float = 0.05
     lr_schedule: str = "constant"
     warmup: int = 0
@@ -69,6 +70,8 @@ class TrainConfig:
     lr_gamma: float = 0.1
     momentum: float | None = None      # None: the algorithm's default_momentum (validate)
     nesterov: bool = False
+    betas: str = "0.9,0.999"
+    eps: float = 1e-8
     weight_decay: float = 0.0
     seed: int = 0
     shard: str = "iid"
@@ -95,6 +98,7 @@ class TrainConfig:
         "batch_size": "mini-batch size per worker",
         "accumulate": "micro-batches of --batch-size per step: gradients summed locally, "
                       "communication once, after the last (a step of N x batch-size samples)",
+        "optimizer": "the local optimizer: sgd, adam or adamw (decoupled weight decay)",
         "lr": "learning rate (the base rate of --lr-schedule)",
         "lr_schedule": "constant, cosine, linear (to --lr-min over the run, after the warmup) or "
                        "step:E1,E2,... (times --lr-gamma at each epoch listed)",
@@ -103,7 +107,9 @@ class TrainConfig:
         "lr_gamma": "the factor of each step:E milestone",
         "momentum": _momentum_help(),
         "nesterov": "Nesterov momentum",
-        "weight_decay": "L2 weight decay",
+        "betas": "adam and adamw: the moments' decay rates B1,B2",
+        "eps": "adam and adamw: the denominator's epsilon",
+        "weight_decay": "weight decay (sgd, adam: L2 in the gradient; adamw: decoupled)",
         "seed": "seed of data order, sharding and initialisation",
         "shard": "iid or label-skew (Dirichlet, see --skew-alpha)",
         "skew_alpha": "Dirichlet concentration of label-skew sharding",
@@ -144,8 +150,9 @@ class TrainConfig:
         need(0 < self.lr_gamma <= 1, "lr-gamma", "in (0, 1]", self.lr_gamma)
         lr_schedules.check(self, _sets_lr(self.algo, self.options))
         given = self.momentum is not None
-        if not given:            # the algorithm's default, recorded as the value
-            self.momentum = default_momentum(self.algo)
+        optimizers.check(self, given)
+        if not given:            # the algorithm's default, recorded as the value (Adam: 0)
+            self.momentum = default_momentum(self.algo) if self.optimizer == "sgd" else 0.0
         need(0 <= self.momentum < 1, "momentum", "in [0, 1)", self.momentum)
         if given and self.momentum > 0 and ZERO_MOMENTUM.get(self.algo):
             warnings.warn(f"--momentum {self.momentum:g} with --algo {self.algo}: "

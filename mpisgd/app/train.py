@@ -25,7 +25,7 @@ import torch
 from .. import __version__, data as datasets, device as placement, ops
 from ..errors import ConfigError
 from ..mpienv import mpi_library, setting
-from . import lr as lr_schedules
+from . import lr as lr_schedules, optimizers
 from .accumulate import gradient
 from .config import TrainConfig
 from .logpoint import Evaluator, stall_warning, summary_line
@@ -59,8 +59,7 @@ def _run(cfg: TrainConfig, comm, quiet: bool, signals: Signals, kept: KeptWarnin
     data, shards, model, resume = prepare(cfg, comm)
     cfg.out = comm.bcast(cfg.out, root=0)          # the default name is rank 0's
     torch.set_num_threads(threads_for(comm, cfg.threads))
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                          nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+    opt = optimizers.make(cfg, model.parameters())
     try:
         algo = cfg.spec.bind(model, opt, comm, device=cfg.device)
     except ValueError as err:    # raised on every rank alike, before any message

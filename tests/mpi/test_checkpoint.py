@@ -64,6 +64,7 @@ BITWISE = {
     "easgd-int8": dict(algo="easgd", tau=2, compress="int8"),
     "local-cosine-accumulate": dict(algo="local", tau=4, lr_schedule="cosine", warmup=3,
                                     accumulate=2),
+    "local-adamw": dict(algo="local", tau=4, optimizer="adamw", lr=0.005, weight_decay=0.01),
     "gossip": dict(algo="gossip", topology="ring"),
     "gossip-overlap": dict(algo="gossip", topology="ring", tau=3, overlap=True),
     "cooperative": dict(algo="cooperative", topology="ring", tau=2),
