@@ -58,7 +58,7 @@ launch: install
 
 test: unit mpi launch
 
-# bench: all twelve scripts in benchmarks/ (docs/benchmarks.md), at the rank counts of the
+# bench: the scripts in benchmarks/ (docs/benchmarks.md), at the rank counts of the
 # figures there. Several run more ranks than a small machine has cores, which Open MPI must
 # be told (--oversubscribe, whatever NP is); MPICH needs no flag.
 bench: BENCH_MPI = $(MPIEXEC) $(filter-out --oversubscribe,$(MPIFLAGS)) \
@@ -78,6 +78,7 @@ bench: install
 	for p in 4 8 16; do $(BENCH_MPI) -n $$p $(PY) benchmarks/bench_gossip.py || exit 1; done
 	$(BENCH_MPI) -n 2 $(PY) benchmarks/bench_compress.py
 	$(BENCH_MPI) -n 4 $(PY) benchmarks/bench_compress.py
+	$(BENCH_MPI) -n 2 $(PY) benchmarks/bench_recipes.py
 	$(BENCH_MPI) -n 4 $(PY) benchmarks/bench_diloco.py
 
 clean:
