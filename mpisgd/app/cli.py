@@ -44,7 +44,7 @@ def _train_parser(sub) -> None:
     p.add_argument("--config", help="YAML file with the same keys as the flags")
     kinds = {"steps": int, "epochs": float, "momentum": float, "log_every": int,
              "eval_samples": int, "threads": int,
-             "out": str, "checkpoint_every": int, "checkpoint_dir": str, "resume": str}
+             "out": str, "tensorboard": str, "checkpoint_every": int, "checkpoint_dir": str, "resume": str}
     for f in dataclasses.fields(TrainConfig):
         if f.name == "options":
             continue

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from .. import algorithms, device as placement, models
 from ..algorithms.options import coerce
 from ..errors import ConfigError, OptionError
-from . import lr as lr_schedules, optimizers
+from . import board, lr as lr_schedules, optimizers
 
 
 #: ``--momentum`` when not given (the run record stores the value used).
@@ -79,6 +79,7 @@ class TrainConfig:
     log_every: int | None = None
     eval_samples: int | None = None
     out: str | None = None
+    tensorboard: str | None = None
     threads: int | None = None
     device: str = "auto"
     deterministic: bool = False
@@ -118,6 +119,8 @@ class TrainConfig:
                         "every point (default: a quarter of the samples the workers train on "
                         "between two log points, at most the test set)",
         "out": "HDF5 run record (default runs/ALGO-DATE-TIME.h5)",
+        "tensorboard": "also write every logged row as TensorBoard scalars to this directory "
+                       "(rank 0; the tensorboard extra)",
         "threads": "torch threads per rank (default: cores per node / ranks per node)",
         "device": "auto (CUDA where torch sees a GPU), cpu, cuda (GPU local_rank %% GPUs) or cuda:N",
         "deterministic": "deterministic kernels only (torch.use_deterministic_algorithms, cuDNN "
@@ -160,6 +163,8 @@ class TrainConfig:
         need(not self.nesterov or self.momentum > 0, "nesterov", "used with --momentum > 0",
              self.nesterov)
         need(self.weight_decay >= 0, "weight-decay", "non-negative", self.weight_decay)
+        if self.tensorboard:
+            board.check()
         try:
             self.device = placement.parse(self.device)
         except ValueError:

@@ -35,6 +35,10 @@ class Points:
         self.watch = LossWindow(algo.device)
         self.ckpt_dir = cfg.checkpoint_dir or checkpoint.default_dir(cfg.out)
         self.rank0 = record is not None
+        self.board = None
+        if self.rank0 and cfg.tensorboard:
+            from .board import Board
+            self.board = Board(cfg.tensorboard)
         self.rows = []             # rank 0: the record's rows, for checkpoints
         self.first_loss = None     # the workers' mean loss of step 1 (for the stall check)
         self.step = 0
@@ -90,6 +94,8 @@ class Points:
             self.rows.append(self.row)
             if not draft:
                 self.record.log(**self.row)
+                if self.board is not None:
+                    self.board.log(self.row)
         if not draft:
             self.progress.log(self.row)
         self.telemetry.barrier()      # rank 0's record write is not anyone's training time

@@ -357,3 +357,25 @@ def test_the_rate_schedule_is_recorded_at_every_row(shared_dir):
     np.testing.assert_allclose(rates, [0.1 * f(int(s)) for s in steps], rtol=1e-9)
     assert rates[-1] == pytest.approx(0.01)
 
+
+
+@pytest.mark.mpi(min_size=2)
+def test_tensorboard_gets_every_row_the_record_gets(shared_dir):
+    """--tensorboard DIR: one scalar per column of every row, at the row's step."""
+    comm = MPI.COMM_WORLD
+    board = os.path.join(shared_dir, "tb")
+    out, _ = _train(shared_dir, "board", algo="local", tau=2, steps=20, log_every=5,
+                    tensorboard=board)
+    if comm.rank != 0:              # rank 0 writes the board
+        return
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(board)
+    events.Reload()
+    with h5py.File(out, "r") as f:
+        rows = {k: f["metrics"][k][()] for k in METRICS}
+    assert sorted(events.Tags()["scalars"]) == sorted(f"metrics/{k}" for k in METRICS
+                                                      if k != "step")
+    for name in ("test_error", "train_loss", "lr", "bytes_sent"):
+        scalars = events.Scalars(f"metrics/{name}")
+        assert [s.step for s in scalars] == list(rows["step"].astype(int))
+        np.testing.assert_allclose([s.value for s in scalars], rows[name], rtol=1e-6)

@@ -217,3 +217,14 @@ def test_deterministic_holds_during_the_run_and_is_recorded(tmp_path, monkeypatc
     assert seen == [(True, False)]
     assert not torch.are_deterministic_algorithms_enabled()         # the caller's, back
     assert record.read(out)["config"]["deterministic"] is True
+
+
+def test_a_missing_tensorboard_extra_is_one_line_naming_it(monkeypatch):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"^--tensorboard needs the tensorboard package: "
+                                          r"pip install 'mpisgd\[tensorboard\]'"):
+        from_sources(None, dict(tensorboard="tb")).validate()
+
