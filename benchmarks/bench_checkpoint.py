@@ -30,7 +30,7 @@ import mpisgd
 from mpisgd import checkpoint, models
 from mpisgd.losses import LossWindow
 from mpisgd.comm import Comm
-from common import arguments, count, interleaved, machine, parse
+from common import arguments, count, input_shape, interleaved, machine, parse
 
 parser = arguments(__doc__)
 parser.add_argument("--models", default="mlp,resnet20",
@@ -61,7 +61,7 @@ def median_max(samples):
 
 
 for name in args.models.split(","):
-    shape = (3, 32, 32) if name in ("cnn", "resnet20") else (64,)
+    shape = input_shape(name)
     for algo_name, options in (("sync", {}), ("local", {"tau": 4})):
         torch.manual_seed(0)
         model = models.build(name, shape, 10)

@@ -22,22 +22,17 @@ from mpi4py import MPI
 import mpisgd
 from mpisgd import models
 from mpisgd.app.accumulate import gradient
-from common import arguments, count, interleaved, machine, parse
+from common import arguments, count, input_shape, interleaved, machine, trials
 
 parser = arguments(__doc__)
 parser.add_argument("--model", default="cnn", choices=sorted(models.MODELS),
                     help="the model (default cnn)")
 parser.add_argument("--batch", type=count, default=32, help="micro-batch per rank (default 32)")
 parser.add_argument("--accumulate", type=count, default=4, help="micro-batches (default 4)")
-parser.add_argument("--tau", type=count, default=8, help="local's period (default 8)")
-parser.add_argument("--steps", type=count, default=16,
-                    help="steps per trial, a multiple of --tau (default 16)")
-parser.add_argument("--trials", type=count, default=6,
-                    help="timed trials per contender, after 2 warm-up trials (default 6)")
-args = parse(parser)
+args = trials(parser)
 
 comm = MPI.COMM_WORLD
-shape = (3, 32, 32) if args.model in ("cnn", "resnet20") else (64,)
+shape = input_shape(args.model)
 A, B = args.accumulate, args.batch
 
 

@@ -23,24 +23,17 @@ from mpi4py import MPI
 
 import mpisgd
 from mpisgd import device as placement, models, ops
-from common import arguments, count, interleaved, machine, parse, usage_error
+from common import arguments, count, input_shape, interleaved, machine, trials
 
 parser = arguments(__doc__)
 parser.add_argument("--device", default="auto", help="auto, cpu, cuda (local rank %% GPUs)")
 parser.add_argument("--model", default="resnet20", choices=sorted(models.MODELS),
                     help="the model (default resnet20)")
 parser.add_argument("--batch", type=count, default=128, help="per-rank batch (default 128)")
-parser.add_argument("--tau", type=count, default=8, help="local's period (default 8)")
-parser.add_argument("--steps", type=count, default=16,
-                    help="steps per trial, a multiple of --tau (default 16)")
-parser.add_argument("--trials", type=count, default=6,
-                    help="timed trials per contender, after 2 warm-up trials (default 6)")
-args = parse(parser)
-if args.steps % args.tau:
-    usage_error(parser, f"--steps must be a multiple of --tau ({args.tau})")
+args = trials(parser)
 
 comm = MPI.COMM_WORLD
-shape = (3, 32, 32) if args.model in ("cnn", "resnet20") else (64,)
+shape = input_shape(args.model)
 
 
 def contender(name):

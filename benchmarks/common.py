@@ -53,6 +53,25 @@ def count(text: str) -> int:
     return value
 
 
+def trials(parser: argparse.ArgumentParser, comm=MPI.COMM_WORLD) -> argparse.Namespace:
+    """Add ``--tau``, ``--steps`` (a multiple of tau) and ``--trials``, the options of a
+    script that times whole rounds of local SGD beside sync, and parse (:func:`parse`)."""
+    parser.add_argument("--tau", type=count, default=8, help="local's period (default 8)")
+    parser.add_argument("--steps", type=count, default=16,
+                        help="steps per trial, a multiple of --tau (default 16)")
+    parser.add_argument("--trials", type=count, default=6,
+                        help="timed trials per contender, after 2 warm-up trials (default 6)")
+    args = parse(parser, comm)
+    if args.steps % args.tau:
+        usage_error(parser, f"--steps must be a multiple of --tau ({args.tau})", comm)
+    return args
+
+
+def input_shape(model: str) -> tuple[int, ...]:
+    """The synthetic inputs a benchmark feeds ``model``: images for the convolutional ones."""
+    return (3, 32, 32) if model in ("cnn", "resnet20") else (64,)
+
+
 def counts(text: str) -> list[int]:
     """A comma-separated list of :func:`count` (``1e6,1e7``)."""
     return [count(part) for part in text.split(",") if part.strip()]

@@ -183,17 +183,14 @@ class Elastic(Round):
 
     def start(self, k: int = 0) -> Handles:
         x, c, e = self.x, self.center, self._diff
-        if self.mean is not None:
-            ops.elastic(x, c, e, self.alpha)          # e_i, and x_i -= e_i (exact)
-            m = self.comm.size                        # c += m * the compressed mean of the e_i
+        if not self.replicated:
+            self.comm.bcast(c, 0)                     # rank 0's c, everywhere
+        ops.elastic(x, c, e, self.alpha)              # e_i, and x_i -= e_i (exact)
+        if self.mean is not None:                     # c += m * the compressed mean of the e_i
+            m = self.comm.size
             return Handle.all(self.mean.start(), finish=lambda: c.add_(e, alpha=m))
-        if self.replicated:
-            ops.elastic(x, c, e, self.alpha)          # e_i, and x_i -= e_i
-            summed = self.comm.iallreduce(e)          # sum_i e_i ...
-        else:
-            self.comm.bcast(c, 0)
-            ops.elastic(x, c, e, self.alpha)
-            summed = self.comm.ireduce(e, 0)          # ... into rank 0's e
+        summed = self.comm.iallreduce(e) if self.replicated else \
+            self.comm.ireduce(e, 0)                   # sum_i e_i, into rank 0's e
         return Handle.all(summed, finish=(lambda: c.add_(e)) if self.holds else None)
 
     def state_dict(self) -> dict:
