@@ -44,7 +44,7 @@ class LossWindow:
     def _stacked(self) -> torch.Tensor:
         """The window's losses as one float64 host tensor (one copy from the device)."""
         if len({t.device for t in self.losses}) == 1:
-            return torch.stack([t.double() for t in self.losses]).cpu()
+            return torch.stack(self.losses).double().cpu()    # stack promotes dtypes
         return torch.stack([t.double().cpu() for t in self.losses])   # numbers beside device tensors
 
     def state_dict(self) -> dict:
