@@ -13,6 +13,9 @@ A dataset spec names where the data comes from:
   optionally ``x_test``/``y_test``; without them a seeded 10% is held out.
 * ``mnist:DIR``: the four IDX files of MNIST, Fashion-MNIST, KMNIST or an
   EMNIST split, gzipped or not (:mod:`mpisgd.idx`).
+* ``text:FILE``: a text's bytes as windows of the model's context for a
+  language model (:mod:`mpisgd.text`): inputs and targets are B x C byte
+  indices, 256 classes.
 
 A worker's stream depends only on (seed, worker index, step), never on its
 rank or on timing: worker w draws its batch at step t from its shard, walking
@@ -205,8 +208,9 @@ def _hdf5(path: str) -> tuple:
     return _split(x, y, 0.1, 0)
 
 
-def load(spec: str) -> Dataset:
-    """Load the dataset named by ``spec``; ``ConfigError`` for a bad spec or a missing file."""
+def load(spec: str, context: int | None = None) -> Dataset:
+    """Load the dataset named by ``spec``; ``ConfigError`` for a bad spec or a missing file.
+    ``context``: a sequence model's window length (``text:``)."""
     kind, _, arg = spec.partition(":")
     if kind == "digits" and not arg:
         parts = _digits()
@@ -218,26 +222,33 @@ def load(spec: str) -> Dataset:
         if n < 1:
             raise ConfigError(f"--data synthetic:N needs N >= 1, got {n}")
         parts = _synthetic(n)
-    elif kind in ("cifar10", "hdf5", "mnist"):
+    elif kind in ("cifar10", "hdf5", "mnist", "text"):
         if not arg:
             raise ConfigError(f"--data {kind}:PATH needs a path")
-        directory = kind != "hdf5"
+        directory = kind not in ("hdf5", "text")
         if not (os.path.isdir(arg) if directory else os.path.exists(arg)):
             raise ConfigError(f"--data {spec}: no such {'directory' if directory else 'file'}: {arg}")
         if kind == "mnist":
             from . import idx
             parts = idx.load(arg)
+        elif kind == "text":
+            from . import text
+            parts = text.load(arg, context)
         else:
             parts = _cifar10(arg) if kind == "cifar10" else _hdf5(arg)
     else:
-        raise ConfigError(f"--data must be digits, synthetic[:N], cifar10:DIR, mnist:DIR or "
-                          f"hdf5:FILE, got {spec!r}")
+        raise ConfigError(f"--data must be digits, synthetic[:N], cifar10:DIR, mnist:DIR, "
+                          f"hdf5:FILE or text:FILE, got {spec!r}")
     x, y, xt, yt = (torch.from_numpy(np.ascontiguousarray(a)) for a in parts)
     if len(y) == 0 or len(yt) == 0:
         raise ConfigError(f"--data {spec}: the {'training' if len(y) == 0 else 'test'} set is empty")
     if x.shape[1:] != xt.shape[1:]:
         raise ConfigError(f"--data {spec}: training inputs have shape {tuple(x.shape[1:])} "
                           f"but test inputs {tuple(xt.shape[1:])}")
+    if kind == "text":
+        return Dataset(kind, x, y, xt, yt, 256)       # bytes, whichever occur
+    if context is not None:
+        raise ConfigError(f"--data {spec}: a sequence model (--model gpt) needs --data text:FILE")
     classes = int(max(y.max().item(), yt.max().item()) + 1)
     return Dataset(kind, x, y, xt, yt, classes)
 
@@ -257,6 +268,9 @@ def shard(labels: torch.Tensor, workers: int, seed: int, scheme: str = "iid",
         return [np.sort(s) for s in np.array_split(generator(streams.SHARD_IID, seed).permutation(n), workers)]
     if scheme != "label-skew":
         raise ConfigError(f"--shard must be iid or label-skew, got {scheme!r}")
+    if labels.dim() != 1:
+        raise ConfigError("--shard label-skew needs one class label per sample; a text's "
+                          "windows have none (use --shard iid)")
     y = labels.numpy()
     for attempt in range(100):
         rng = generator(streams.SHARD_SKEW, seed, attempt)

@@ -1,6 +1,8 @@
-"""Models: softmax regression, MLP, a small CNN and ResNet-20 (CIFAR variant).
+"""Models: softmax regression, MLP, a small CNN, ResNet-20 (CIFAR variant) and a GPT.
 
-``build(name, input_shape, classes)`` makes one. ResNet-20 follows He et al.
+``build(name, input_shape, classes)`` makes one; ``gpt[:L,W,H,C]`` is a
+decoder-only transformer on byte windows (:mod:`mpisgd.gpt`), the others
+classify. :func:`loss` is every model's objective. ResNet-20 follows He et al.
 2016, section 4.2: a 3x3 conv with 16 filters, three stages of three basic
 blocks with 16, 32 and 64 filters (stride 2 at the start of stages 2 and 3),
 global average pooling and a linear classifier; shortcuts are identity, with
@@ -14,6 +16,8 @@ import math
 import torch
 from torch import nn
 import torch.nn.functional as F
+
+from . import gpt
 
 
 def _features(shape) -> int:
@@ -88,11 +92,37 @@ class ResNet20(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(out, 1), 1))
 
 
-MODELS = {"linear": linear, "mlp": mlp, "cnn": cnn, "resnet20": ResNet20}
+MODELS = {"linear": linear, "mlp": mlp, "cnn": cnn, "resnet20": ResNet20, "gpt": gpt.GPT}
+
+
+def parse(name: str) -> tuple[str, str]:
+    """``(kind, argument)`` of a model name; ``ValueError`` naming the problem."""
+    kind, _, arg = name.partition(":")
+    if kind not in MODELS:
+        raise ValueError(f"--model must be one of {', '.join(MODELS)} (gpt[:L,W,H,C]), "
+                         f"got {name!r}")
+    if kind == "gpt":
+        gpt.shape(arg)
+    elif arg:
+        raise ValueError(f"--model {kind} takes no arguments, got {name!r}")
+    return kind, arg
+
+
+def context(name: str) -> int | None:
+    """The window length a sequence model reads (gpt's C), ``None`` for a classifier."""
+    kind, arg = parse(name)
+    return gpt.shape(arg)[3] if kind == "gpt" else None
 
 
 def build(name: str, input_shape, classes: int) -> nn.Module:
     """Model ``name`` for inputs of ``input_shape`` (without the batch dimension)."""
-    if name not in MODELS:
-        raise ValueError(f"model must be one of {', '.join(MODELS)}, got {name!r}")
-    return MODELS[name](tuple(input_shape), classes)
+    kind, arg = parse(name)
+    if kind == "gpt":
+        return gpt.GPT(*gpt.shape(arg), vocab=classes)
+    return MODELS[kind](tuple(input_shape), classes)
+
+
+def loss(out: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of logits ``out`` (B x classes, or B x C x vocab for a sequence) against
+    ``y`` (B, or B x C): per sample, or per position of a sequence."""
+    return F.cross_entropy(out.flatten(0, -2), y.flatten(), reduction=reduction)

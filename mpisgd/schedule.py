@@ -17,6 +17,13 @@ takes the same decision.
 * :class:`AdaComm` (Wang & Joshi 2019): wall-clock intervals of T0 seconds;
   at the first round after l T0 the period becomes
   tau_l = min(tau_{l-1}, ceil(sqrt(F_l / F_0) (eta_l / eta_0)^c tau_0)).
+* :class:`PostLocal` (Lin et al. 2020, "Don't use large mini-batches, use
+  local SGD"): a round after every step up to step t' (``local_after``),
+  then every tau steps counted from t': post-local SGD, as torch's
+  ``PeriodicModelAverager(period, warmup_steps)``. Averaging x_i after every
+  step of SGD (momentum, Nesterov and weight decay included, the
+  optimizer's state kept per worker) is mini-batch SGD on the mean
+  gradient: the update is linear in the gradients and the momenta.
 * :class:`Budget`: PR-SGD Algorithm 3 (heterogeneous workers): a round
   lasts a fixed budget of seconds and each worker takes as many local steps
   as fit, so fast workers take more instead of waiting.
@@ -164,6 +171,23 @@ class TimeVarying(Periodic):
         return float(self.epoch(step + 1)) ** self.lr_exp
 
 
+class PostLocal(Periodic):
+    """Communicate after every step up to ``after`` (t'), then every ``tau`` steps after it.
+
+    Example: ``PostLocal(4, after=2)`` communicates after steps 1, 2, 6, 10, ...
+    """
+
+    def __init__(self, tau: int, after: int):
+        super().__init__(tau)
+        self.after = after
+
+    def communicate(self, step: int, now: float = 0.0) -> bool:
+        return step <= self.after or (step - self.after) % self.tau == 0
+
+    def period(self, step: int) -> int:
+        return 1 if step < self.after else self.tau
+
+
 class AdaComm(Periodic):
     """AdaComm (Wang & Joshi, SysML 2019): a period that shrinks as the loss falls.
 
@@ -287,4 +311,9 @@ def make(opts: dict):
         return AdaComm(tau, opts["adacomm_interval"], opts["adacomm_lr_exp"])
     if kind == "budget":
         return Budget(tau, opts["round_budget"])
+    if kind == "post-local":
+        if opts["local_after"] is None:
+            raise OptionError("local_after", "must be given with schedule post-local: the step "
+                              "t' after which rounds come every tau steps")
+        return PostLocal(tau, opts["local_after"])
     return Periodic(tau)

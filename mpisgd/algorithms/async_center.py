@@ -170,7 +170,7 @@ class AsyncEASGD(CenterAlgorithm):
     def local_step(self, exchange: bool) -> None:
         if exchange:
             self.elastic()
-        self.optimizer.step()
+        self._optimizer_step()
 
 
 class EAMSGD(AsyncEASGD):
@@ -229,7 +229,7 @@ class Downpour(CenterAlgorithm):
         self.anchor = self.flat.data.clone()     # x_i at the last pull
 
     def local_step(self, exchange: bool) -> None:
-        self.optimizer.step()
+        self._optimizer_step()
         if exchange:
             torch.sub(self.flat.data, self.anchor, out=self._diff)
             c = self.center.push_pull(self._diff)

@@ -26,6 +26,7 @@ from .._mpi import MPI
 
 from .. import groups
 from ..steptimes import StepClock
+from . import rankstate
 from .binding import bind
 from .options import STRAGGLERS, Option, resolve
 from .spec import AlgorithmSpec, _outside_frame
@@ -52,6 +53,8 @@ class Algorithm(abc.ABC):
     #: else with groups the group's ranks average theirs before every step (``inner``).
     own_gradient_mean = False
     collective_rounds = True  # rounds are collectives: every rank draws the same comm delay
+    #: False: a server steps the model with its own optimizer (no local gradient scaler)
+    steps_locally = True
 
     @classmethod
     def traits(cls, opts: dict | None = None) -> Traits | None:
@@ -98,6 +101,9 @@ class Algorithm(abc.ABC):
         #: The losses given to :meth:`step` since a schedule last read them
         #: (:class:`~mpisgd.losses.LossWindow`), where one does (AdaComm); else ``None``.
         self.losses = None
+        #: The gradient scaler the local optimizer steps through (fp16,
+        #: :meth:`use_scaler`), or ``None``.
+        self.scaler = None
         #: The clock schedules read: seconds of training, from the end of construction;
         #: the training driver sets its own, which starts at its start barrier and
         #: stops during log points.
@@ -211,6 +217,24 @@ class Algorithm(abc.ABC):
             self.inner.reset()
         self._after_step()
         self.timer.leave()
+
+    def use_scaler(self, scaler) -> None:
+        """Step the local optimizer through ``scaler`` (a :class:`mpisgd.precision.Scaler`:
+        fp16's loss scaling); call ``scaler.scale(loss).backward()`` instead of
+        ``loss.backward()``. A step it skips (a gradient not finite) is still counted
+        and takes its rounds. ``ValueError`` where a server steps the model."""
+        if not self.steps_locally:
+            raise ValueError(f"{self.name}: the server steps the model with its own optimizer, "
+                             "so a worker's gradient scaler cannot skip a step (fp16); use bf16, "
+                             "which needs no scaler")
+        self.scaler = scaler
+
+    def _optimizer_step(self) -> None:
+        """The local optimizer's step, through the gradient scaler if there is one."""
+        if self.scaler is None:
+            self.optimizer.step()
+        else:
+            self.scaler.step(self.optimizer)
 
     def no_sync(self):
         """Accumulate gradients locally (no communication) inside this block, as DDP's: with
@@ -327,43 +351,21 @@ class Algorithm(abc.ABC):
     # ---- checkpoints ---------------------------------------------------
 
     def state_dict(self) -> dict:
-        """Everything a continuation needs on this rank, between two steps: the flat
-        parameters and buffers, the optimizer's state, the counters, the step times,
-        the injected delays' random streams. Tensors, numbers,
-        strings and containers of them only (a checkpoint loads with
-        ``torch.load(weights_only=True)``). Subclasses add theirs to ``super()``'s.
-
-        Lock-step algorithms take it at any step boundary; those with a centre
-        rank inside :meth:`rendezvous`, where no message is in flight.
-        """
-        state = {"params": self.flat.data, "buffers": self.flat.buffers,
-                 "optimizer": self.optimizer.state_dict(),
-                 "steps": self.steps, "rounds": self.rounds,
-                 "comm": self.comm.counters(), "step_times": self.timer.collected().state_dict()}
-        if self.groups is not None:
-            state["group_comms"] = [c.counters() for c in self.groups.comms()]
-        if self.stragglers is not None:
-            state["stragglers"] = self.stragglers.state_dict()
-        return state
+        """Everything a continuation needs on this rank, between two steps
+        (:func:`~mpisgd.algorithms.rankstate.take`); subclasses add theirs to ``super()``'s.
+        Lock-step algorithms take it at any step boundary; those with a centre rank
+        inside :meth:`rendezvous`, where no message is in flight."""
+        return rankstate.take(self)
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from :meth:`state_dict` (taken on this rank of an equal run)."""
-        with torch.no_grad():
-            self.flat.data.copy_(state["params"])
-            self.flat.buffers.copy_(state["buffers"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.steps, self.rounds = state["steps"], state["rounds"]
-        self.timer.times.load_state_dict(state["step_times"])
-        comms = [self.comm] + (list(self.groups.comms()) if self.groups is not None else [])
-        for comm, saved in zip(comms, [state["comm"]] + state.get("group_comms", [])):
-            comm.load_counters(saved)
-        if self.stragglers is not None:
-            self.stragglers.load_state_dict(state["stragglers"])
+        rankstate.restore(self, state)
 
     def stats(self) -> dict:
         """This rank's counters: steps, rounds, bytes sent, seconds in/blocked on communication
-        (with groups, both levels summed)."""
-        out = {"steps": self.steps, "rounds": self.rounds, **self.comm.counters()}
+        (with groups, both levels summed), steps the gradient scaler skipped."""
+        out = {"steps": self.steps, "rounds": self.rounds, **self.comm.counters(),
+               "skipped_steps": self.scaler.skipped if self.scaler is not None else 0}
         for comm in self.groups.comms() if self.groups is not None else ():
             for k, v in comm.counters().items():
                 out[k] += v

@@ -155,7 +155,7 @@ def parse_staleness_lr(value) -> tuple[float, float]:
     return c, eta
 
 
-SCHEDULES = ("periodic", "time-varying", "adacomm", "budget")
+SCHEDULES = ("periodic", "time-varying", "adacomm", "budget", "post-local")
 EXCHANGES = ("auto", "neighbor", "persistent", "allreduce")
 
 # ---- every algorithm: injected delays (mpisgd.stragglers) ---------------------------------
@@ -172,7 +172,8 @@ TAU = _positive_int("tau", 1, "local steps between communication rounds (the per
                     "time-varying: the first epoch's; adacomm: tau_0)")
 SCHEDULE = (
     Option("schedule", "periodic", "when rounds happen: periodic, time-varying (PR-SGD Alg. 2), "
-           "adacomm, or budget (PR-SGD Alg. 3)", str, choices=SCHEDULES),
+           "adacomm, budget (PR-SGD Alg. 3), or post-local (every step until --local-after, "
+           "then every tau)", str, choices=SCHEDULES),
     Option("period_exp", 1 / 3, "time-varying: epoch length grows like s^period_exp", float,
            check=lambda v: v >= 0, must="non-negative"),
     Option("lr_exp", -2 / 3, "time-varying: learning rate scales like s^lr_exp", float,
@@ -180,6 +181,8 @@ SCHEDULE = (
     _positive("adacomm_interval", None, "adacomm: seconds T0 between period decisions"),
     Option("adacomm_lr_exp", 0.5, "adacomm: exponent c of the learning-rate ratio "
            "(eta_l/eta_0)^c in the period rule", float),
+    _positive_int("local_after", None, "post-local: the step t' up to which a round follows "
+                      "every step (Lin et al.'s mini-batch phase; torch's warmup_steps)"),
     _positive("round_budget", None, "budget: seconds per round (default: tau times the fastest "
               "worker's step time in the first round)"),
 )

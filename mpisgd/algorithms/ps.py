@@ -44,6 +44,8 @@ class ParameterServerSGD(Served):
     """The family's common worker step; subclasses set :attr:`protocol`
     (a :class:`~mpisgd.server.params.Protocol`)."""
 
+    steps_locally = False    # the servers step the model with their copy of the optimizer
+
     protocol = PROTOCOLS["k-sync"]
 
     @classmethod

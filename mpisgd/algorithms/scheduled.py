@@ -177,7 +177,7 @@ class Scheduled(Algorithm):
         return rounds
 
     def _local_step(self) -> None:
-        self.optimizer.step()
+        self._optimizer_step()
         self._since_inside += 1
 
     def _stepwise(self) -> int:

@@ -126,7 +126,7 @@ class SyncSGD(Algorithm):
     def _step(self) -> int:
         """Average the gradients (if :meth:`synchronize` has not), then the optimizer step."""
         self.mean.synchronize()
-        self.optimizer.step()
+        self._optimizer_step()
         self.mean.reset()
         return 1
 

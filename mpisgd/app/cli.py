@@ -78,8 +78,9 @@ def _report_parser(sub) -> None:
                    help="test error whose first crossing the table reports, drawn as a "
                         "dashed line (default 0.1)")
     p.add_argument("--panels", default="train_loss,test_error",
-                   help="figure rows: train_loss, test_loss, test_error, consensus_distance "
-                        "(comma-separated; default train_loss,test_error)")
+                   help="figure rows: train_loss, test_loss, test_error, consensus_distance, "
+                        "perplexity (language models) (comma-separated; default "
+                        "train_loss,test_error)")
     p.add_argument("--x", default="time,steps,bytes",
                    help="figure columns: time, steps, bytes (default all three)")
     p.add_argument("--band", choices=("minmax", "std", "none"), default="minmax",

@@ -12,7 +12,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 
-from .. import algorithms, device as placement, models
+from .. import algorithms, device as placement, models, precision as mixed
 from ..algorithms.options import coerce
 from ..errors import ConfigError, OptionError
 from . import board, lr as lr_schedules, optimizers
@@ -47,6 +47,20 @@ def _sets_lr(algo: str, options: dict) -> str | None:
     return None
 
 
+def _scalable(algo: str, options: dict) -> None:
+    """``ConfigError`` where fp16's gradient scaler cannot work: a server steps the model,
+    or sync's compressed gradients keep an overflow's infinity in their error feedback."""
+    cls = algorithms.ALGORITHMS.get(algo)
+    if cls is not None and not cls.steps_locally:
+        raise ConfigError(f"--precision fp16 does not combine with --algo {algo}: the server "
+                          "steps the model, so a worker's gradient scaler cannot skip a step; "
+                          "use --precision bf16 (no scaler)")
+    if algo == "sync" and options.get("compress"):
+        raise ConfigError("--precision fp16 does not combine with sync's --compress: an "
+                          "overflowed gradient would stay in the error feedback's residual; "
+                          "use --precision bf16")
+
+
 def _momentum_help() -> str:
     """``--momentum``'s help: the usual default, and the algorithms whose default is 0."""
     return f"SGD momentum (default {MOMENTUM:g}; 0 for {', '.join(ZERO_MOMENTUM)})"
@@ -62,6 +76,7 @@ class TrainConfig:
     epochs: float | None = None
     batch_size: int = 32
     accumulate: int = 1
+    precision: str = "fp32"
     optimizer: str = "sgd"
     lr: float = 0.05
     lr_schedule: str = "constant"
@@ -92,13 +107,17 @@ class TrainConfig:
 
     HELP = {
         "algo": f"algorithm: {', '.join(algorithms.ALGORITHMS)}",
-        "model": "linear, mlp, cnn or resnet20",
-        "data": "digits, synthetic[:N], cifar10:DIR, mnist:DIR or hdf5:FILE",
+        "model": "linear, mlp, cnn, resnet20 or gpt[:LAYERS,WIDTH,HEADS,CONTEXT] (a byte-level "
+                 "transformer for --data text, default gpt:2,128,4,64)",
+        "data": "digits, synthetic[:N], cifar10:DIR, mnist:DIR, hdf5:FILE or text:FILE (bytes, "
+                "for --model gpt)",
         "steps": "local steps per worker (default 300 unless --epochs)",
         "epochs": "passes over the training set by all workers together",
         "batch_size": "mini-batch size per worker",
         "accumulate": "micro-batches of --batch-size per step: gradients summed locally, "
                       "communication once, after the last (a step of N x batch-size samples)",
+        "precision": "fp32, bf16 (autocast, CPU or GPU) or fp16 (autocast and a gradient "
+                     "scaler, GPU only); parameters and exchanges stay fp32",
         "optimizer": "the local optimizer: sgd, adam or adamw (decoupled weight decay)",
         "lr": "learning rate (the base rate of --lr-schedule)",
         "lr_schedule": "constant, cosine, linear (to --lr-min over the run, after the warmup) or "
@@ -169,7 +188,13 @@ class TrainConfig:
             self.device = placement.parse(self.device)
         except ValueError:
             need(False, "device", "auto, cpu, cuda or cuda:N", self.device)
-        need(self.model in models.MODELS, "model", "one of " + ", ".join(models.MODELS), self.model)
+        mixed.check(self.precision, self.device)
+        if self.precision == "fp16":
+            _scalable(self.algo, self.options)
+        try:
+            models.parse(self.model)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
         need(self.shard in ("iid", "label-skew"), "shard", "iid or label-skew", self.shard)
         need(self.skew_alpha > 0, "skew-alpha", "positive", self.skew_alpha)
         need(self.seed >= 0, "seed", "a non-negative integer", self.seed)

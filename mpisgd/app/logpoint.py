@@ -8,7 +8,6 @@ import warnings
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .. import models, streams
 from .config import TrainConfig
@@ -17,7 +16,8 @@ from .stops import Diverged, vote_code
 
 
 class Evaluator:
-    """Test loss and error of the consensus model on ``cfg.eval_samples`` test samples.
+    """Test loss and error of the consensus model on ``cfg.eval_samples`` test samples
+    (a language model's: per predicted byte, every position of a window).
 
     The samples are a seeded subset of the test set (stream ``EVAL_SUBSET``),
     the same at every log point, split over the ranks and held on ``device``;
@@ -54,9 +54,9 @@ class Evaluator:
         for i in range(0, len(self.y), self.batch):
             out = self.model(self.x[i:i + self.batch])
             y = self.y[i:i + self.batch]
-            sums[0] += F.cross_entropy(out, y, reduction="sum")
-            sums[1] += (out.argmax(1) != y).sum()
-        sums[2] = len(self.y)
+            sums[0] += models.loss(out, y, reduction="sum")
+            sums[1] += (out.argmax(-1) != y).sum()
+        sums[2] = self.y.numel()        # samples, or a text's predicted bytes
         sums = self.comm.allreduce(sums.cpu())
         n = max(sums[2].item(), 1.0)
         self.seconds += time.perf_counter() - t0
@@ -121,8 +121,10 @@ def summary_line(s: dict) -> str:
     """``mpisgd: sync, 4 workers, 300 steps: test error 3.9% ...; record: PATH``."""
     groups = f" of {s['group_size']} ranks" if s.get("group_size", 1) > 1 else ""
     workers = f"{s['workers']} worker{'s' if s['workers'] != 1 else ''}"
-    return (f"mpisgd: {s['algo']}, {workers}{groups}, {int(s['step'])} steps: "
-            f"test error {100 * s['test_error']:.2f}% (loss {s['test_loss']:.4f}), "
+    result = (f"test perplexity {s['perplexity']:.3f} (loss {s['test_loss']:.4f} nats/byte, "
+              f"next-byte error {100 * s['test_error']:.2f}%)" if s.get("perplexity") else
+              f"test error {100 * s['test_error']:.2f}% (loss {s['test_loss']:.4f})")
+    return (f"mpisgd: {s['algo']}, {workers}{groups}, {int(s['step'])} steps: {result}, "
             f"train loss {s['train_loss']:.4f}, {s['wall_time']:.2f} s "
             f"(+ {s['eval_time']:.2f} s evaluating {s['eval_samples']} test samples a log point), "
             f"{int(s['rounds'])} rounds, {_human_bytes(s['bytes_sent'])} sent, "
@@ -131,6 +133,8 @@ def summary_line(s: dict) -> str:
             + (f" (MPI: {s['mpi_path']})" if s.get("mpi_path") else "")
             + f", kernels: {s['kernels']}; record: {s['path']}"
             + (f"; {s['compression']}" if s.get("compression") else "")
+            + (f"; fp16: {int(s['skipped_steps'])} steps skipped (gradients not finite)"
+               if s.get("skipped_steps") else "")
             + (f"; warning: {s['warning']}" if s.get("warning") else ""))
 
 

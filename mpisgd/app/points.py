@@ -10,6 +10,7 @@ votes read), a checkpoint, a stop by signal. The driver
 from __future__ import annotations
 
 import time
+import warnings
 
 import torch
 
@@ -64,7 +65,9 @@ class Points:
         self.step += 1
         self.watch.add(loss)
         if self.rates is not None:
-            self.rates.step()
+            with warnings.catch_warnings():   # fp16: the scaler may skip the first optimizer step
+                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+                self.rates.step()
 
     def train_time(self) -> float:
         """Seconds of training so far (log points and checkpoints excluded)."""

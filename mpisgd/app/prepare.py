@@ -67,7 +67,7 @@ def prepare(cfg: TrainConfig, comm):
         check_launch(MPI.COMM_WORLD.Get_size())
         cfg.validate()
         placement.check_available(cfg.device)
-        data = datasets.load(cfg.data)
+        data = datasets.load(cfg.data, models.context(cfg.model))
         try:
             workers = cfg.spec.replicas(comm.Get_size(), node_ranks)   # each its own data
         except ValueError as err:

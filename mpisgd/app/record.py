@@ -6,14 +6,16 @@ Layout:
   ``world_size``, ``workers``, ``streams`` (the random streams' version,
   :mod:`mpisgd.streams`), ``status`` (``completed``, ``failed: <reason>``
   or ``interrupted: SIGTERM at step S, checkpoint DIR``), ``started``, ``finished``,
-  and ``warnings`` when there are any (e.g. a loss that stayed at its start);
+  ``warnings`` when there are any (e.g. a loss that stayed at its start), ``task``
+  (``language model`` for ``--data text``: losses in nats per byte);
 * ``/metrics/<name>``: 1-D datasets of equal length, one row per log point:
   ``step``, ``wall_time``, ``train_loss``, ``test_loss``, ``test_error``,
   ``rounds``, ``bytes_sent``, ``consensus_distance`` (mean over workers of
   ||x_i - xbar||^2), ``lr`` (rank 0's rate for the step after the row);
 * ``/ranks/<name>``: one value per rank: ``compute_time``, ``comm_time``,
   ``wait_time``, ``staging_time`` (device copies of the host staging, CUDA
-  events), ``steps``, ``bytes_sent``; and the strings ``host`` and ``device``
+  events), ``steps``, ``bytes_sent``, ``skipped_steps`` (steps fp16's gradient scaler
+  skipped); and the strings ``host`` and ``device``
   (``cpu``, ``cuda:0``, ...): where each rank ran;
 * ``/final/params``: the consensus model, flat float32, in
   ``model.parameters()`` order.
@@ -72,7 +74,8 @@ from .sidecars import failure, lock, stamp
 
 METRICS = ("step", "wall_time", "train_loss", "test_loss", "test_error", "rounds", "bytes_sent",
            "consensus_distance", "lr")
-RANK_FIELDS = ("compute_time", "comm_time", "wait_time", "staging_time", "steps", "bytes_sent")
+RANK_FIELDS = ("compute_time", "comm_time", "wait_time", "staging_time", "steps", "bytes_sent",
+               "skipped_steps")
 INTERRUPTED = "failed: the job ended before the run completed (killed or timed out)"
 
 

@@ -10,6 +10,9 @@ group are put on common abscissae first: the steps where every run logged,
 or for time and bytes a grid up to the shortest run's end, each run linearly
 interpolated (``numpy.interp``).
 
+A language model's record (``--data text``) adds ``perplexity``, exp(test
+loss), as a panel and a table column.
+
 Labels carry what tells groups apart: the algorithm, its period or K (``tau``,
 ``k``), the options whose values differ between the groups shown where they apply, and always the worker count
 (``async-easgd, 3 workers``) and the number of runs. Axes: losses and the
@@ -39,7 +42,7 @@ NOT_A_CONFIGURATION = {"seed", "out", "checkpoint_dir", "checkpoint_every", "res
 SEEDED_OPTIONS = {"straggler_seed", "topology_seed"}
 HEADLINE = ("tau", "k")          #: options always in a label where they apply
 PANELS = {"train_loss": "train loss", "test_loss": "test loss", "test_error": "test error",
-          "consensus_distance": "consensus distance"}
+          "consensus_distance": "consensus distance", "perplexity": "test perplexity"}
 XS = {"time": ("wall_time", "wall-clock time (s)"), "steps": ("step", "steps"),
       "bytes": ("bytes_sent", "bytes sent")}
 
@@ -98,6 +101,15 @@ def labels(groups: list[list[dict]]) -> list[str]:
     return out
 
 
+def with_perplexity(rec: dict) -> dict:
+    """``rec`` with ``perplexity`` = exp(test_loss) among its metrics where it is a language
+    model's (``task`` attribute: losses in nats per byte), ``None`` elsewhere."""
+    m = rec["metrics"]
+    if str(rec["attrs"].get("task", "")) == "language model" and "test_loss" in m:
+        m["perplexity"] = np.exp(np.minimum(m["test_loss"], 700.0))
+    return rec
+
+
 def first_reach(rec: dict, target: float):
     """(wall_time, step) of the first log point with test error <= target, or None."""
     m = rec["metrics"]
@@ -107,8 +119,8 @@ def first_reach(rec: dict, target: float):
 
 def curve(runs: list[dict], x: str, y: str, band: str = "minmax"):
     """``(xs, mean, low, high)`` of ``y`` against ``x`` over ``runs`` on common abscissae."""
-    logged = [r["metrics"] for r in runs if len(r["metrics"].get("step", []))]
-    if not logged:
+    logged = [r["metrics"] for r in runs if len(r["metrics"].get("step", [])) and y in r["metrics"]]
+    if not logged:           # no log point, or a metric it lacks (a classifier's perplexity)
         return None
     if x == "step":
         xs = np.array(sorted(set.intersection(*(set(m["step"].tolist()) for m in logged))))
@@ -145,6 +157,9 @@ def table(records: list[dict], target: float) -> str:
     head = (f"{'configuration':<{width}} {'runs':>5} {'t@target s':>12} {'step@tgt':>9} "
             f"{'final err':>13} {'final loss':>13} {'rounds':>7} {'MB sent':>9} "
             f"{'step ms p50/p90/p99':>20}")
+    models = any("perplexity" in r["metrics"] for r in records)     # language models
+    if models:
+        head += f" {'final ppl':>13}"
     lines = [f"target test error: {target}", head, "-" * len(head)]
     for name, runs in zip(names, groups):
         done = sum(str(r["attrs"].get("status")) == "completed" for r in runs)
@@ -164,8 +179,11 @@ def table(records: list[dict], target: float) -> str:
         mb = np.mean([r["metrics"]["bytes_sent"][-1] for r in logged]) / 1e6
         pct = step_percentiles(logged)
         pct = "/".join(f"{1e3 * p:.2f}" for p in pct) if pct else "-"
+        ppl = _mean_sd([r["metrics"]["perplexity"][-1] for r in logged
+                        if "perplexity" in r["metrics"]], ".3f")
         lines.append(f"{name:<{width}} {f'{done}/{len(runs)}':>5} {t:>12} {steps:>9} {err:>13} "
-                     f"{loss:>13} {rounds:>7.0f} {mb:>9.3g} {pct:>20}")
+                     f"{loss:>13} {rounds:>7.0f} {mb:>9.3g} {pct:>20}"
+                     + (f" {ppl:>13}" if models else ""))
     return "\n".join(lines)
 
 
@@ -243,7 +261,7 @@ def _choices(text: str, known, what: str) -> tuple[str, ...]:
 def main(paths: list[str], out: str | None, target: float, panels: str = "train_loss,test_error",
          xs: str = "time,steps,bytes", band: str = "minmax") -> int:
     chosen_panels, chosen_xs = _choices(panels, PANELS, "panels"), _choices(xs, XS, "x")
-    records = [read(p) for p in records_in(paths)]
+    records = [with_perplexity(read(p)) for p in records_in(paths)]
     print(table(records, target))
     if out:
         import matplotlib.pyplot as plt

@@ -20,9 +20,12 @@ point at most every 10 s) and a one-line summary; other ranks are quiet.
 """
 from __future__ import annotations
 
+import math
+from functools import partial
+
 import torch
 
-from .. import __version__, data as datasets, device as placement, ops
+from .. import __version__, data as datasets, device as placement, ops, precision as mixed
 from ..errors import ConfigError
 from ..mpienv import mpi_library, setting
 from . import lr as lr_schedules, optimizers
@@ -64,6 +67,8 @@ def _run(cfg: TrainConfig, comm, quiet: bool, signals: Signals, kept: KeptWarnin
         algo = cfg.spec.bind(model, opt, comm, device=cfg.device)
     except ValueError as err:    # raised on every rank alike, before any message
         raise err if isinstance(err, ConfigError) else ConfigError(str(err)) from None
+    if cfg.precision == "fp16":      # before a checkpoint's state: it holds the scaler's
+        algo.use_scaler(mixed.Scaler(algo.device))
     rates = lr_schedules.scheduler(opt, cfg, algo, len(data.y_train))   # at the base rate
     meta, state = resume or (None, None)
     if state is not None:
@@ -102,10 +107,11 @@ def _train(cfg, comm, algo, model, opt, rates, data, shards, record, quiet, sign
         pace = Pace(cfg, algo)
         vote = StopVote(telemetry, signals) if algo.collective_rounds else None
         rounds = algo.rounds
+        cast = partial(mixed.autocast, cfg.precision, device)
         try:
             while pace.running(at.step):
                 opt.zero_grad(set_to_none=False)
-                loss = gradient(model, stream, algo, at.step, cfg.accumulate)
+                loss = gradient(model, stream, algo, at.step, cfg.accumulate, cast)
                 algo.step(loss)
                 at.stepped(loss)
                 point, last = pace.after_step(at.step, progress)
@@ -155,7 +161,7 @@ def _train(cfg, comm, algo, model, opt, rates, data, shards, record, quiet, sign
     progress.close()
     stats = {k: v - at.base[k] for k, v in algo.stats().items()}
     mine = [train_time - stats["comm_time"], stats["comm_time"], stats["wait_time"],
-            stats["staging_time"], stats["steps"], stats["bytes_sent"]]
+            stats["staging_time"], stats["steps"], stats["bytes_sent"], stats["skipped_steps"]]
     ranks = telemetry.gather(mine, root=0)
     where = telemetry.gather((algo.placement.host, str(device), algo.placement.gpu), root=0)
     params = algo.consensus()
@@ -170,11 +176,15 @@ def _train(cfg, comm, algo, model, opt, rates, data, shards, record, quiet, sign
                "kernels": ops.backend(str(params.device.type)), "device": placement.describe(where),
                "nodes": placement.layout([h for h, _, _ in where], setting("MPISGD_CLUSTER") or ""),
                "warning": stall_warning(at.rows, at.first_loss, data.classes),
-               "compression": paid(series, cfg.options.get("compress", ""))}
+               "compression": paid(series, cfg.options.get("compress", "")),
+               "perplexity": math.exp(min(at.row["test_loss"], 700)) if data.name == "text" else None,
+               "skipped_steps": sum(r[-1] for r in ranks)}
     with record.edit():          # one new version of the record, completed as a whole
         kept.into(record)
         record.attribute("train_samples", len(data.y_train))     # time per epoch (mpisgd project)
         record.attribute("eval_time", evaluate.seconds)
+        if data.name == "text":          # test_loss is in nats per byte: report shows perplexity
+            record.attribute("task", "language model")
         if summary["mpi_path"]:          # how device tensors reached MPI
             record.attribute("mpi_path", summary["mpi_path"])
         if summary["nodes"]:             # several nodes, or an emulated cluster (mpisgd cluster)

@@ -44,6 +44,8 @@ server updates ``w`` while earlier versions are still on the wire.
 """
 from __future__ import annotations
 
+import inspect
+
 import time
 from dataclasses import dataclass
 
@@ -183,8 +185,9 @@ class ParameterServer(Server):
         super().__init__(comm, w, workers, index)
         self.w, self.protocol, self.k = w, protocol, k
         self.param = torch.nn.Parameter(w, requires_grad=True)    # shares w's memory
-        group = optimizer.param_groups[0]
-        settings = {key: group[key] for key in optimizer.defaults if key in group}
+        group = optimizer.param_groups[0]      # what the constructor takes (AdamW's defaults
+        takes = inspect.signature(type(optimizer)).parameters   # hold a key it refuses)
+        settings = {key: group[key] for key in optimizer.defaults if key in group and key in takes}
         self.staleness_lr = staleness_lr
         if staleness_lr is not None:
             settings["lr"] = staleness_lr[1]

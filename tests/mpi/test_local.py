@@ -80,6 +80,44 @@ def test_local_tau_one_equals_sync(comm):
     assert torch.allclose(results[0], results[1], rtol=RTOL, atol=ATOL)
 
 
+@pytest.mark.mpi(min_size=2)
+def test_post_local_is_sync_with_momentum_then_local_sgd(comm):
+    """schedule post-local, local_after 4, tau 3, SGD with Nesterov momentum and weight
+    decay, each worker's momentum its own: against an oracle written here (each worker's
+    steps, the parameters averaged after steps 1-4, 7 and 10); and after step 4 the model is
+    mini-batch SGD's on the mean gradient with one momentum (a second oracle)."""
+    steps, after, tau, mu, wd = 11, 4, 3, 0.9, 0.01
+    model = regression_model(x0())
+    opt = torch.optim.SGD(model.parameters(), lr=ETA, momentum=mu, nesterov=True, weight_decay=wd)
+    algo = mpisgd.build("local", model, opt, comm=comm, tau=tau, schedule="post-local",
+                        local_after=after)
+    rounds = []
+    for step in range(steps):
+        opt.zero_grad()
+        regression_loss(model, comm.rank, step).backward()
+        algo.step()
+        rounds.append(algo.rounds)
+        if step + 1 == after:
+            switch = model.weight[0].detach().clone()
+    x, m = x0().clone(), torch.zeros(D, dtype=torch.float64)       # mini-batch SGD
+    for k in range(after):
+        g = regression_grad(k, x[:, None].expand(D, comm.size).clone()).mean(1) + wd * x
+        m = mu * m + g
+        x = x - ETA * (g + mu * m)
+    assert torch.allclose(switch, x, rtol=1e-10, atol=1e-12)
+    xs = [x0().clone() for _ in range(comm.size)]                   # post-local SGD
+    ms = [torch.zeros(D, dtype=torch.float64) for _ in range(comm.size)]
+    for k in range(steps):
+        for i in range(comm.size):
+            g = regression_grad(k, xs[i][:, None].expand(D, comm.size).clone())[:, i] + wd * xs[i]
+            ms[i] = mu * ms[i] + g
+            xs[i] = xs[i] - ETA * (g + mu * ms[i])
+        if k + 1 <= after or (k + 1 - after) % tau == 0:
+            mean = torch.stack(xs).mean(0)
+            xs = [mean.clone() for _ in xs]
+    assert rounds == [1, 2, 3, 4, 4, 4, 5, 5, 5, 6, 6]
+    assert torch.allclose(model.weight[0].detach(), xs[comm.rank], rtol=1e-10, atol=1e-12)
+
 
 def momentum_after_round(policy, comm=MPI.COMM_WORLD, steps=3):
     model = regression_model(x0())

@@ -85,6 +85,16 @@ def test_budget_from_the_first_round():
     assert s.seconds == pytest.approx(0.4)        # tau x the fastest mean step (0.1 s)
 
 
+def test_post_local_rounds_every_step_then_every_tau():
+    from mpisgd.schedule import PostLocal
+    s = make({"schedule": "post-local", "tau": 4, "local_after": 3})
+    assert isinstance(s, PostLocal)
+    assert [t for t in range(1, 20) if s.communicate(t)] == [1, 2, 3, 7, 11, 15, 19]
+    assert [s.period(t) for t in (0, 2, 3, 10)] == [1, 1, 4, 4]
+    with pytest.raises(ValueError, match="local_after must be given with schedule post-local"):
+        make({"schedule": "post-local", "tau": 4, "local_after": None})
+
+
 def test_make_and_option_errors():
     assert isinstance(make({"schedule": "budget", "tau": 2, "round_budget": None}), Budget)
     model = classifier()
