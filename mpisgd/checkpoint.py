@@ -149,12 +149,24 @@ def check(meta: dict, config: dict, world_size: int, path: str) -> None:
     saved = _math(meta["config"])
     now = _math(json.loads(json.dumps(config, default=str)))
     for key in sorted(set(saved) | set(now), key=lambda k: (k != "algo", k)):   # --algo first
+        if key not in saved and now[key] == _default(key):
+            continue             # an option newer than the checkpoint, at the behaviour it had
         if saved.get(key) != now.get(key):
             flag = "--" + key.replace("_", "-")
             raise ConfigError(f"--resume {path}: {flag} was {saved.get(key)!r} in the checkpointed "
                               f"run, now {now.get(key)!r}; only "
                               f"{', '.join('--' + k.replace('_', '-') for k in SAFE_TO_CHANGE)} "
                               "may change")
+
+
+def _default(key: str):
+    """The default of a general option or an algorithm option (JSON-able)."""
+    import dataclasses
+    from . import algorithms
+    from .app.config import TrainConfig
+    fields = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    opt = algorithms.all_options().get(key)
+    return fields[key] if key in fields else (opt.default if opt is not None else None)
 
 
 def _math(config: dict) -> dict:

@@ -13,7 +13,7 @@ N(0, 0.02 / sqrt(2L)) (GPT-2), biases and no dropout. The input is a batch
 of byte windows (B x C, int64); the output the logits of every next byte,
 B x C x 256, trained with cross-entropy per position (:func:`mpisgd.models.loss`).
 
-Default ``gpt`` = ``gpt:2,128,4,64``: 0.43M parameters, small enough for a
+Default ``gpt`` = ``gpt:2,128,4,64``: 0.44M parameters, small enough for a
 CPU core's share; DiLoCo's smallest model was 150M.
 """
 from __future__ import annotations

@@ -30,12 +30,19 @@ _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def check(precision: str, device: str) -> None:
-    """``ConfigError`` naming ``--precision`` for an unknown name, or fp16 off a GPU
-    (``device``: ``cpu``, ``auto``, ``cuda`` or ``cuda:N``, as parsed)."""
+    """``ConfigError`` naming ``--precision`` for an unknown name, or fp16 on a CPU
+    (``device``: ``cpu``, ``cuda`` or ``cuda:N``; ``auto`` passes here, planning a study on
+    a login node without GPUs, and is checked where a rank resolves it:
+    :func:`check_device`)."""
     if precision not in PRECISIONS:
         raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    if precision == "fp16" and not on_gpu:
+    if device == "cpu":
+        check_device(precision, torch.device("cpu"))
+
+
+def check_device(precision: str, device: torch.device) -> None:
+    """``ConfigError`` for fp16 on ``device`` if it is not a GPU."""
+    if precision == "fp16" and device.type != "cuda":
         raise ConfigError("--precision fp16 needs a CUDA device (a CPU has no fast float16 "
                           "kernels); on a CPU use --precision bf16")
 

@@ -19,8 +19,9 @@ takes the same decision.
   tau_l = min(tau_{l-1}, ceil(sqrt(F_l / F_0) (eta_l / eta_0)^c tau_0)).
 * :class:`PostLocal` (Lin et al. 2020, "Don't use large mini-batches, use
   local SGD"): a round after every step up to step t' (``local_after``),
-  then every tau steps counted from t': post-local SGD, as torch's
-  ``PeriodicModelAverager(period, warmup_steps)``. Averaging x_i after every
+  then every tau steps counted from t': post-local SGD (torch's
+  ``post_localSGD_hook`` with ``PeriodicModelAverager`` averages the
+  gradients up to t' and starts its periods one step later). Averaging x_i after every
   step of SGD (momentum, Nesterov and weight decay included, the
   optimizer's state kept per worker) is mini-batch SGD on the mean
   gradient: the update is linear in the gradients and the momenta.

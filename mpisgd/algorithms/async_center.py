@@ -136,6 +136,8 @@ class CenterAlgorithm(Served):
     def _step(self) -> int:
         """One local step; in every tau-th an exchange with the centre."""
         if self._following():           # the leader's parameters arrive after the step
+            if self.scaler is not None:  # the group's mean gradient: the leader's skip and scale
+                self._optimizer_step()
             return 0
         self.center.progress()
         exchange = self.schedule.communicate(self.steps)
@@ -177,6 +179,8 @@ class EAMSGD(AsyncEASGD):
     """EAMSGD (Algorithm 2): async EASGD with local Nesterov momentum ``delta``."""
 
     name = "eamsgd"
+    unscalable = ("its update reads the gradients itself (the fused EAMSGD step), outside "
+                  "the optimizer a gradient scaler steps")
     tensors = ("velocity",)
     owns_momentum = True        # its momentum is delta
     options = AsyncEASGD.options + (DELTA,)

@@ -53,8 +53,8 @@ class Algorithm(abc.ABC):
     #: else with groups the group's ranks average theirs before every step (``inner``).
     own_gradient_mean = False
     collective_rounds = True  # rounds are collectives: every rank draws the same comm delay
-    #: False: a server steps the model with its own optimizer (no local gradient scaler)
-    steps_locally = True
+    #: Why a gradient scaler (fp16) cannot step this algorithm ("": it can)
+    unscalable = ""
 
     @classmethod
     def traits(cls, opts: dict | None = None) -> Traits | None:
@@ -222,11 +222,9 @@ class Algorithm(abc.ABC):
         """Step the local optimizer through ``scaler`` (a :class:`mpisgd.precision.Scaler`:
         fp16's loss scaling); call ``scaler.scale(loss).backward()`` instead of
         ``loss.backward()``. A step it skips (a gradient not finite) is still counted
-        and takes its rounds. ``ValueError`` where a server steps the model."""
-        if not self.steps_locally:
-            raise ValueError(f"{self.name}: the server steps the model with its own optimizer, "
-                             "so a worker's gradient scaler cannot skip a step (fp16); use bf16, "
-                             "which needs no scaler")
+        and takes its rounds. ``ValueError`` where it cannot (:attr:`unscalable`)."""
+        if self.unscalable:
+            raise ValueError(f"{self.name}: {self.unscalable}; use bf16, which needs no scaler")
         self.scaler = scaler
 
     def _optimizer_step(self) -> None:

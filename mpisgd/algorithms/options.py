@@ -182,7 +182,7 @@ SCHEDULE = (
     Option("adacomm_lr_exp", 0.5, "adacomm: exponent c of the learning-rate ratio "
            "(eta_l/eta_0)^c in the period rule", float),
     _positive_int("local_after", None, "post-local: the step t' up to which a round follows "
-                      "every step (Lin et al.'s mini-batch phase; torch's warmup_steps)"),
+                      "every step (Lin et al.'s mini-batch phase)"),
     _positive("round_budget", None, "budget: seconds per round (default: tau times the fastest "
               "worker's step time in the first round)"),
 )

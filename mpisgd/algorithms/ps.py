@@ -44,7 +44,8 @@ class ParameterServerSGD(Served):
     """The family's common worker step; subclasses set :attr:`protocol`
     (a :class:`~mpisgd.server.params.Protocol`)."""
 
-    steps_locally = False    # the servers step the model with their copy of the optimizer
+    unscalable = ("the server steps the model with its own optimizer, so a worker's gradient "
+                  "scaler cannot skip a step")
 
     protocol = PROTOCOLS["k-sync"]
 

@@ -49,13 +49,13 @@ def _sets_lr(algo: str, options: dict) -> str | None:
 
 def _scalable(algo: str, options: dict) -> None:
     """``ConfigError`` where fp16's gradient scaler cannot work: a server steps the model,
-    or sync's compressed gradients keep an overflow's infinity in their error feedback."""
+    EAMSGD reads the gradients itself, or sync's compressed gradients keep an overflow's
+    infinity in their error feedback."""
     cls = algorithms.ALGORITHMS.get(algo)
-    if cls is not None and not cls.steps_locally:
-        raise ConfigError(f"--precision fp16 does not combine with --algo {algo}: the server "
-                          "steps the model, so a worker's gradient scaler cannot skip a step; "
-                          "use --precision bf16 (no scaler)")
-    if algo == "sync" and options.get("compress"):
+    if cls is not None and cls.unscalable:
+        raise ConfigError(f"--precision fp16 does not combine with --algo {algo}: "
+                          f"{cls.unscalable}; use --precision bf16 (no scaler)")
+    if algo == "sync" and options.get("compress", "none") not in (None, "none"):
         raise ConfigError("--precision fp16 does not combine with sync's --compress: an "
                           "overflowed gradient would stay in the error feedback's residual; "
                           "use --precision bf16")

@@ -41,6 +41,8 @@ class Evaluator:
         # CPU caches favour small batches (a ResNet-20 evaluates 2x faster per sample at 128
         # than at 1024); a GPU wants large ones
         self.comm, self.batch = comm, 1024 if device.type == "cuda" else 128
+        if self.x.dim() == 2 and not self.x.is_floating_point():    # windows of C tokens:
+            self.batch = max(1, self.batch * 64 // self.x.shape[1])     # 64 tokens a sample
         self.seconds = 0.0
 
     @torch.no_grad()
@@ -133,7 +135,8 @@ def summary_line(s: dict) -> str:
             + (f" (MPI: {s['mpi_path']})" if s.get("mpi_path") else "")
             + f", kernels: {s['kernels']}; record: {s['path']}"
             + (f"; {s['compression']}" if s.get("compression") else "")
-            + (f"; fp16: {int(s['skipped_steps'])} steps skipped (gradients not finite)"
+            + (f"; fp16: {int(s['skipped_steps'])} steps skipped (gradients not finite; the most "
+               "on one rank)"
                if s.get("skipped_steps") else "")
             + (f"; warning: {s['warning']}" if s.get("warning") else ""))
 

@@ -60,10 +60,13 @@ class Points:
         algo.clock = self.train_time       # schedules read training time
         self.next_checkpoint = next_multiple(self.position(), cfg.checkpoint_every)
 
-    def stepped(self, loss) -> None:
-        """After a local step: count it, keep its loss, set the next step's rate."""
+    def stepped(self, loss, skipped: bool = False) -> None:
+        """After a local step: count it, keep its loss (not of a step fp16's scaler
+        ``skipped``: an overflow is the scaler's to handle, not a divergence), set the next
+        step's rate."""
         self.step += 1
-        self.watch.add(loss)
+        if not skipped:
+            self.watch.add(loss)
         if self.rates is not None:
             with warnings.catch_warnings():   # fp16: the scaler may skip the first optimizer step
                 warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)

@@ -15,6 +15,7 @@ from datetime import datetime
 import torch
 
 from .. import checkpoint, data as datasets, device as placement, models, storage, streams
+from .. import precision as mixed
 from .._mpi import MPI
 from ..errors import ConfigError, agree, digest
 from ..mpienv import check_environment, check_launch
@@ -67,6 +68,8 @@ def prepare(cfg: TrainConfig, comm):
         check_launch(MPI.COMM_WORLD.Get_size())
         cfg.validate()
         placement.check_available(cfg.device)
+        mixed.check_device(cfg.precision,       # --device auto: a GPU where torch sees one
+                           placement.choose(cfg.device, 0, torch.cuda.device_count()))
         data = datasets.load(cfg.data, models.context(cfg.model))
         try:
             workers = cfg.spec.replicas(comm.Get_size(), node_ranks)   # each its own data

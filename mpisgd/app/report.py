@@ -104,8 +104,9 @@ def labels(groups: list[list[dict]]) -> list[str]:
 def with_perplexity(rec: dict) -> dict:
     """``rec`` with ``perplexity`` = exp(test_loss) among its metrics where it is a language
     model's (``task`` attribute: losses in nats per byte), ``None`` elsewhere."""
-    m = rec["metrics"]
-    if str(rec["attrs"].get("task", "")) == "language model" and "test_loss" in m:
+    m, data = rec["metrics"], str(rec["config"].get("data", ""))
+    if (str(rec["attrs"].get("task", "")) == "language model" or data.startswith("text:")) \
+            and "test_loss" in m:
         m["perplexity"] = np.exp(np.minimum(m["test_loss"], 700.0))
     return rec
 

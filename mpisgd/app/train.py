@@ -107,13 +107,14 @@ def _train(cfg, comm, algo, model, opt, rates, data, shards, record, quiet, sign
         pace = Pace(cfg, algo)
         vote = StopVote(telemetry, signals) if algo.collective_rounds else None
         rounds = algo.rounds
-        cast = partial(mixed.autocast, cfg.precision, device)
+        cast, scaler = partial(mixed.autocast, cfg.precision, device), algo.scaler
         try:
             while pace.running(at.step):
                 opt.zero_grad(set_to_none=False)
                 loss = gradient(model, stream, algo, at.step, cfg.accumulate, cast)
+                skipped = scaler.skipped if scaler is not None else 0
                 algo.step(loss)
-                at.stepped(loss)
+                at.stepped(loss, skipped=scaler is not None and scaler.skipped > skipped)
                 point, last = pace.after_step(at.step, progress)
                 if last:
                     if vote is not None:
@@ -178,7 +179,7 @@ def _train(cfg, comm, algo, model, opt, rates, data, shards, record, quiet, sign
                "warning": stall_warning(at.rows, at.first_loss, data.classes),
                "compression": paid(series, cfg.options.get("compress", "")),
                "perplexity": math.exp(min(at.row["test_loss"], 700)) if data.name == "text" else None,
-               "skipped_steps": sum(r[-1] for r in ranks)}
+               "skipped_steps": max(r[-1] for r in ranks)}
     with record.edit():          # one new version of the record, completed as a whole
         kept.into(record)
         record.attribute("train_samples", len(data.y_train))     # time per epoch (mpisgd project)

@@ -28,10 +28,10 @@ def x0():
     return torch.linspace(-1.0, 1.0, D, dtype=torch.float64)
 
 
-def run(name, comm, scaled: bool, **options):
+def run(name, comm, scaled: bool, zeroed=(BAD_RANK,), **options):
     """``STEPS`` steps of ``name`` (plain SGD, no momentum). At ``BAD_STEP`` rank ``BAD_RANK``'s
-    gradient gets an infinity (``scaled``: the scaler must skip the step) or is zeroed (the
-    reference: a skipped step of plain SGD moves nothing)."""
+    gradient gets an infinity (``scaled``: the scaler must skip the step) or the gradients of
+    the ranks ``zeroed`` are zero (the reference: a skipped step of plain SGD moves nothing)."""
     model = regression_model(x0())
     opt = torch.optim.SGD(model.parameters(), lr=LR)
     algo = mpisgd.build(name, model, opt, comm=comm, **options)
@@ -42,11 +42,10 @@ def run(name, comm, scaled: bool, **options):
         opt.zero_grad()
         loss = regression_loss(model, comm.rank, step)
         (scaler.scale(loss) if scaled else loss).backward()
-        if step == BAD_STEP and comm.rank == BAD_RANK:
-            if scaled:
-                model.weight.grad[0, 0] = float("inf")
-            else:
-                model.weight.grad.zero_()
+        if step == BAD_STEP and scaled and comm.rank == BAD_RANK:
+            model.weight.grad[0, 0] = float("inf")
+        if step == BAD_STEP and not scaled and comm.rank in zeroed:
+            model.weight.grad.zero_()
         algo.step()
     algo.finish()
     return algo, scaler
@@ -76,14 +75,52 @@ def test_a_step_the_scaler_skips_on_one_rank_still_takes_its_rounds():
 @pytest.mark.mpi(min_size=2)
 def test_sync_skips_a_step_on_every_rank_together():
     """sync: the infinity is in the averaged gradient, so every rank skips step 3 and halves
-    its scale; the replicas stay identical and equal the zero-mean-gradient run's model."""
+    its scale; the replicas stay identical and equal, bit for bit, the run where every
+    rank's step-3 gradient is zero (scaling by 2^16 before the mean and back is exact)."""
     comm = MPI.COMM_WORLD
     algo, scaler = run("sync", comm, scaled=True)
+    ref, _ = run("sync", comm, scaled=False, zeroed=range(comm.size))
     assert comm.allgather(scaler.skipped) == [1] * comm.size
     assert len(set(comm.allgather(scaler.scaler.get_scale()))) == 1
     mine = algo.flat.data.clone()
     assert all(torch.equal(t, mine) for t in comm.allgather(mine))
-    assert torch.isfinite(mine).all()
+    assert torch.equal(mine, ref.flat.data)
+    algo.close()
+    ref.close()
+
+
+@pytest.mark.mpi(min_size=2)
+def test_the_scaler_state_goes_through_a_checkpoint():
+    """state_dict() carries the scale, its growth tracker and the skipped count; a fresh
+    algorithm with a scaler takes them back and goes on as the first would."""
+    comm = MPI.COMM_WORLD
+    algo, scaler = run("local", comm, scaled=True, tau=2)
+    state = algo.state_dict()
+    model = regression_model(x0())
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    again = mpisgd.build("local", model, opt, comm=comm, tau=2)
+    fresh = Scaler("cpu")
+    again.use_scaler(fresh)
+    again.load_state_dict(state)
+    assert fresh.skipped == scaler.skipped and fresh.state_dict()["scaler"] == \
+        scaler.state_dict()["scaler"]
+    assert torch.equal(again.flat.data, algo.flat.data)
+    algo.close()
+    again.close()
+
+
+@pytest.mark.mpi(min_size=2)
+def test_eamsgd_refuses_a_gradient_scaler():
+    """EAMSGD's fused step reads the gradients itself: a scaler could not unscale them."""
+    model = regression_model(x0())
+    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.0)
+    algo = mpisgd.build("eamsgd", model, opt, comm=MPI.COMM_WORLD)
+    with pytest.raises(ValueError, match="eamsgd: its update reads the gradients itself"):
+        algo.use_scaler(Scaler("cpu"))
+    if algo.is_worker:
+        algo.finish()
+    else:
+        algo.serve()
     algo.close()
 
 

@@ -56,6 +56,8 @@ def test_missing_config_file():
      "--precision fp16 does not combine with --algo ps-sync: the server steps the model"),
     ({"precision": "fp16", "device": "cuda", "algo": "sync", "compress": "int8"},
      "--precision fp16 does not combine with sync's --compress"),
+    ({"precision": "fp16", "device": "cuda", "algo": "eamsgd"},
+     "--precision fp16 does not combine with --algo eamsgd: its update reads the gradients"),
     ({"optimizer": "adamw", "betas": "0.9"}, r"--betas must be two numbers in \[0, 1\) as B1,B2"),
     ({"optimizer": "adam", "eps": 0.0}, "--eps must be positive, got 0.0"),
     ({"optimizer": "adam", "momentum": 0.9}, "--momentum applies to --optimizer sgd"),
@@ -76,6 +78,16 @@ def test_missing_config_file():
 def test_config_validation_names_the_flag(flags, message):
     with pytest.raises(ConfigError, match=message):
         from_sources(None, flags).validate()
+
+
+def test_fp16_is_accepted_where_a_scaler_works():
+    """sync with --compress none (the default, given), local, and --device auto (checked where
+    a rank resolves it); validate twice, as a study's planning does."""
+    for flags in ({"algo": "sync", "compress": "none", "device": "cuda"},
+                  {"algo": "local", "tau": 4, "device": "cuda"}, {"device": "auto"}):
+        cfg = from_sources(None, {"precision": "fp16", **flags})
+        cfg.validate()
+        cfg.validate()
 
 
 def run_single(tmp_path, **flags):
