@@ -153,7 +153,9 @@ def check(meta: dict, config: dict, world_size: int, path: str) -> None:
             continue             # an option newer than the checkpoint, at the behaviour it had
         if saved.get(key) != now.get(key):
             flag = "--" + key.replace("_", "-")
-            raise ConfigError(f"--resume {path}: {flag} was {saved.get(key)!r} in the checkpointed "
+            was = (repr(saved[key]) if key in saved else
+                   f"{_default(key)!r} (its default: the checkpoint predates it)")
+            raise ConfigError(f"--resume {path}: {flag} was {was} in the checkpointed "
                               f"run, now {now.get(key)!r}; only "
                               f"{', '.join('--' + k.replace('_', '-') for k in SAFE_TO_CHANGE)} "
                               "may change")

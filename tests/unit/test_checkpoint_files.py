@@ -97,6 +97,19 @@ def test_check_names_the_rank_count_and_the_first_option_that_changes_the_math()
         checkpoint.check({k: v for k, v in meta.items() if k != "streams"}, _config(), 4, "D")
 
 
+def test_an_option_newer_than_the_checkpoint_passes_at_its_default_only():
+    """A checkpoint taken before --precision and --local-after existed: fp32 and no switch
+    are what it ran, so they resume; bf16 would change the math."""
+    old = json.loads(json.dumps(_config(), default=str))
+    del old["precision"]
+    del old["options"]["local_after"]
+    meta = {"world_size": 4, "config": old, "streams": streams.VERSION}
+    checkpoint.check(meta, _config(), 4, "D")
+    with pytest.raises(ConfigError, match="--precision was 'fp32' .its default: the checkpoint predates it. in the "
+                                          "checkpointed run, now 'bf16'"):
+        checkpoint.check(meta, _config(precision="bf16"), 4, "D")
+
+
 def test_default_dir_sits_beside_the_record():
     assert checkpoint.default_dir("runs/a.h5") == "runs/a.ckpt"
     assert checkpoint.default_dir("runs/a") == "runs/a.ckpt"
