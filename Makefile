@@ -79,7 +79,7 @@ bench: install
 	$(BENCH_MPI) -n 2 $(PY) benchmarks/bench_compress.py
 	$(BENCH_MPI) -n 4 $(PY) benchmarks/bench_compress.py
 	$(BENCH_MPI) -n 2 $(PY) benchmarks/bench_recipes.py
-	$(BENCH_MPI) -n 2 $(PY) benchmarks/bench_recipes.py --model gpt --batch 16 --trials 3
+	$(BENCH_MPI) -n 2 $(PY) benchmarks/bench_recipes.py --model gpt --batch 16 --trials 3 --bf16
 	$(MAKE) $(SHAKESPEARE)
 	$(BENCH_MPI) -n 4 $(PY) benchmarks/bench_lm.py --text $(SHAKESPEARE)
 	$(BENCH_MPI) -n 4 $(PY) benchmarks/bench_diloco.py

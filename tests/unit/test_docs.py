@@ -41,3 +41,19 @@ def test_readme_table_lists_every_algorithm():
     table = readme[readme.index("## Algorithms"):readme.index("Every algorithm takes")]
     for name in algorithms.ALGORITHMS:
         assert f"`{name}`" in table, name
+
+
+def test_every_recipe_is_a_valid_study_of_4_ranks(tmp_path):
+    """docs/recipes/*.yaml load and expand as grids (every configuration validated), on the
+    4 ranks make recipes gives them, and the README lists each."""
+    import glob
+    from mpisgd.app import grid
+    files = sorted(glob.glob(os.path.join(ROOT, "docs", "recipes", "*.yaml")))
+    assert len(files) == 4
+    index = read("docs/recipes/README.md")
+    makefile = read("Makefile")
+    for path in files:
+        tasks = grid.expand(*grid.load(path), str(tmp_path))
+        assert tasks and all(t.ranks == 4 for t in tasks), path
+        name = os.path.basename(path)
+        assert f"]({name})" in index and name[:-5] in makefile, name
