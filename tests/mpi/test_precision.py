@@ -166,3 +166,36 @@ def test_bf16_trains_close_to_fp32_with_fp32_parameters(shared_dir, algo, extra)
         assert list(b["ranks"]["skipped_steps"][()]) == [0] * MPI.COMM_WORLD.size
         np.testing.assert_array_equal(b["metrics"]["bytes_sent"][()], a["metrics"]["bytes_sent"][()])
     assert "fp16" not in summary.get("warning", "")
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+
+@CUDA
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("algo, extra", [("sync", {}), ("local", {"tau": 4})])
+def test_fp16_on_a_gpu_trains_gpt_and_resumes(shared_dir, algo, extra):
+    """--precision fp16 --device cuda (autocast and the scaler on the GPU) on gpt: the run
+    learns, the record holds every rank's skipped steps, and a run resumed from its
+    checkpoint at step 12 ends where the uninterrupted one does (deterministic kernels)."""
+    text = os.path.join(shared_dir, "text.txt")
+    if MPI.COMM_WORLD.rank == 0:
+        with open(text, "w") as f:
+            f.write(" ".join(f"w{i % 17}" for i in range(2000)))
+    MPI.COMM_WORLD.Barrier()
+    flags = dict(algo=algo, model="gpt:1,32,2,16", data=f"text:{text}", steps=24, log_every=6,
+                 batch_size=8, optimizer="adamw", lr=0.01, precision="fp16", device="cuda",
+                 deterministic=True, checkpoint_every=12, **extra)
+    full, summary = _train(shared_dir, f"{algo}-fp16", **flags)
+    again, _ = _train(shared_dir, f"{algo}-fp16-resumed",
+                      resume=os.path.join(shared_dir, f"{algo}-fp16.ckpt", "step-00000012"),
+                      checkpoint_dir=os.path.join(shared_dir, f"{algo}-resumed.ckpt"), **flags)
+    if MPI.COMM_WORLD.rank != 0:
+        return
+    with h5py.File(full, "r") as a, h5py.File(again, "r") as b:
+        assert len(a["ranks"]["skipped_steps"][()]) == MPI.COMM_WORLD.size
+        loss = a["metrics"]["test_loss"][()]
+        assert loss[-1] < loss[0] and np.isfinite(a["final"]["params"][()]).all()
+        np.testing.assert_allclose(b["final"]["params"][()], a["final"]["params"][()],
+                                   rtol=1e-5, atol=1e-6)
+    assert summary["perplexity"] > 1
