@@ -14,7 +14,9 @@ A language model's record (``--data text``) adds ``perplexity``, exp(test
 loss), as a panel and a table column.
 
 Labels carry what tells groups apart: the algorithm, its period or K (``tau``,
-``k``), the options whose values differ between the groups shown where they apply, and always the worker count
+``k``), the options whose values differ between the groups shown where they apply, an
+option that applies to some groups only where it is not at its default (``outer=nesterov``
+beside sync), and always the worker count
 (``async-easgd, 3 workers``) and the number of runs. Axes: losses and the
 test error on log scales (the error in percent, so 2-10% is not squashed
 against 70%), bytes in MB or GB, ``--target`` as a dashed line on error
@@ -34,6 +36,7 @@ import os
 
 import numpy as np
 
+from .. import algorithms
 from .record import read
 
 #: Configuration keys that do not make a different experiment (the seed's followers, paths).
@@ -89,10 +92,15 @@ def labels(groups: list[list[dict]]) -> list[str]:
     keys = sorted({k for f in flats for k in f})
     varying = [k for k in keys if k not in ("algo", "workers")       # differs where it applies
                and (k in HEADLINE or len({json.dumps(f[k], default=str) for f in flats if k in f}) > 1)]
+    defaults = {k: o.default for k, o in algorithms.all_options().items()}
+    some = [k for k in keys if k in defaults and k not in varying     # applies to some groups
+            and any(k not in f for f in flats)]
     out = []
     for f, runs in zip(flats, groups):
         text = f.get("algo", "?")
-        text += "".join(f" {k}={f[k]}" for k in varying if f.get(k) is not None)
+        shown = [k for k in varying if f.get(k) is not None] + \
+            [k for k in some if k in f and f[k] is not None and f[k] != defaults[k]]
+        text += "".join(f" {k}={f[k]}" for k in sorted(shown))
         text += f", {f['workers']} workers"
         if len(runs) > 1:
             seeds = len({r["config"].get("seed") for r in runs})

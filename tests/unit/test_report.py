@@ -30,6 +30,20 @@ def test_runs_that_differ_only_in_the_seed_are_one_group(runs):
     assert report.labels(groups) == ["local tau=4, 1 workers", "sync, 1 workers (2 runs)"]
 
 
+def test_an_option_of_some_groups_only_is_labelled_where_it_is_not_its_default(runs):
+    """DiLoCo beside sync: ``outer`` applies to local only, so it is shown there (nesterov,
+    not its default none); its lr and momentum at their defaults are not."""
+    import copy
+    d, paths = runs
+    sync, local = record.read(paths[1]), record.read(paths[2])
+    diloco = copy.deepcopy(local)
+    diloco["config"]["options"].update(outer="nesterov", outer_lr=0.7, outer_momentum=0.9)
+    assert report.labels(report.group([sync, diloco])) == [
+        "sync, 1 workers", "local outer=nesterov tau=4, 1 workers"]
+    assert report.labels(report.group([sync, local])) == ["sync, 1 workers",
+                                                          "local tau=4, 1 workers"]
+
+
 def test_a_group_curve_is_the_mean_with_the_runs_extremes(runs):
     _, paths = runs
     a, b = record.read(paths[0]), record.read(paths[1])
