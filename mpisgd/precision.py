@@ -20,6 +20,7 @@ check, so every rank skips the same steps; with local SGD a rank skips its own.
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 import torch
 
@@ -40,8 +41,26 @@ def check(precision: str, device: str) -> None:
         check_device(precision, torch.device("cpu"))
 
 
+def cpu_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool | None:
+    """Whether this CPU has bf16 instructions (``avx512_bf16`` or ``amx_bf16`` among the
+    flags of ``cpuinfo``); ``None`` where the file cannot be read (not Linux)."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return None
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def check_device(precision: str, device: torch.device) -> None:
-    """``ConfigError`` for fp16 on ``device`` if it is not a GPU."""
+    """``ConfigError`` for fp16 on ``device`` if it is not a GPU; a warning for bf16 on a
+    CPU without bf16 instructions (autocast emulates them: 10-17 times slower than fp32
+    on the 2-core EPYC of docs/benchmarks.md)."""
+    if precision == "bf16" and device.type == "cpu" and cpu_bf16() is False:
+        warnings.warn("--precision bf16 on a CPU without bf16 instructions (no avx512_bf16 or "
+                      "amx_bf16 in /proc/cpuinfo): autocast emulates them, typically 10-17 "
+                      "times slower than fp32; use fp32 here, bf16 on a GPU", UserWarning,
+                      stacklevel=2)
     if precision == "fp16" and device.type != "cuda":
         raise ConfigError("--precision fp16 needs a CUDA device (a CPU has no fast float16 "
                           "kernels); on a CPU use --precision bf16")

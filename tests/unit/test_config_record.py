@@ -246,3 +246,25 @@ def test_a_missing_tensorboard_extra_is_one_line_naming_it(monkeypatch):
                                           r"pip install 'mpisgd\[tensorboard\]'"):
         from_sources(None, dict(tensorboard="tb")).validate()
 
+
+
+def test_bf16_on_a_cpu_without_bf16_instructions_is_a_warning(tmp_path):
+    """The flags line of /proc/cpuinfo says whether the CPU has bf16 (avx512_bf16, amx_bf16);
+    without it --precision bf16 warns (emulated: 10-17 times slower), with it, and on a GPU,
+    nothing is said."""
+    import warnings
+    from mpisgd import precision
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor : 0\nflags : fpu avx2 avx512f\n")
+    assert precision.cpu_bf16(str(info)) is False
+    info.write_text("flags : fpu avx512f avx512_bf16\n")
+    assert precision.cpu_bf16(str(info)) is True
+    assert precision.cpu_bf16(str(tmp_path / "none")) is None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        precision.check_device("bf16", torch.device("cuda"))
+        precision.check_device("fp32", torch.device("cpu"))
+    assert not caught
+    if precision.cpu_bf16() is False:
+        with pytest.warns(UserWarning, match="--precision bf16 on a CPU without bf16 instructions"):
+            precision.check_device("bf16", torch.device("cpu"))
