@@ -34,11 +34,18 @@ def check(precision: str, device: str) -> None:
     """``ConfigError`` naming ``--precision`` for an unknown name, or fp16 on a CPU
     (``device``: ``cpu``, ``cuda`` or ``cuda:N``; ``auto`` passes here, planning a study on
     a login node without GPUs, and is checked where a rank resolves it:
-    :func:`check_device`)."""
+    :func:`check_device`, which also gives bf16's warning, once)."""
     if precision not in PRECISIONS:
         raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if device == "cpu":
-        check_device(precision, torch.device("cpu"))
+        _needs_gpu(precision, torch.device("cpu"))
+
+
+def _needs_gpu(precision: str, device: torch.device) -> None:
+    """``ConfigError`` for fp16 on ``device`` if it is not a GPU."""
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError("--precision fp16 needs a CUDA device (a CPU has no fast float16 "
+                          "kernels); on a CPU use --precision bf16")
 
 
 def cpu_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool | None:
@@ -61,9 +68,7 @@ def check_device(precision: str, device: torch.device) -> None:
                       "amx_bf16 in /proc/cpuinfo): autocast emulates them, typically 10-17 "
                       "times slower than fp32; use fp32 here, bf16 on a GPU", UserWarning,
                       stacklevel=2)
-    if precision == "fp16" and device.type != "cuda":
-        raise ConfigError("--precision fp16 needs a CUDA device (a CPU has no fast float16 "
-                          "kernels); on a CPU use --precision bf16")
+    _needs_gpu(precision, device)
 
 
 def autocast(precision: str, device: torch.device):

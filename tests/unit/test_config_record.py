@@ -264,6 +264,7 @@ def test_bf16_on_a_cpu_without_bf16_instructions_is_a_warning(tmp_path):
         warnings.simplefilter("always")
         precision.check_device("bf16", torch.device("cuda"))
         precision.check_device("fp32", torch.device("cpu"))
+        precision.check("bf16", "cpu")       # validate: the warning is the rank's, given once
     assert not caught
     if precision.cpu_bf16() is False:
         with pytest.warns(UserWarning, match="--precision bf16 on a CPU without bf16 instructions"):
