@@ -15,7 +15,6 @@ ratios DiLoCo / sync (the goal: bytes <= 1/tau and less time), and each
 run's tokens per second per rank. On one machine the exchange is a memory
 copy; under ``mpisgd cluster`` it crosses emulated NICs.
 """
-import math
 import os
 import shutil
 import sys
@@ -25,6 +24,7 @@ import h5py
 from mpi4py import MPI
 
 from mpisgd import models
+from mpisgd.text import perplexity
 from mpisgd.app import train
 from mpisgd.app.config import from_sources
 from common import arguments, count, machine, parse, usage_error
@@ -48,10 +48,10 @@ if not os.path.isfile(args.text):
 if args.log_every % args.tau:
     usage_error(parser, f"--log-every must be a multiple of --tau ({args.tau})")
 try:
-    models.context(args.model)
+    context = models.context(args.model)
 except ValueError as err:
     usage_error(parser, str(err))
-if models.context(args.model) is None:
+if context is None:
     usage_error(parser, f"--model {args.model} is not a language model: give gpt[:L,W,H,C]")
 
 RECIPE = dict(model=args.model, data=f"text:{args.text}", optimizer="adamw", lr=args.lr,
@@ -74,12 +74,11 @@ comm.Barrier()
 if comm.rank:
     sys.exit(0)
 shutil.rmtree(where)
-window = args.batch * models.context(args.model)      # tokens per step and rank
-sync, diloco = rows["sync"], rows[f"diloco tau={args.tau}"]
-target = sync["test_loss"][-1]
+window = args.batch * context      # tokens per step and rank
+target = rows["sync"]["test_loss"][-1]
 print(f"# {machine()}; {comm.size} ranks; {args.model} on {args.text}, {args.steps} steps of "
       f"{args.batch} windows per rank; sync's final test loss L* = {target:.4f} "
-      f"(perplexity {math.exp(target):.2f})")
+      f"(perplexity {perplexity(target):.2f})")
 print(f"{'contender':<18} {'steps':>6} {'final loss':>10} {'step to L*':>10} {'s to L*':>9} "
       f"{'MB to L*':>9} {'tokens/s/rank':>14}")
 reach = {}

@@ -22,6 +22,12 @@ VOCAB = 256
 TEST_FRACTION = 0.1
 
 
+def perplexity(loss):
+    """exp(loss) of a loss in nats per byte (a number or an array), capped where exp
+    overflows a float64 (a loss of 700 or more)."""
+    return np.exp(np.minimum(loss, 700.0))
+
+
 def windows(tokens: np.ndarray, context: int) -> tuple[np.ndarray, np.ndarray]:
     """Inputs and next-byte targets of the stride-``context`` windows of ``tokens``."""
     n = (len(tokens) - 1) // context

@@ -37,6 +37,7 @@ import os
 import numpy as np
 
 from .. import algorithms
+from ..text import perplexity
 from .record import read
 
 #: Configuration keys that do not make a different experiment (the seed's followers, paths).
@@ -115,7 +116,7 @@ def with_perplexity(rec: dict) -> dict:
     m, data = rec["metrics"], str(rec["config"].get("data", ""))
     if (str(rec["attrs"].get("task", "")) == "language model" or data.startswith("text:")) \
             and "test_loss" in m:
-        m["perplexity"] = np.exp(np.minimum(m["test_loss"], 700.0))
+        m["perplexity"] = perplexity(m["test_loss"])
     return rec
 
 

@@ -20,7 +20,6 @@ point at most every 10 s) and a one-line summary; other ranks are quiet.
 """
 from __future__ import annotations
 
-import math
 from functools import partial
 
 import torch
@@ -28,6 +27,7 @@ import torch
 from .. import __version__, data as datasets, device as placement, ops, precision as mixed
 from ..errors import ConfigError
 from ..mpienv import mpi_library, setting
+from ..text import perplexity
 from . import lr as lr_schedules, optimizers
 from .accumulate import gradient
 from .config import TrainConfig
@@ -178,7 +178,7 @@ def _train(cfg, comm, algo, model, opt, rates, data, shards, record, quiet, sign
                "nodes": placement.layout([h for h, _, _ in where], setting("MPISGD_CLUSTER") or ""),
                "warning": stall_warning(at.rows, at.first_loss, data.classes),
                "compression": paid(series, cfg.options.get("compress", "")),
-               "perplexity": math.exp(min(at.row["test_loss"], 700)) if data.name == "text" else None,
+               "perplexity": float(perplexity(at.row["test_loss"])) if data.name == "text" else None,
                "skipped_steps": max(r[-1] for r in ranks)}
     with record.edit():          # one new version of the record, completed as a whole
         kept.into(record)

@@ -45,7 +45,6 @@ server updates ``w`` while earlier versions are still on the wire.
 from __future__ import annotations
 
 import inspect
-
 import time
 from dataclasses import dataclass
 
