@@ -114,3 +114,16 @@ def mpiexec() -> list[str]:
     if "Open MPI" in os.popen(f"{exe} --version 2>&1").read():
         cmd += ["--allow-run-as-root", "--oversubscribe"]
     return cmd
+
+
+def train_record(shared_dir, name, **flags):
+    """One run of the driver on every rank (one thread each) into ``shared_dir/name.h5``;
+    (the record's path, the summary) once every rank is done."""
+    from mpi4py import MPI
+    from mpisgd.app import train
+    from mpisgd.app.config import from_sources
+    out = os.path.join(shared_dir, f"{name}.h5")
+    summary = train.run(from_sources(None, dict(out=out, threads=1, **flags)), MPI.COMM_WORLD,
+                        quiet=True)
+    MPI.COMM_WORLD.Barrier()
+    return out, summary

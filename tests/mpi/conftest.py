@@ -1,5 +1,6 @@
-"""The communicators every distributed test runs on (mpi4py's own test pattern), and a
-directory every rank shares."""
+"""The communicators every distributed test runs on (mpi4py's own test pattern), a
+directory every rank shares, and a text every rank reads."""
+import os
 import shutil
 import tempfile
 
@@ -29,3 +30,16 @@ def shared_dir():
     comm.Barrier()
     if comm.rank == 0:
         shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def text(shared_dir):
+    """A text with structure a small language model learns (counting words), written by
+    rank 0 into the shared directory."""
+    path = os.path.join(shared_dir, "text.txt")
+    if MPI.COMM_WORLD.rank == 0:
+        with open(path, "w") as f:
+            f.write(" ".join(f"w{i % 17}" for i in range(2000)))
+    MPI.COMM_WORLD.Barrier()
+    return path
+

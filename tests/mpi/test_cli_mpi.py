@@ -11,16 +11,7 @@ from mpi4py import MPI
 from mpisgd.app import cli, train
 from mpisgd.app.config import from_sources
 from mpisgd.app.record import METRICS, RANK_FIELDS
-
-
-def _train(shared_dir, name, **flags):
-    """One run of the driver on every rank (one thread each) into ``shared_dir/name.h5``;
-    (the record's path, the summary) once every rank is done."""
-    out = os.path.join(shared_dir, f"{name}.h5")
-    summary = train.run(from_sources(None, dict(out=out, threads=1, **flags)), MPI.COMM_WORLD,
-                        quiet=True)
-    MPI.COMM_WORLD.Barrier()
-    return out, summary
+from helpers import train_record as _train
 
 
 @pytest.mark.mpi(min_size=2)

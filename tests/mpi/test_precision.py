@@ -16,9 +16,7 @@ import torch
 from mpi4py import MPI
 
 import mpisgd
-from helpers import D, regression_loss, regression_model
-from mpisgd.app import train
-from mpisgd.app.config import from_sources
+from helpers import D, regression_loss, regression_model, train_record
 from mpisgd.precision import Scaler
 
 STEPS, BAD_STEP, BAD_RANK, LR = 8, 3, 1, 0.05
@@ -109,42 +107,30 @@ def test_the_scaler_state_goes_through_a_checkpoint():
     again.close()
 
 
-@pytest.mark.mpi(min_size=2)
-def test_eamsgd_refuses_a_gradient_scaler():
-    """EAMSGD's fused step reads the gradients itself: a scaler could not unscale them."""
+def refuses_a_scaler(name, match):
+    """Build ``name`` on every rank; ``use_scaler`` raises ``match``; then close it."""
     model = regression_model(x0())
-    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.0)
-    algo = mpisgd.build("eamsgd", model, opt, comm=MPI.COMM_WORLD)
-    with pytest.raises(ValueError, match="eamsgd: its update reads the gradients itself"):
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    algo = mpisgd.build(name, model, opt, comm=MPI.COMM_WORLD)
+    with pytest.raises(ValueError, match=match):
         algo.use_scaler(Scaler("cpu"))
     if algo.is_worker:
         algo.finish()
     else:
         algo.serve()
     algo.close()
+
+
+@pytest.mark.mpi(min_size=2)
+def test_eamsgd_refuses_a_gradient_scaler():
+    """EAMSGD's fused step reads the gradients itself: a scaler could not unscale them."""
+    refuses_a_scaler("eamsgd", "eamsgd: its update reads the gradients itself")
 
 
 @pytest.mark.mpi(min_size=2)
 def test_a_server_family_refuses_a_gradient_scaler():
     """The servers step the model: a worker's scaler could not skip their step."""
-    model = regression_model(x0())
-    opt = torch.optim.SGD(model.parameters(), lr=LR)
-    algo = mpisgd.build("ps-sync", model, opt, comm=MPI.COMM_WORLD)
-    with pytest.raises(ValueError, match="the server steps the model with its own optimizer"):
-        algo.use_scaler(Scaler("cpu"))
-    if algo.is_worker:
-        algo.finish()
-    else:
-        algo.serve()
-    algo.close()
-
-
-def _train(shared_dir, name, **flags):
-    out = os.path.join(shared_dir, f"{name}.h5")
-    summary = train.run(from_sources(None, dict(out=out, threads=1, **flags)), MPI.COMM_WORLD,
-                        quiet=True)
-    MPI.COMM_WORLD.Barrier()
-    return out, summary
+    refuses_a_scaler("ps-sync", "the server steps the model with its own optimizer")
 
 
 @pytest.mark.mpi(min_size=3)
@@ -153,8 +139,8 @@ def test_bf16_trains_close_to_fp32_with_fp32_parameters(shared_dir, algo, extra)
     """--precision bf16 (autocast on the CPU): the parameters stay float32, the run learns,
     and its model is within bf16's rounding of the fp32 run's (8 bits of mantissa: 1e-2)."""
     flags = dict(algo=algo, steps=16, log_every=8, model="mlp", **extra)
-    out32, _ = _train(shared_dir, f"{algo}-fp32", **flags)
-    out16, summary = _train(shared_dir, f"{algo}-bf16", precision="bf16", **flags)
+    out32, _ = train_record(shared_dir, f"{algo}-fp32", **flags)
+    out16, summary = train_record(shared_dir, f"{algo}-bf16", precision="bf16", **flags)
     if MPI.COMM_WORLD.rank != 0:
         return
     with h5py.File(out32, "r") as a, h5py.File(out16, "r") as b:
@@ -174,20 +160,15 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"
 @CUDA
 @pytest.mark.mpi(min_size=2)
 @pytest.mark.parametrize("algo, extra", [("sync", {}), ("local", {"tau": 4})])
-def test_fp16_on_a_gpu_trains_gpt_and_resumes(shared_dir, algo, extra):
+def test_fp16_on_a_gpu_trains_gpt_and_resumes(shared_dir, text, algo, extra):
     """--precision fp16 --device cuda (autocast and the scaler on the GPU) on gpt: the run
     learns, the record holds every rank's skipped steps, and a run resumed from its
     checkpoint at step 12 ends where the uninterrupted one does (deterministic kernels)."""
-    text = os.path.join(shared_dir, "text.txt")
-    if MPI.COMM_WORLD.rank == 0:
-        with open(text, "w") as f:
-            f.write(" ".join(f"w{i % 17}" for i in range(2000)))
-    MPI.COMM_WORLD.Barrier()
     flags = dict(algo=algo, model="gpt:1,32,2,16", data=f"text:{text}", steps=24, log_every=6,
                  batch_size=8, optimizer="adamw", lr=0.01, precision="fp16", device="cuda",
                  deterministic=True, checkpoint_every=12, **extra)
-    full, summary = _train(shared_dir, f"{algo}-fp16", **flags)
-    again, _ = _train(shared_dir, f"{algo}-fp16-resumed",
+    full, summary = train_record(shared_dir, f"{algo}-fp16", **flags)
+    again, _ = train_record(shared_dir, f"{algo}-fp16-resumed",
                       resume=os.path.join(shared_dir, f"{algo}-fp16.ckpt", "step-00000012"),
                       checkpoint_dir=os.path.join(shared_dir, f"{algo}-resumed.ckpt"), **flags)
     if MPI.COMM_WORLD.rank != 0:
