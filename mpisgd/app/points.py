@@ -67,10 +67,15 @@ class Points:
         self.step += 1
         if not skipped:
             self.watch.add(loss)
-        if self.rates is not None:
-            with warnings.catch_warnings():   # fp16: the scaler may skip the first optimizer step
-                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
-                self.rates.step()
+        if self.rates is None:
+            return
+        if self.step > 1:
+            self.rates.step()
+            return
+        with warnings.catch_warnings():   # torch checks, at the scheduler's first step only,
+            warnings.filterwarnings(       # that the optimizer stepped: fp16 may have skipped it
+                "ignore", "Detected call of `lr_scheduler.step", UserWarning)
+            self.rates.step()
 
     def train_time(self) -> float:
         """Seconds of training so far (log points and checkpoints excluded)."""
